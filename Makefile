@@ -1,0 +1,35 @@
+# The two commands a person needs: `make run` and `make test`.
+# Both set up everything from nothing (apt packages, .venv) and are idempotent.
+SHELL := /bin/bash
+PY := .venv/bin/python
+APT_PACKAGES := espeak-ng libespeak-ng1 festival festvox-te-nsk sox redis-server
+CHECKPOINT ?= checkpoints/codec_default.safetensors
+
+.PHONY: setup run test apt venv clean
+
+apt: .setup-stamp-apt
+.setup-stamp-apt:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+venv: .setup-stamp-venv
+.setup-stamp-venv: pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: apt venv
+
+run: setup
+	.venv/bin/maata demo --checkpoint $(CHECKPOINT) --out out/demo
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+clean:
+	rm -rf .venv .setup-stamp-* out runs

@@ -1,0 +1,232 @@
+"""Causal, streamable building blocks of the codec.
+
+Every stateful layer here runs two ways over the same weights:
+
+* ``forward(x)``: offline over a whole sequence (training, batch encode/decode);
+* ``step(state, x) -> (y, state)``: streaming over consecutive chunks, where ``state`` is a
+  fixed-shape tensor (or tuple of tensors) made by ``init_state(batch, ...)``.
+
+Feeding a sequence through ``step`` in chunks gives the same output as ``forward`` on the
+whole sequence (up to float rounding): the tests check this for every layer and for the codec.
+A slot of a batched state is reset by zeroing its rows (``state[mask] = 0``): all states are
+zeros at the start of a stream, which is exactly the offline causal left padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class Snake(nn.Module):
+    """Snake activation x + sin²(αx)/α with a learned per-channel α (BigVGAN/DAC)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.alpha
+        return x + (a + 1e-9).reciprocal() * torch.sin(a * x).pow(2)
+
+
+class CausalConv1d(nn.Module):
+    """Weight-normed Conv1d with causal left padding; streams with a (K - stride) input tail.
+
+    Inputs to ``step`` must come in multiples of ``stride`` samples so that the tail keeps a
+    fixed length (the codec only feeds whole frames, which guarantees it).
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv = weight_norm(nn.Conv1d(cin, cout, kernel, stride=stride, dilation=dilation))
+        self.stride = stride
+        self.dilation = dilation
+        self.effective_kernel = (kernel - 1) * dilation + 1
+        if self.effective_kernel < stride:
+            raise ValueError("kernel must cover the stride")
+        self.pad = self.effective_kernel - stride
+        self.cin = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.stride:
+            raise ValueError(f"length {x.shape[-1]} is not a multiple of stride {self.stride}")
+        return self.conv(F.pad(x, (self.pad, 0)))
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        return torch.zeros(batch, self.cin, self.pad, device=device, dtype=dtype)
+
+    def step(self, state: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1] % self.stride:
+            raise ValueError(f"chunk of {x.shape[-1]} is not a multiple of stride {self.stride}")
+        z = torch.cat([state, x], dim=-1)
+        y = self.conv(z)
+        return y, z[..., z.shape[-1] - self.pad:]
+
+
+class CausalConvTranspose1d(nn.Module):
+    """Weight-normed transposed conv, causal: the overlapping tail of each step is carried over
+    (overlap-add) and, offline, trimmed from the right end."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int):
+        super().__init__()
+        if kernel < stride:
+            raise ValueError("kernel must cover the stride")
+        self.conv = weight_norm(nn.ConvTranspose1d(cin, cout, kernel, stride=stride))
+        self.stride = stride
+        self.trim = kernel - stride
+        self.cout = cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y[..., : y.shape[-1] - self.trim] if self.trim else y
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        return torch.zeros(batch, self.cout, self.trim, device=device, dtype=dtype)
+
+    def step(self, state: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = F.conv_transpose1d(x, self.conv.weight, None, stride=self.stride)
+        n = x.shape[-1] * self.stride
+        if self.trim:
+            y = torch.cat([y[..., : self.trim] + state, y[..., self.trim:]], dim=-1)
+        out = y[..., :n] + self.conv.bias[None, :, None]
+        return out, y[..., n:]
+
+
+class ResidualUnit(nn.Module):
+    """SEANet residual unit: Snake → dilated causal conv (C→C/2) → Snake → 1×1 conv (→C), + skip."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int, compress: int = 2):
+        super().__init__()
+        hidden = max(channels // compress, 1)
+        self.act1 = Snake(channels)
+        self.conv1 = CausalConv1d(channels, hidden, kernel, dilation=dilation)
+        self.act2 = Snake(hidden)
+        self.conv2 = CausalConv1d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act2(self.conv1(self.act1(x))))
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32):
+        return self.conv1.init_state(batch, device, dtype)
+
+    def step(self, state, x):
+        h, state = self.conv1.step(state, self.act1(x))
+        return x + self.conv2(self.act2(h)), state
+
+
+def _rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary embedding. x: [B, H, T, Dh]; pos: [B, T] absolute positions (float)."""
+    dh = x.shape[-1]
+    freqs = torch.exp(-math.log(base) * torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh)
+    ang = pos[:, None, :, None].float() * freqs  # [B,1,T,Dh/2]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2)
+
+
+class LocalAttentionLayer(nn.Module):
+    """Pre-norm causal transformer layer with attention limited to the last ``window`` frames.
+
+    Streaming keeps a ring buffer of the last ``window`` keys/values (already rotated with
+    RoPE at their absolute positions), so memory is fixed however long the call.
+    """
+
+    def __init__(self, dim: int, heads: int, window: int, ff_mult: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError("dim must be divisible by heads")
+        self.heads, self.window = heads, window
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
+        # layer scale, small at init so the transformer starts close to identity (Mimi)
+        self.scale1 = nn.Parameter(torch.full((dim,), 0.01))
+        self.scale2 = nn.Parameter(torch.full((dim,), 0.01))
+
+    def _qkv(self, x: torch.Tensor, pos: torch.Tensor):
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        return _rope(q, pos), _rope(k, pos), v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        pos = torch.arange(T, device=x.device)[None].expand(B, T)
+        q, k, v = self._qkv(x, pos)
+        i = torch.arange(T, device=x.device)
+        mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.scale1 * self.proj(a.transpose(1, 2).reshape(B, T, D))
+        return x + self.scale2 * self.ff(self.norm2(x))
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32):
+        dh = self.qkv.in_features // self.heads
+        k = torch.zeros(batch, self.heads, self.window, dh, device=device, dtype=dtype)
+        pos = torch.zeros(batch, dtype=torch.long, device=device)  # frames seen so far
+        return k, torch.zeros_like(k), pos
+
+    def step(self, state, x: torch.Tensor):
+        """x: [B, T, D] new frames (any T ≥ 1)."""
+        kc, vc, pos = state
+        B, T, D = x.shape
+        W = self.window
+        outs = []
+        for t in range(T):  # frame by frame: exact ring-buffer semantics for any chunk
+            xt = x[:, t: t + 1]
+            q, k, v = self._qkv(xt, pos[:, None])
+            slot = (pos % W)  # [B]
+            b = torch.arange(B, device=x.device)
+            kc, vc = kc.clone(), vc.clone()
+            kc[b, :, slot] = k[:, :, 0]
+            vc[b, :, slot] = v[:, :, 0]
+            # valid cache entries: those written within the last W frames (incl. this one)
+            j = torch.arange(W, device=x.device)
+            age = (slot[:, None] - j[None, :]) % W  # how many frames ago slot j was written
+            valid = age <= pos[:, None]  # entries never written in this stream are invalid
+            a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=valid[:, None, None, :])
+            xt = xt + self.scale1 * self.proj(a.transpose(1, 2).reshape(B, 1, D))
+            outs.append(xt + self.scale2 * self.ff(self.norm2(xt)))
+            pos = pos + 1
+        return torch.cat(outs, dim=1), (kc, vc, pos)
+
+
+class StreamingTransformer(nn.Module):
+    """A stack of LocalAttentionLayers over [B, D, T] feature maps (channels-first)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, window: int, ff_mult: int = 4):
+        super().__init__()
+        self.layers = nn.ModuleList(LocalAttentionLayer(dim, heads, window, ff_mult) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)
+        for layer in self.layers:
+            h = layer(h)
+        return h.transpose(1, 2)
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32):
+        return [layer.init_state(batch, device, dtype) for layer in self.layers]
+
+    def step(self, state, x: torch.Tensor):
+        h = x.transpose(1, 2)
+        new = []
+        for layer, s in zip(self.layers, state):
+            h, s = layer.step(s, h)
+            new.append(s)
+        return h.transpose(1, 2), new
+
+
+def reset_state(state, mask: torch.Tensor):
+    """Zero the rows of ``mask`` (bool [B]) in every tensor of a nested state, in place."""
+    if isinstance(state, torch.Tensor):
+        state[mask] = 0  # every state tensor is batch-first
+        return state
+    for s in state:
+        reset_state(s, mask)
+    return state

@@ -1,0 +1,357 @@
+"""The Maata codec: causal SEANet encoder/decoder, bottleneck transformer, residual VQ.
+
+Offline API (training, files)::
+
+    out = codec(wav)                      # wav [B, 1, T] -> CodecOutput (reconstruction, codes, losses)
+    codes = codec.encode(wav)             # [B, n_q, F]
+    wav = codec.decode(codes)             # [B, 1, F * hop]
+
+Streaming API (the contract every service uses)::
+
+    state = codec.init_state(batch)
+    codes = codec.encode_step(state, pcm)  # pcm [B, n] for any n; codes of the frames completed
+    pcm = codec.decode_step(state, codes)  # codes [B, k, f] -> [B, f * hop]
+    codec.reset(state, mask)               # give slots (bool [B]) to new calls
+
+Chunked streaming gives the offline codes and waveform exactly (tests/test_codec_streaming.py).
+Algorithmic latency is one frame (hop / sample_rate; 40 ms for the default preset): the
+encoder is causal with no look-ahead and the decoder emits a frame's samples as soon as the
+frame's codes arrive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maata import config as cfglib
+from maata.codec.layers import (CausalConv1d, CausalConvTranspose1d, ResidualUnit, Snake, StreamingTransformer,
+                                reset_state)
+from maata.codec.quantizer import DROPPED, ResidualVQ
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class CodeError(ValueError):
+    """Codes of the wrong shape, dtype or range."""
+
+
+@dataclass
+class QuantizerConfig:
+    n_q: int = 8
+    codebook_size: int = 1024
+    codebook_dim: int = 8  # DAC-style low-dimensional factorised codes
+    l2norm: bool = True
+    ema: bool = True
+    decay: float = 0.99
+    dead_code_threshold: float = 2.0
+    dropout_prob: float = 0.5  # quantizer dropout: any first k codebooks decode
+
+
+@dataclass
+class TransformerConfig:
+    layers: int = 2  # 0 disables the bottleneck transformer
+    heads: int = 4
+    window: int = 100  # frames of attention context (4 s at 25 Hz)
+    ff_mult: int = 2
+
+
+@dataclass
+class SemanticConfig:
+    enabled: bool = True  # auxiliary phoneme head on codebook 1
+    n_classes: int = 128  # phoneme inventory size (ids from maata.data's phoneme vocabulary)
+
+
+@dataclass
+class CodecConfig:
+    name: str = "default"
+    sample_rate: int = 16000
+    base_channels: int = 32
+    strides: tuple[int, ...] = (2, 4, 8, 10)  # product = hop
+    latent_dim: int = 128
+    kernel_size: int = 7
+    residual_kernel: int = 3
+    residual_dilations: tuple[int, ...] = (1,)
+    max_channels: int = 512
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    silence_dbfs: float = -50.0  # adaptive bitrate: frames quieter than this ...
+    silence_n_q: int = 2  # ... are sent with this many codebooks
+
+    @property
+    def hop(self) -> int:
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop
+
+    @property
+    def bitrate(self) -> float:
+        return self.quantizer.n_q * math.log2(self.quantizer.codebook_size) * self.frame_rate
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency: one frame, no look-ahead."""
+        return 1000.0 * self.hop / self.sample_rate
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "base")
+
+
+def load_preset(name_or_path: str | Path = "default", env_prefix: str | None = "MAATA_CODEC__", **overrides) -> CodecConfig:
+    """A preset by name (``maata/codec/presets/<name>.yaml``) or a YAML path, plus overrides."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = PRESET_DIR / f"{name_or_path}.yaml"
+        if not p.exists():
+            raise ValueError(f"unknown codec preset {name_or_path!r}; presets: {', '.join(preset_names())}")
+    return cfglib.load(CodecConfig, p, env_prefix=env_prefix, overrides=overrides or None)
+
+
+def _channels(cfg: CodecConfig) -> list[int]:
+    return [min(cfg.base_channels * 2 ** i, cfg.max_channels) for i in range(len(cfg.strides) + 1)]
+
+
+class _CausalStack(nn.Module):
+    """conv_in → blocks (each a list of layers) → act → conv_out → out_act, offline or streaming."""
+
+    conv_in: CausalConv1d
+    blocks: nn.ModuleList
+    act: Snake
+    conv_out: CausalConv1d
+
+    def out_act(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _layers(self):
+        yield self.conv_in
+        for block in self.blocks:
+            yield from block
+        yield self.act
+        yield self.conv_out
+
+    def forward(self, x):
+        for m in self._layers():
+            x = m(x)
+        return self.out_act(x)
+
+    def init_state(self, batch, device=None, dtype=torch.float32):
+        return [m.init_state(batch, device, dtype) for m in self._layers() if not isinstance(m, Snake)]
+
+    def step(self, state, x):
+        new, i = [], 0
+        for m in self._layers():
+            if isinstance(m, Snake):
+                x = m(x)
+            else:
+                x, s = m.step(state[i], x)
+                new.append(s)
+                i += 1
+        return self.out_act(x), new
+
+
+class Encoder(_CausalStack):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        ch = _channels(cfg)
+        self.conv_in = CausalConv1d(1, ch[0], cfg.kernel_size)
+        self.blocks = nn.ModuleList()
+        for i, s in enumerate(cfg.strides):
+            self.blocks.append(nn.ModuleList(
+                [ResidualUnit(ch[i], cfg.residual_kernel, d) for d in cfg.residual_dilations]
+                + [Snake(ch[i]), CausalConv1d(ch[i], ch[i + 1], 2 * s, stride=s)]))
+        self.act = Snake(ch[-1])
+        self.conv_out = CausalConv1d(ch[-1], cfg.latent_dim, 3)
+
+
+class Decoder(_CausalStack):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        ch = _channels(cfg)
+        self.conv_in = CausalConv1d(cfg.latent_dim, ch[-1], cfg.kernel_size)
+        self.blocks = nn.ModuleList()
+        for i in reversed(range(len(cfg.strides))):
+            s = cfg.strides[i]
+            self.blocks.append(nn.ModuleList(
+                [Snake(ch[i + 1]), CausalConvTranspose1d(ch[i + 1], ch[i], 2 * s, stride=s)]
+                + [ResidualUnit(ch[i], cfg.residual_kernel, d) for d in cfg.residual_dilations]))
+        self.act = Snake(ch[0])
+        self.conv_out = CausalConv1d(ch[0], 1, cfg.kernel_size)
+
+    def out_act(self, x):
+        return torch.tanh(x)
+
+
+@dataclass
+class CodecOutput:
+    audio: torch.Tensor  # [B, 1, T]
+    codes: torch.Tensor  # [B, n_q, F]
+    commit_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    semantic_logits: torch.Tensor | None  # [B, F, n_classes]
+    n_q: torch.Tensor  # [B] codebooks used per item (quantizer dropout)
+
+
+@dataclass
+class CodecState:
+    """Streaming state of a batch of calls. Every tensor is batch-first and fixed-shape."""
+
+    pending: torch.Tensor  # [B, n] input samples not yet making a whole frame (n < hop, shared)
+    encoder: list
+    enc_transformer: list
+    dec_transformer: list
+    decoder: list
+
+    @property
+    def batch(self) -> int:
+        return self.pending.shape[0]
+
+
+class Codec(nn.Module):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.hop = cfg.hop
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        t = cfg.transformer
+        self.enc_transformer = StreamingTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
+        self.dec_transformer = StreamingTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
+        q = cfg.quantizer
+        self.quantizer = ResidualVQ(cfg.latent_dim, q.n_q, q.codebook_size, q.codebook_dim, dropout_prob=q.dropout_prob,
+                                    l2norm=q.l2norm, ema=q.ema, decay=q.decay, dead_code_threshold=q.dead_code_threshold)
+        self.semantic_head = nn.Linear(cfg.latent_dim, cfg.semantic.n_classes) if cfg.semantic.enabled else None
+
+    @property
+    def n_q(self) -> int:
+        return self.cfg.quantizer.n_q
+
+    # -- validation ---------------------------------------------------------------------------
+    def _check_wav(self, wav: torch.Tensor, streaming: bool = False) -> torch.Tensor:
+        want = "[B, n]" if streaming else "[B, 1, T]"
+        if wav.dim() != (2 if streaming else 3) or (not streaming and wav.shape[1] != 1):
+            raise ValueError(f"audio must be shaped {want} (mono); got {tuple(wav.shape)}")
+        if not wav.is_floating_point():
+            raise ValueError(f"audio must be float PCM in [-1, 1], got dtype {wav.dtype}")
+        if not torch.isfinite(wav).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        return wav
+
+    def check_codes(self, codes: torch.Tensor, allow_dropped: bool = True) -> torch.Tensor:
+        if codes.dim() != 3:
+            raise CodeError(f"codes must be shaped [B, n_q, frames], got {tuple(codes.shape)}")
+        if codes.dtype not in (torch.int64, torch.int32, torch.int16):
+            raise CodeError(f"codes must be integers, got {codes.dtype}")
+        if not 1 <= codes.shape[1] <= self.n_q:
+            raise CodeError(f"codes have {codes.shape[1]} codebooks; this codec decodes 1..{self.n_q}")
+        lo = DROPPED if allow_dropped else 0
+        if codes.numel() and (int(codes.min()) < lo or int(codes.max()) >= self.cfg.quantizer.codebook_size):
+            raise CodeError(f"code values must be in [0, {self.cfg.quantizer.codebook_size - 1}]"
+                            + (f" (or {DROPPED} for a dropped level)" if allow_dropped else "")
+                            + f"; got [{int(codes.min())}, {int(codes.max())}]")
+        return codes.long()
+
+    def pad_to_hop(self, wav: torch.Tensor) -> torch.Tensor:
+        r = (-wav.shape[-1]) % self.hop
+        return F.pad(wav, (0, r)) if r else wav
+
+    # -- offline ------------------------------------------------------------------------------
+    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+        wav = self.pad_to_hop(self._check_wav(wav))
+        z = self.enc_transformer(self.encoder(wav))
+        q = self.quantizer(z, n_q)
+        logits = None
+        if self.semantic_head is not None:
+            logits = self.semantic_head(q.first_level.transpose(1, 2))
+        audio = self.decoder(self.dec_transformer(q.quantized))
+        return CodecOutput(audio, q.codes, q.commit_loss, q.codebook_loss, logits, q.n_q)
+
+    def latents(self, wav: torch.Tensor) -> torch.Tensor:
+        """Continuous encoder latents [B, D, F] (before quantisation)."""
+        return self.enc_transformer(self.encoder(self.pad_to_hop(self._check_wav(wav))))
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor, n_q: int | None = None, adaptive: bool = False) -> torch.Tensor:
+        """[B, 1, T] -> codes [B, n_q, ceil(T / hop)] (the end is zero-padded to a whole frame).
+
+        ``adaptive``: frames whose input is quieter than ``cfg.silence_dbfs`` keep only the first
+        ``cfg.silence_n_q`` codebooks; the rest are ``DROPPED`` (-1) and cost no bits.
+        """
+        wav = self.pad_to_hop(self._check_wav(wav))
+        codes = self.quantizer.encode(self.latents(wav), n_q)
+        return self._drop_silent(codes, wav[:, 0]) if adaptive else codes
+
+    def _drop_silent(self, codes: torch.Tensor, wav: torch.Tensor) -> torch.Tensor:
+        frames = wav.reshape(wav.shape[0], -1, self.hop)
+        db = 10 * torch.log10(frames.pow(2).mean(-1).clamp(min=1e-12))
+        silent = db < self.cfg.silence_dbfs  # [B, F]
+        codes = codes.clone()
+        k = self.cfg.silence_n_q
+        codes[:, k:] = torch.where(silent[:, None], torch.full_like(codes[:, k:], DROPPED), codes[:, k:])
+        return codes
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        codes = self.check_codes(codes)
+        return self.decoder(self.dec_transformer(self.quantizer.decode(codes)))
+
+    def bits(self, codes: torch.Tensor) -> int:
+        """Bits needed to send ``codes`` (DROPPED entries are free)."""
+        return int((codes != DROPPED).sum()) * int(math.log2(self.cfg.quantizer.codebook_size))
+
+    # -- streaming ----------------------------------------------------------------------------
+    def init_state(self, batch: int, device=None) -> CodecState:
+        device = device or next(self.parameters()).device
+        return CodecState(
+            pending=torch.zeros(batch, 0, device=device),
+            encoder=self.encoder.init_state(batch, device),
+            enc_transformer=self.enc_transformer.init_state(batch, device),
+            dec_transformer=self.dec_transformer.init_state(batch, device),
+            decoder=self.decoder.init_state(batch, device),
+        )
+
+    def reset(self, state: CodecState, mask: torch.Tensor) -> None:
+        """Start new calls in the slots of ``mask`` (bool [B]): their history is forgotten."""
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=state.pending.device)
+        if mask.shape != (state.batch,):
+            raise ValueError(f"reset mask must be shaped [{state.batch}], got {tuple(mask.shape)}")
+        if state.pending.shape[1] and mask.any():
+            raise ValueError("slots can only be reset at a frame boundary (pending samples exist); "
+                             "feed whole frames of hop samples to batched streams")
+        for part in (state.encoder, state.enc_transformer, state.dec_transformer, state.decoder):
+            reset_state(part, mask)
+
+    @torch.no_grad()
+    def encode_step(self, state: CodecState, pcm: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """Feed ``pcm`` [B, n] (any n ≥ 0); returns codes [B, n_q, f] of the f frames it completed."""
+        pcm = self._check_wav(pcm, streaming=True)
+        if pcm.shape[0] != state.batch:
+            raise ValueError(f"pcm batch {pcm.shape[0]} does not match the state's {state.batch}")
+        buf = torch.cat([state.pending, pcm.to(state.pending.dtype)], dim=1)
+        f = buf.shape[1] // self.hop
+        state.pending = buf[:, f * self.hop:]
+        if f == 0:
+            return torch.zeros(state.batch, n_q or self.n_q, 0, dtype=torch.long, device=pcm.device)
+        z, state.encoder = self.encoder.step(state.encoder, buf[:, None, : f * self.hop])
+        z, state.enc_transformer = self.enc_transformer.step(state.enc_transformer, z)
+        return self.quantizer.encode(z, n_q)
+
+    @torch.no_grad()
+    def decode_step(self, state: CodecState, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, k, f] -> pcm [B, f * hop]."""
+        codes = self.check_codes(codes)
+        if codes.shape[0] != state.batch:
+            raise ValueError(f"codes batch {codes.shape[0]} does not match the state's {state.batch}")
+        if codes.shape[-1] == 0:
+            return torch.zeros(state.batch, 0, device=codes.device)
+        z, state.dec_transformer = self.dec_transformer.step(state.dec_transformer, self.quantizer.decode(codes))
+        y, state.decoder = self.decoder.step(state.decoder, z)
+        return y[:, 0]

@@ -1,0 +1,199 @@
+"""Residual vector quantisation with EMA codebooks, dead-code replacement and quantizer dropout.
+
+Each level projects the residual into a low-dimensional code space (DAC's factorised codes,
+optionally L2-normalised so lookup is cosine similarity), finds the nearest code, and projects
+back. Codebooks learn by exponential moving averages of the vectors assigned to them (decay
+0.99); a code used less than ``dead_code_threshold`` times (EMA count) is re-seeded from a
+vector of the current batch. Under ``torch.distributed`` the EMA statistics are summed over
+ranks and re-seeding vectors come from rank 0, so every replica keeps identical codebooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+# A code value meaning "not transmitted" (adaptive bitrate drops upper levels in silence).
+DROPPED = -1
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, dim: int, codebook_size: int, codebook_dim: int, *, l2norm: bool = True,
+                 ema: bool = True, decay: float = 0.99, dead_code_threshold: float = 2.0, eps: float = 1e-5):
+        super().__init__()
+        self.codebook_size, self.codebook_dim = codebook_size, codebook_dim
+        self.l2norm, self.ema, self.decay = l2norm, ema, decay
+        self.dead_code_threshold, self.eps = dead_code_threshold, eps
+        self.proj_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else nn.Identity()
+        self.proj_out = nn.Linear(codebook_dim, dim) if codebook_dim != dim else nn.Identity()
+        embed = torch.randn(codebook_size, codebook_dim)
+        if l2norm:
+            embed = F.normalize(embed, dim=-1)
+        if ema:
+            self.register_buffer("embed", embed)
+            self.register_buffer("cluster_size", torch.ones(codebook_size))
+            self.register_buffer("embed_sum", embed.clone())
+        else:
+            self.embed = nn.Parameter(embed)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    # -- lookup -------------------------------------------------------------------------------
+    def _codebook(self) -> torch.Tensor:
+        return F.normalize(self.embed, dim=-1) if self.l2norm else self.embed
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, D, T] -> [B, T, d] in code space."""
+        z = self.proj_in(x.transpose(1, 2))
+        return F.normalize(z, dim=-1) if self.l2norm else z
+
+    def _nearest(self, z: torch.Tensor) -> torch.Tensor:
+        cb = self._codebook()
+        if self.l2norm:
+            return (z @ cb.t()).argmax(-1)
+        d = z.pow(2).sum(-1, keepdim=True) - 2 * z @ cb.t() + cb.pow(2).sum(-1)
+        return d.argmin(-1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, D, T] -> codes [B, T]."""
+        return self._nearest(self._project(x))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, T] -> [B, D, T]."""
+        return self.proj_out(F.embedding(codes, self._codebook())).transpose(1, 2)
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
+        """x [B, D, T]; ``active`` bool [B] (quantizer dropout: rows whose level is off).
+
+        Returns (quantized [B,D,T] with straight-through gradient, codes [B,T],
+        commitment loss, codebook loss) — losses averaged over active rows.
+        """
+        z = self._project(x)  # [B, T, d]
+        if self.training and self.ema and not bool(self.initialized):
+            self._init_from(z.detach().reshape(-1, z.shape[-1]))
+        codes = self._nearest(z)
+        q = F.embedding(codes, self._codebook())
+        w = torch.ones(z.shape[:2], device=z.device) if active is None else active[:, None].expand(z.shape[:2]).float()
+        denom = w.sum().clamp(min=1.0) * z.shape[-1]
+        commit = ((z - q.detach()).pow(2).sum(-1) * w).sum() / denom
+        codebook_loss = z.new_zeros(())
+        if self.training:
+            if self.ema:
+                self._ema_update(z.detach(), codes, w)
+            else:
+                codebook_loss = ((q - z.detach()).pow(2).sum(-1) * w).sum() / denom
+        q_st = z + (q - z).detach() if self.training else q
+        return self.proj_out(q_st).transpose(1, 2), codes, commit, codebook_loss
+
+    @torch.no_grad()
+    def _init_from(self, flat: torch.Tensor) -> None:
+        idx = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
+        embed = flat[idx].clone()
+        if _dist():
+            dist.broadcast(embed, 0)
+        self.embed.copy_(embed)
+        self.embed_sum.copy_(embed)
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor) -> None:
+        flat, c, wf = z.reshape(-1, z.shape[-1]), codes.reshape(-1), w.reshape(-1)
+        onehot = torch.zeros(flat.shape[0], self.codebook_size, device=flat.device)
+        onehot.scatter_(1, c[:, None], 1.0)
+        onehot *= wf[:, None]
+        counts = onehot.sum(0)
+        sums = onehot.t() @ flat
+        if _dist():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n
+        self.embed.copy_(self.embed_sum / smoothed[:, None])
+        # re-seed dead codes from this batch's vectors (rank 0's, broadcast)
+        dead = self.cluster_size < self.dead_code_threshold
+        if _dist():
+            dead = dead.float()
+            dist.broadcast(dead, 0)
+            dead = dead.bool()
+        n_dead = int(dead.sum())
+        if n_dead:
+            live = flat[wf > 0] if (wf > 0).any() else flat
+            pick = live[torch.randint(0, live.shape[0], (n_dead,), device=flat.device)]
+            if _dist():
+                dist.broadcast(pick, 0)
+            self.embed[dead] = pick
+            self.embed_sum[dead] = pick * self.dead_code_threshold
+            self.cluster_size[dead] = self.dead_code_threshold
+
+
+@dataclass
+class RVQOutput:
+    quantized: torch.Tensor  # [B, D, T]
+    codes: torch.Tensor  # [B, n_q, T]
+    commit_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    first_level: torch.Tensor  # [B, D, T] quantised output of codebook 1 (semantic head input)
+    n_q: torch.Tensor  # [B] levels used per item
+
+
+class ResidualVQ(nn.Module):
+    def __init__(self, dim: int, n_q: int, codebook_size: int, codebook_dim: int, *, dropout_prob: float = 0.5,
+                 **vq_kwargs):
+        super().__init__()
+        self.n_q, self.codebook_size, self.dropout_prob = n_q, codebook_size, dropout_prob
+        self.levels = nn.ModuleList(VectorQuantizer(dim, codebook_size, codebook_dim, **vq_kwargs) for _ in range(n_q))
+
+    def forward(self, x: torch.Tensor, n_q: int | None = None) -> RVQOutput:
+        B = x.shape[0]
+        n_q = n_q or self.n_q
+        per_item = torch.full((B,), n_q, device=x.device, dtype=torch.long)
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(B, device=x.device) < self.dropout_prob
+            per_item = torch.where(drop, torch.randint(1, n_q + 1, (B,), device=x.device), per_item)
+        residual, out = x, torch.zeros_like(x)
+        codes, commit, cb_loss, first = [], x.new_zeros(()), x.new_zeros(()), None
+        for i, vq in enumerate(self.levels[:n_q]):
+            active = per_item > i
+            q, c, cl, cbl = vq(residual, active)
+            q = q * active[:, None, None].to(q.dtype)
+            if first is None:
+                first = q
+            out = out + q
+            residual = residual - q.detach() if self.training else residual - q
+            codes.append(c)
+            commit, cb_loss = commit + cl, cb_loss + cbl
+        return RVQOutput(out, torch.stack(codes, 1), commit, cb_loss, first, per_item)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """[B, D, T] -> codes [B, n_q, T]."""
+        residual, codes = x, []
+        for vq in self.levels[: n_q or self.n_q]:
+            c = vq.encode(residual)
+            residual = residual - vq.decode(c)
+            codes.append(c)
+        return torch.stack(codes, 1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, k, T] (k ≤ n_q; DROPPED entries contribute nothing) -> [B, D, T]."""
+        out = None
+        for i in range(codes.shape[1]):
+            c = codes[:, i]
+            keep = c != DROPPED
+            q = self.levels[i].decode(c.clamp(min=0)) * keep[:, None, :].to(torch.float32)
+            out = q if out is None else out + q
+        return out
+
+    def first_level(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.levels[0].decode(codes[:, 0])
