@@ -49,7 +49,7 @@ class QuantizerConfig:
     l2norm: bool = True
     ema: bool = True
     decay: float = 0.99
-    dead_code_threshold: float = 2.0
+    dead_code_threshold: float = 0.03  # dead when EMA usage < this x mean usage
     dropout_prob: float = 0.5  # quantizer dropout: any first k codebooks decode
 
 
@@ -71,13 +71,13 @@ class SemanticConfig:
 class CodecConfig:
     name: str = "default"
     sample_rate: int = 16000
-    base_channels: int = 32
-    strides: tuple[int, ...] = (2, 4, 8, 10)  # product = hop
+    base_channels: int = 16
+    strides: tuple[int, ...] = (4, 4, 5, 8)  # product = hop
     latent_dim: int = 128
     kernel_size: int = 7
     residual_kernel: int = 3
     residual_dilations: tuple[int, ...] = (1,)
-    max_channels: int = 512
+    max_channels: int = 256
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
@@ -309,13 +309,14 @@ class Codec(nn.Module):
 
     # -- streaming ----------------------------------------------------------------------------
     def init_state(self, batch: int, device=None) -> CodecState:
-        device = device or next(self.parameters()).device
+        p = next(self.parameters())
+        device, dtype = device or p.device, p.dtype
         return CodecState(
-            pending=torch.zeros(batch, 0, device=device),
-            encoder=self.encoder.init_state(batch, device),
-            enc_transformer=self.enc_transformer.init_state(batch, device),
-            dec_transformer=self.dec_transformer.init_state(batch, device),
-            decoder=self.decoder.init_state(batch, device),
+            pending=torch.zeros(batch, 0, device=device, dtype=dtype),
+            encoder=self.encoder.init_state(batch, device, dtype),
+            enc_transformer=self.enc_transformer.init_state(batch, device, dtype),
+            dec_transformer=self.dec_transformer.init_state(batch, device, dtype),
+            decoder=self.decoder.init_state(batch, device, dtype),
         )
 
     def reset(self, state: CodecState, mask: torch.Tensor) -> None:
@@ -351,7 +352,7 @@ class Codec(nn.Module):
         if codes.shape[0] != state.batch:
             raise ValueError(f"codes batch {codes.shape[0]} does not match the state's {state.batch}")
         if codes.shape[-1] == 0:
-            return torch.zeros(state.batch, 0, device=codes.device)
+            return state.pending.new_zeros(state.batch, 0)
         z, state.dec_transformer = self.dec_transformer.step(state.dec_transformer, self.quantizer.decode(codes))
         y, state.decoder = self.decoder.step(state.decoder, z)
         return y[:, 0]

@@ -3,8 +3,9 @@
 Each level projects the residual into a low-dimensional code space (DAC's factorised codes,
 optionally L2-normalised so lookup is cosine similarity), finds the nearest code, and projects
 back. Codebooks learn by exponential moving averages of the vectors assigned to them (decay
-0.99); a code used less than ``dead_code_threshold`` times (EMA count) is re-seeded from a
-vector of the current batch. Under ``torch.distributed`` the EMA statistics are summed over
+0.99). A code is dead when its EMA usage falls below ``dead_code_threshold`` × the mean usage
+(relative, so the rule means the same at any batch size); dead codes are re-seeded from
+vectors of the current batch. Under ``torch.distributed`` the EMA statistics are summed over
 ranks and re-seeding vectors come from rank 0, so every replica keeps identical codebooks.
 """
 
@@ -27,7 +28,7 @@ def _dist() -> bool:
 
 class VectorQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_size: int, codebook_dim: int, *, l2norm: bool = True,
-                 ema: bool = True, decay: float = 0.99, dead_code_threshold: float = 2.0, eps: float = 1e-5):
+                 ema: bool = True, decay: float = 0.99, dead_code_threshold: float = 0.03, eps: float = 1e-5):
         super().__init__()
         self.codebook_size, self.codebook_dim = codebook_size, codebook_dim
         self.l2norm, self.ema, self.decay = l2norm, ema, decay
@@ -47,7 +48,15 @@ class VectorQuantizer(nn.Module):
 
     # -- lookup -------------------------------------------------------------------------------
     def _codebook(self) -> torch.Tensor:
-        return F.normalize(self.embed, dim=-1) if self.l2norm else self.embed
+        if not self.l2norm:
+            return self.embed
+        if self.training or torch.is_grad_enabled():
+            return F.normalize(self.embed, dim=-1)
+        # inference: normalise once per codebook version, not once per call
+        key = (self.embed.data_ptr(), self.embed._version)
+        if getattr(self, "_cb_key", None) != key:
+            self._cb_cache, self._cb_key = F.normalize(self.embed, dim=-1), key
+        return self._cb_cache
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         """[B, D, T] -> [B, T, d] in code space."""
@@ -93,15 +102,28 @@ class VectorQuantizer(nn.Module):
         q_st = z + (q - z).detach() if self.training else q
         return self.proj_out(q_st).transpose(1, 2), codes, commit, codebook_loss
 
+    @staticmethod
+    def _sample(flat: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` distinct rows of ``flat`` when it has enough; else with replacement plus a
+        little noise, so no two codes start identical (identical codes tie forever)."""
+        if flat.shape[0] >= n:
+            return flat[torch.randperm(flat.shape[0], device=flat.device)[:n]].clone()
+        pick = flat[torch.randint(0, flat.shape[0], (n,), device=flat.device)]
+        return pick + 1e-3 * flat.std().clamp(min=1e-6) * torch.randn_like(pick)
+
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
-        idx = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
-        embed = flat[idx].clone()
+        embed = self._sample(flat, self.codebook_size)
+        if self.l2norm:
+            embed = F.normalize(embed, dim=-1)
+        n = torch.tensor(float(flat.shape[0]), device=flat.device)
         if _dist():
             dist.broadcast(embed, 0)
+            dist.all_reduce(n)
+        usage = float(n) / self.codebook_size  # start every code at the mean usage: none dead
         self.embed.copy_(embed)
-        self.embed_sum.copy_(embed)
-        self.cluster_size.fill_(1.0)
+        self.cluster_size.fill_(usage)
+        self.embed_sum.copy_(embed * usage)
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -121,7 +143,7 @@ class VectorQuantizer(nn.Module):
         smoothed = (self.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n
         self.embed.copy_(self.embed_sum / smoothed[:, None])
         # re-seed dead codes from this batch's vectors (rank 0's, broadcast)
-        dead = self.cluster_size < self.dead_code_threshold
+        dead = self.cluster_size < self.dead_code_threshold * self.cluster_size.mean()
         if _dist():
             dead = dead.float()
             dist.broadcast(dead, 0)
@@ -129,12 +151,15 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead.sum())
         if n_dead:
             live = flat[wf > 0] if (wf > 0).any() else flat
-            pick = live[torch.randint(0, live.shape[0], (n_dead,), device=flat.device)]
+            pick = self._sample(live, n_dead)
+            if self.l2norm:
+                pick = F.normalize(pick, dim=-1)
             if _dist():
                 dist.broadcast(pick, 0)
+            usage = self.cluster_size.mean()
             self.embed[dead] = pick
-            self.embed_sum[dead] = pick * self.dead_code_threshold
-            self.cluster_size[dead] = self.dead_code_threshold
+            self.embed_sum[dead] = pick * usage
+            self.cluster_size[dead] = usage
 
 
 @dataclass
@@ -191,7 +216,8 @@ class ResidualVQ(nn.Module):
         for i in range(codes.shape[1]):
             c = codes[:, i]
             keep = c != DROPPED
-            q = self.levels[i].decode(c.clamp(min=0)) * keep[:, None, :].to(torch.float32)
+            q = self.levels[i].decode(c.clamp(min=0))
+            q = q * keep[:, None, :].to(q.dtype)
             out = q if out is None else out + q
         return out
 

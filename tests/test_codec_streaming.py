@@ -1,0 +1,234 @@
+"""Chunked streaming through the codec equals the offline codec, layer by layer and end to end."""
+
+import pytest
+import torch
+
+from maata.codec import DROPPED, Codec, CodeError, load_preset
+from maata.codec.layers import CausalConv1d, CausalConvTranspose1d, LocalAttentionLayer, reset_state
+
+torch.set_num_threads(1)
+
+
+def small_codec(seed=0, **over):
+    torch.manual_seed(seed)
+    over = {"base_channels": 4, "max_channels": 32, "latent_dim": 16,
+            "transformer": {"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
+            "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}, **over}
+    codec = Codec(load_preset("default", env_prefix=None, **over))
+    # a training pass initialises the EMA codebooks from data, as in real use
+    codec.train()
+    codec(torch.randn(2, 1, 640 * 12) * 0.3)
+    return codec.eval()
+
+
+def random_chunks(total, rng, lo=1, hi=1500):
+    cuts, pos = [], 0
+    while pos < total:
+        n = int(torch.randint(lo, hi, (1,), generator=rng))
+        cuts.append((pos, min(total, pos + n)))
+        pos += n
+    return cuts
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [(7, 1, 1), (3, 1, 3), (8, 4, 1), (16, 8, 1)])
+def test_conv_streams_like_offline(kernel, stride, dilation):
+    torch.manual_seed(0)
+    conv = CausalConv1d(3, 5, kernel, stride=stride, dilation=dilation)
+    x = torch.randn(2, 3, stride * 30)
+    ref = conv(x)
+    state, outs = conv.init_state(2), []
+    for a, b in [(0, stride), (stride, stride * 11), (stride * 11, stride * 12), (stride * 12, stride * 30)]:
+        y, state = conv.step(state, x[..., a:b])
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, -1), ref, atol=1e-5, rtol=0)
+
+
+def test_conv_transpose_matches_torch_and_streams():
+    torch.manual_seed(0)
+    m = CausalConvTranspose1d(6, 3, 10, 5)
+    x = torch.randn(2, 6, 9)
+    ref = torch.nn.functional.conv_transpose1d(x, m.conv.weight, m.conv.bias, stride=5)[..., :-5]
+    torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=0)
+    state, outs = m.init_state(2), []
+    for a, b in [(0, 1), (1, 5), (5, 9)]:
+        y, state = m.step(state, x[..., a:b])
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, -1), ref, atol=1e-5, rtol=0)
+
+
+def test_local_attention_streams_past_the_window():
+    torch.manual_seed(0)
+    layer = LocalAttentionLayer(16, 2, window=4)
+    x = torch.randn(2, 13, 16)
+    ref = layer(x)
+    state, outs = layer.init_state(2), []
+    for a, b in [(0, 3), (3, 4), (4, 13)]:
+        y, state = layer.step(state, x[:, a:b])
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-5, rtol=0)
+
+
+def stream(codec, wav, rng):
+    """Encode then decode ``wav`` [B, 1, T] chunk by chunk, chunk sizes drawn from ``rng``."""
+    state = codec.init_state(wav.shape[0])
+    codes, audio = [], []
+    for a, b in random_chunks(wav.shape[-1], rng):
+        c = codec.encode_step(state, wav[:, 0, a:b])
+        codes.append(c)
+        audio.append(codec.decode_step(state, c))
+    return torch.cat(codes, -1), torch.cat(audio, -1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_codec_streaming_random_chunks_is_exact_in_float64(seed):
+    """In float64 rounding cannot flip a nearest-code choice: codes and audio match exactly."""
+    codec = small_codec(seed).double()
+    g = torch.Generator().manual_seed(seed)
+    wav = torch.randn(2, 1, codec.hop * 17, generator=g, dtype=torch.float64) * 0.3
+    ref_codes = codec.encode(wav)
+    codes, audio = stream(codec, wav, g)
+    assert torch.equal(codes, ref_codes)
+    assert (audio - codec.decode(ref_codes)[:, 0]).abs().max() <= 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_codec_streaming_random_chunks_matches_offline_in_float32(seed):
+    """float32, the serving precision: streamed latents and waveform within 1e-4 of offline.
+
+    Chunked and whole-sequence convolutions round differently (~1e-7), which can flip a code
+    only where two codebook entries are equally near; any code that differs must be such a tie.
+    """
+    codec = small_codec(seed)
+    g = torch.Generator().manual_seed(seed)
+    wav = torch.randn(2, 1, codec.hop * 17, generator=g) * 0.3
+    ref_codes = codec.encode(wav)
+    codes, _ = stream(codec, wav, g)
+    differ = (codes != ref_codes).nonzero().tolist()
+    assert len(differ) <= 1
+    for b, level, t in differ:
+        assert level > 0 and _is_tie(codec, wav[b:b + 1], ref_codes[b:b + 1], level, t)
+    # the waveform path: streaming decode of the offline codes equals offline decode
+    state, audio = codec.init_state(2), []
+    for a, b in [(0, 1), (1, 2), (2, 9), (9, 17)]:
+        audio.append(codec.decode_step(state, ref_codes[..., a:b]))
+    assert (torch.cat(audio, -1) - codec.decode(ref_codes)[:, 0]).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def _is_tie(codec, wav, codes, level, t, tol=1e-4):
+    """Whether, at (level, frame t), the best and second-best codes are within ``tol``."""
+    z = codec.latents(wav)
+    residual = z - codec.quantizer.decode(codes[:, :level])
+    vq = codec.quantizer.levels[level]
+    proj = vq._project(residual)[0, t]
+    sims = (vq._codebook() @ proj).sort(descending=True).values
+    return float(sims[0] - sims[1]) < tol
+
+
+def test_default_preset_streams_exactly():
+    torch.manual_seed(0)
+    codec = Codec(load_preset("default", env_prefix=None))
+    codec.train()
+    codec(torch.randn(2, 1, 640 * 8) * 0.3)
+    codec.eval()
+    wav = torch.randn(1, 1, 640 * 12) * 0.3
+    ref_codes = codec.encode(wav)
+    ref = codec.decode(ref_codes)[:, 0]
+    state, out = codec.init_state(1), []
+    for a in range(0, wav.shape[-1], 640):  # the services' 40 ms frames
+        out.append(codec.decode_step(state, codec.encode_step(state, wav[:, 0, a:a + 640])))
+    assert (torch.cat(out, -1) - ref).abs().max() <= 1e-4
+
+
+def test_slot_reset_gives_new_call_a_fresh_stream():
+    codec = small_codec()
+    hop = codec.hop
+    wav = torch.randn(2, hop * 6) * 0.3
+    state = codec.init_state(2)
+    codec.decode_step(state, codec.encode_step(state, wav[:, : hop * 3]))
+    codec.reset(state, torch.tensor([False, True]))
+    # slot 1 now starts over: its codes must equal a fresh stream's; slot 0 continues
+    new_call = torch.randn(1, hop * 3) * 0.3
+    codes = codec.encode_step(state, torch.cat([wav[:1, hop * 3:], new_call]))
+    fresh = codec.init_state(1)
+    assert torch.equal(codes[1:], codec.encode_step(fresh, new_call))
+    cont = codec.init_state(1)
+    assert torch.equal(codes[:1], codec.encode_step(cont, wav[:1])[..., 3:])
+
+
+def test_reset_refuses_mid_frame():
+    codec = small_codec()
+    state = codec.init_state(2)
+    codec.encode_step(state, torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="frame boundary"):
+        codec.reset(state, torch.tensor([True, False]))
+
+
+def test_any_first_k_codebooks_decode():
+    codec = small_codec()
+    wav = torch.randn(1, 1, codec.hop * 4) * 0.3
+    codes = codec.encode(wav)
+    for k in range(1, codec.n_q + 1):
+        assert codec.decode(codes[:, :k]).shape == (1, 1, codec.hop * 4)
+
+
+def test_adaptive_bitrate_drops_levels_in_silence():
+    codec = small_codec()
+    hop = codec.hop
+    wav = torch.cat([torch.randn(1, 1, hop * 4) * 0.3, torch.zeros(1, 1, hop * 4)], -1)
+    codes = codec.encode(wav, adaptive=True)
+    k = codec.cfg.silence_n_q
+    assert (codes[:, k:, 4:] == DROPPED).all() and (codes[:, :, :4] >= 0).all()
+    assert codec.bits(codes) < codec.bits(codec.encode(wav))
+    assert codec.decode(codes).shape[-1] == hop * 8
+
+
+def test_algorithmic_latency_is_one_frame():
+    cfg = load_preset("default", env_prefix=None)
+    assert cfg.latency_ms == 40.0 and cfg.bitrate == 2000.0
+    codec = small_codec()
+    state = codec.init_state(1)
+    # the codes of a frame come out as soon as its last sample is in, not later
+    assert codec.encode_step(state, torch.zeros(1, codec.hop - 1)).shape[-1] == 0
+    assert codec.encode_step(state, torch.zeros(1, 1)).shape[-1] == 1
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.full((1, 1, 640), float("nan")), "NaN"),
+    (torch.zeros(1, 2, 640), "mono"),
+    (torch.zeros(1, 640, dtype=torch.int16), "shaped"),
+    (torch.zeros(1, 1, 640, dtype=torch.int16), "float"),
+])
+def test_bad_audio_is_rejected(bad, match):
+    codec = small_codec()
+    with pytest.raises(ValueError, match=match):
+        codec.encode(bad)
+
+
+@pytest.mark.parametrize("codes,match", [
+    (torch.full((1, 4, 3), 64), "code values"),
+    (torch.full((1, 4, 3), -2), "code values"),
+    (torch.zeros(1, 5, 3, dtype=torch.long), "codebooks"),
+    (torch.zeros(4, 3, dtype=torch.long), "shaped"),
+    (torch.zeros(1, 4, 3), "integers"),
+])
+def test_bad_codes_are_rejected(codes, match):
+    codec = small_codec()
+    with pytest.raises(CodeError, match=match):
+        codec.decode(codes)
+    state = codec.init_state(codes.shape[0] if codes.dim() == 3 else 1)
+    with pytest.raises(CodeError):
+        codec.decode_step(state, codes)
+
+
+def test_streaming_batch_mismatch_is_rejected():
+    codec = small_codec()
+    state = codec.init_state(2)
+    with pytest.raises(ValueError, match="batch"):
+        codec.encode_step(state, torch.zeros(3, 640))
+
+
+def test_reset_state_zeroes_only_masked_rows():
+    s = [torch.ones(3, 2), (torch.ones(3, 4), torch.ones(3, dtype=torch.long))]
+    reset_state(s, torch.tensor([False, True, False]))
+    assert s[0][1].sum() == 0 and s[0][0].sum() == 2 and s[1][1][1] == 0 and s[1][1][0] == 1
