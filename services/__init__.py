@@ -1,0 +1,2 @@
+"""Maata's microservices: thin gRPC adapters over the model library (codec, generation,
+session store, gateway). ``maata serve`` runs them all in one process or one per process."""
