@@ -10,8 +10,8 @@ codebook 1..8). Nothing random lives in the state besides the seed, so
 * a call rebuilt after a restart (``LM.prefill``) continues with exactly the draws it would
   have made, because the counter is the frame index and is restored with the history.
 
-Each draw is an inverse-CDF sample over the vocabulary sorted by probability (stable sort,
-fixed length), so the arithmetic is the same for a row whatever the other rows hold.
+Each draw is an inverse-CDF sample over the whole vocabulary in id order (fixed length), so
+the arithmetic is the same for a row whatever the other rows hold.
 """
 
 from __future__ import annotations
@@ -112,47 +112,80 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def counter_uniform(seed: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
-    """Uniform numbers in [0, 1) (float64 [B]) from per-row ``seed`` and ``counter`` (long [B]).
+def counter_uniform(seed: torch.Tensor, counter: torch.Tensor, streams: int | Sequence[int]) -> torch.Tensor:
+    """Uniform numbers in [0, 1) from per-row ``seed`` and ``counter`` (long [B]).
 
-    A pure function of its arguments: the same (seed, counter, stream) always gives the same
-    number, on any device and in any batch.
+    ``streams``: one stream id (-> float64 [B]) or several (-> float64 [B, S]). A pure
+    function of its arguments: the same (seed, counter, stream) always gives the same number,
+    on any device and in any batch.
     """
-    seed = seed.long()
-    counter = counter.long()
+    one = isinstance(streams, int)
+    ids = torch.as_tensor([streams] if one else list(streams), dtype=torch.long, device=seed.device)
+    seed = seed.long()[:, None]
+    counter = counter.long()[:, None]
     h = _mix32(seed & _MASK32)
     h = _mix32(h ^ ((seed >> 32) & _MASK32))
     h = _mix32(h ^ (counter & _MASK32))
     h = _mix32(h ^ ((counter >> 32) & _MASK32))
-    h = _mix32(h ^ (stream & _MASK32))
+    h = _mix32(h ^ (ids[None, :] & _MASK32))  # [B, S]
     h2 = _mix32(h ^ 0x9E3779B9)
-    # 53 random bits, like random.random()
-    bits = ((h >> 5) << 26) | (h2 >> 6)
-    return bits.double() / float(1 << 53)
+    bits = ((h >> 5) << 26) | (h2 >> 6)  # 53 random bits, like random.random()
+    u = bits.double() / float(1 << 53)
+    return u[:, 0] if one else u
+
+
+@dataclass
+class Rule:
+    """Per-row sampling settings prepared once per step, reused for every draw with that vocabulary."""
+
+    sampled: torch.Tensor  # bool [B]: temperature > 0 (else argmax)
+    any_sampled: bool
+    inv_temperature: torch.Tensor  # float [B, 1]
+    k: torch.Tensor  # long [B]: tokens kept (V = all)
+    ks: list[int]  # the distinct k < V among sampled rows (usually one)
+    vocab: int
+
+    @classmethod
+    def make(cls, temperature: torch.Tensor, top_k: torch.Tensor, vocab: int) -> Rule:
+        """temperature: float [B] (0 = argmax); top_k: long [B] (0 = whole vocabulary)."""
+        sampled = temperature > 0
+        any_sampled = bool(sampled.any())
+        k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+        ks = torch.unique(k[sampled & (k < vocab)]).tolist() if any_sampled else []
+        inv = temperature.clamp(min=1e-5).reciprocal()[:, None]
+        return cls(sampled, any_sampled, inv, k, ks, vocab)
+
+
+def draw(logits: torch.Tensor, rule: Rule, uniform: torch.Tensor) -> torch.Tensor:
+    """Draw one token per row of ``logits`` [B, V] under ``rule``; uniform: float64 [B] in [0, 1).
+
+    Top-k keeps the tokens whose logit is ≥ the k-th largest (ties with it are kept too).
+    Inverse-CDF over the vocabulary in id order: every row's arithmetic has the same shape
+    and order whatever the other rows hold, so a row's draw never depends on its batch.
+    """
+    B, V = logits.shape
+    if V != rule.vocab:
+        raise SamplingError(f"logits have {V} classes, the rule was made for {rule.vocab}")
+    greedy = logits.argmax(-1)
+    if not rule.any_sampled:
+        return greedy
+    logits = logits.float()
+    threshold = torch.full((B, 1), float("-inf"), device=logits.device)
+    for kk in rule.ks:
+        kth = torch.kthvalue(logits, V - kk + 1, dim=-1, keepdim=True).values  # exact k-th largest logit
+        threshold = torch.where(rule.k[:, None] == kk, kth, threshold)
+    kept = logits >= threshold
+    scaled = (logits * rule.inv_temperature.to(logits.dtype)).masked_fill(~kept, float("-inf"))
+    cdf = torch.softmax(scaled.double(), dim=-1).cumsum(-1)
+    x = uniform.double()[:, None] * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, x, right=True).clamp_(max=V - 1)
+    # rounding could only ever land past the last kept token: fall back to the argmax then
+    drawn = torch.where(kept.gather(1, drawn), drawn, greedy[:, None])[:, 0]
+    return torch.where(rule.sampled, drawn, greedy)
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            uniform: torch.Tensor) -> torch.Tensor:
-    """Draw one token per row of ``logits`` [B, V].
-
-    temperature: float [B] (0 = argmax); top_k: long [B] (0 = whole vocabulary);
-    uniform: float64 [B] in [0, 1), e.g. from ``counter_uniform``. Returns long [B].
-    """
-    B, V = logits.shape
-    logits = logits.float()
-    greedy = logits.argmax(-1)
-    if bool((temperature <= 0).all()):
-        return greedy
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-    k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
-    keep = torch.arange(V, device=logits.device)[None, :] < k[:, None]
-    t = temperature.clamp(min=1e-5)[:, None].to(logits.dtype)
-    scaled = (sorted_logits / t).masked_fill(~keep, float("-inf"))
-    probs = torch.softmax(scaled.double(), dim=-1)
-    cdf = probs.cumsum(-1)
-    x = (uniform.double() * cdf[:, -1])[:, None]
-    idx = torch.searchsorted(cdf, x, right=True).clamp(max=V - 1)
-    # never land on a zero-probability tail entry through rounding
-    idx = torch.minimum(idx[:, 0], k - 1)
-    drawn = order.gather(1, idx[:, None])[:, 0]
-    return torch.where(temperature > 0, drawn, greedy)
+    """One draw per row of ``logits`` [B, V]: temperature float [B] (0 = argmax), top_k long
+    [B] (0 = all), uniform float64 [B] (e.g. from ``counter_uniform``). Returns long [B]."""
+    return draw(logits, Rule.make(temperature, top_k, logits.shape[-1]), uniform)
