@@ -16,15 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, NoReturn, TypeVar
+from typing import AsyncIterator, Awaitable, TypeVar
 
 import grpc
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
-from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.server import abort, add_servicer
 from services.session.errors import (
     AlreadyExists,
     Conflict,
@@ -85,54 +83,12 @@ def status_code(err: SessionError) -> grpc.StatusCode:
     return next((code for cls, code in STATUS.items() if isinstance(err, cls)), grpc.StatusCode.UNKNOWN)
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
-    await context.abort(code, details)
-    raise AssertionError("context.abort returned")  # it always raises
-
-
 async def _call(context: grpc.aio.ServicerContext, operation: Awaitable[T]) -> T:
     """Await a store operation, turning a store error into the matching gRPC status."""
     try:
         return await operation
     except SessionError as err:
-        await _abort(context, status_code(err), str(err))
-
-
-async def _parse(message_class: type[Message], data: bytes, context: grpc.aio.ServicerContext) -> Message:
-    """Decode a request, answering INVALID_ARGUMENT (not gRPC's default UNKNOWN) if malformed."""
-    try:
-        return message_class.FromString(data)
-    except DecodeError as err:
-        details = f"malformed {message_class.DESCRIPTOR.full_name}: {err}"
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, details)
-
-
-def _serialize(reply: Message) -> bytes:
-    return reply.SerializeToString()
-
-
-def _method_handler(method: MethodDescriptor, servicer: object) -> grpc.RpcMethodHandler:
-    """A handler for one unary-request method of ``servicer`` that decodes requests itself."""
-    request_class = GetMessageClass(method.input_type)
-    implementation = getattr(servicer, method.name)
-    if method.client_streaming:
-        raise NotImplementedError(f"{method.full_name}: client-streaming methods are not supported")
-    if method.server_streaming:
-        async def stream(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for reply in implementation(await _parse(request_class, data, context), context):
-                yield reply
-        return grpc.unary_stream_rpc_method_handler(stream, response_serializer=_serialize)
-
-    async def unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
-        return await implementation(await _parse(request_class, data, context), context)
-    return grpc.unary_unary_rpc_method_handler(unary, response_serializer=_serialize)
-
-
-def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
-    """Register ``servicer``'s methods for ``service`` like the generated ``add_*_to_server``,
-    but so that an undecodable request gets INVALID_ARGUMENT and is logged as the client's fault."""
-    handlers = {method.name: _method_handler(method, servicer) for method in service.methods}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+        await abort(context, status_code(err), str(err))
 
 
 class SessionServicer(session_pb2_grpc.SessionStoreServicer):
@@ -161,7 +117,7 @@ class SessionServicer(session_pb2_grpc.SessionStoreServicer):
             async for frame in self.store.read(request.call_id, request.start, request.limit):
                 yield frame
         except SessionError as err:
-            await _abort(context, status_code(err), str(err))
+            await abort(context, status_code(err), str(err))
 
     async def End(self, request: session_pb2.SessionRef, context: grpc.aio.ServicerContext) -> session_pb2.Session:
         return await _call(context, self.store.end(request.call_id))
