@@ -1,0 +1,1 @@
+"""Packaged data: the scripted Telugu conversations (see :mod:`maata.data.conversations`)."""

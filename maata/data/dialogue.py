@@ -1,0 +1,1043 @@
+"""Two-channel synthetic Telugu dialogues for the speech-to-speech model, as code shards.
+
+From the scripted conversations (:mod:`maata.data.conversations`) this module makes
+dialogues with a **user** and an **agent** channel at 16 kHz, the agent's frame-aligned
+inner-monologue text and per-frame emotion, encodes both channels with the codec and writes
+:mod:`maata.data.shards`::
+
+    DIR/tokenizer.json                       BPE tokenizer of the text stream
+    DIR/{train,valid,test}/shard-XXXXX.safetensors   user, agent int16 [K,T]; text int32 [T];
+                                                     emotion int8 [T]; metadata per dialogue
+    DIR/reference/shard-XXXXX.safetensors    every intent's answer in every voice: codes, text
+    DIR/stats.json                           counts, hours, speakers per split, timings
+    DIR/audio/<split>/<id>.wav               with keep_audio: stereo WAV (left user, right agent)
+
+**Dialogues.** Single question → answer dialogues for every intent × question phrasing ×
+``repeats`` user speakers, and every multi-turn exchange ``repeats`` times. Users are espeak-ng
+speakers (two per voice variant, :func:`maata.data.synth.espeak_voices`), never an agent
+variant (:data:`maata.data.voices.AGENT_VARIANTS`). Speakers are split speaker-disjointly by
+variant, with the same assignment :func:`maata.data.synth.synthesize_corpus` makes for the
+same seed, so held-out user voices are also held out of the speech corpus. Every intent has
+dialogues in valid and test; each dialogue has one agent voice, cycling over the four so
+every voice answers every intent (and so speaks every emotion).
+
+**Timing** (:class:`TimingConfig`): the agent answers 200-600 ms after the user stops; the
+user pauses 0.3-1.2 s before the next turn, or (sometimes) starts 0.1-0.4 s before the agent
+has finished. During long user turns the agent backchannels (ఆ, అవును, హ్మ్ ...) quietly on
+its channel. In some dialogues the user interrupts: an interruption phrase (ఆగండి, ఒక్క
+నిమిషం ...) starts while the agent talks and the agent stops 60-150 ms later (30 ms fade);
+the user then goes on with the next question or turn. A QA dialogue with an interruption is
+Q1 → A1 (cut) → "ఆగండి, Q2" → A2.
+
+**Text stream.** The tokens of each agent word (``tokenizer.encode(" " + word)``) start at
+the frame where the word starts (espeak-ng word events; festival: pauses + proportion),
+shifted right past tokens already placed, and never past the end of the agent's segment
+(words cut off by an interruption lose their tokens). Every other frame is EPAD. Laughter
+has no text; the THINKING filler is the word "హ్మ్".
+
+**Emotion stream.** Frames from the end of the previous agent turn to the end of agent turn
+``i`` carry turn ``i``'s emotion id (:data:`maata.lm.model.EMOTIONS`), so the condition is
+in place before the agent starts; after the last turn its emotion stays.
+
+**Metadata** per dialogue (frames at the codec's frame rate): ``id, kind (qa|exchange),
+intent, intents, exchange, user_speaker, split, voice, emotion, emotions, user_turns,
+agent_turns, backchannels, interruptions ([interrupt_frame, agent_stop_frame]), turns,
+agent_words, frames, seconds``.
+
+Everything is planned up front from the seed and each dialogue renders from its own seed,
+so output does not depend on the number of workers.
+
+:func:`build_speech_shards` turns a speech manifest into single-stream pre-training shards
+(``codes`` and, when alignments exist, ``phonemes``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import random
+import shutil
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from maata.data import voices as V
+from maata.data.conversations import ConversationSet, load_conversations
+from maata.data.manifest import SPLITS, ManifestRow, assign_splits
+from maata.data.shards import Record, write_shard
+from maata.data.synth import EspeakVoice, SynthError, espeak_variants, espeak_voices
+from maata.lm.model import EMOTIONS, VOICES
+from maata.text.tokenizer import EPAD_ID, Tokenizer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DialogueError", "TimingConfig", "TurnSpec", "DialogueSpec", "RenderedDialogue",
+           "user_speakers", "plan_dialogues", "render_dialogue", "place_text",
+           "train_dialogue_tokenizer", "build_dialogues", "DialogueReport",
+           "build_speech_shards", "SpeechShardReport", "REFERENCE", "TOKENIZER_NAME",
+           "STATS_NAME"]
+
+REFERENCE = "reference"
+TOKENIZER_NAME = "tokenizer.json"
+STATS_NAME = "stats.json"
+MAX_FAILED = 0.05
+
+
+class DialogueError(ValueError):
+    """Bad input to the dialogue builder: empty scripts, bad settings, existing output."""
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration and plan
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """Turn-taking behaviour (seconds unless noted); ranges are uniform ``(low, high)``."""
+
+    response_gap: tuple[float, float] = (0.2, 0.6)  # user stops → agent starts
+    user_pause: tuple[float, float] = (0.3, 1.2)  # agent stops → user's next turn
+    overlap_prob: float = 0.15  # instead, the user starts before the agent has finished ...
+    overlap: tuple[float, float] = (0.1, 0.4)  # ... by this much
+    lead: tuple[float, float] = (0.3, 0.8)  # silence before the first turn
+    tail: tuple[float, float] = (0.4, 1.0)  # silence after the last
+    backchannel_prob: float = 0.6  # share of user turns that may get a backchannel ...
+    backchannel_min_turn: float = 2.0  # ... if at least this long
+    backchannel_gain_db: float = -12.0  # backchannels are quieter than the agent's turns
+    interrupt_prob: float = 0.15  # share of dialogues with a user interruption
+    interrupt_at: tuple[float, float] = (0.3, 0.7)  # where in the agent's turn (fraction)
+    stop_delay: tuple[float, float] = (0.06, 0.15)  # interruption start → agent silent
+    fade: float = 0.03  # the agent's fade-out when it stops
+    prefix_pause: tuple[float, float] = (0.15, 0.4)  # "ఆగండి" → the rest of the user's turn
+    user_gain_db: tuple[float, float] = (-4.0, 2.0)  # per-dialogue user loudness
+
+    def __post_init__(self) -> None:
+        for name in ("response_gap", "user_pause", "overlap", "lead", "tail", "interrupt_at",
+                     "stop_delay", "prefix_pause", "user_gain_db"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise DialogueError(f"timing {name} must be a range (low <= high), got {(lo, hi)}")
+            if name != "user_gain_db" and lo < 0:
+                raise DialogueError(f"timing {name} must not be negative, got {(lo, hi)}")
+        for name in ("overlap_prob", "backchannel_prob", "interrupt_prob"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise DialogueError(f"timing {name} must be a probability in [0, 1], got {p}")
+        if not (0 < self.interrupt_at[0] and self.interrupt_at[1] < 1):
+            raise DialogueError(f"timing interrupt_at must lie inside (0, 1), got {self.interrupt_at}")
+        if self.stop_delay[1] + self.fade > 0.2:
+            raise DialogueError("the agent must be silent within 200 ms of an interruption: "
+                                f"stop_delay {self.stop_delay[1]} + fade {self.fade} > 0.2 s")
+
+
+@dataclass(frozen=True)
+class TurnSpec:
+    """One turn to render. ``prefix`` (user turns) is an interruption phrase said first,
+    starting while the previous agent turn is still talking; ``backchannel`` (user turns) is
+    what the agent may say during the turn if it is long enough."""
+
+    speaker: str  # "user" | "agent"
+    text: str
+    emotion: str | None = None
+    prefix: str | None = None
+    backchannel: str | None = None
+
+
+@dataclass(frozen=True)
+class DialogueSpec:
+    """Everything needed to render one dialogue (picklable; rendering uses ``seed`` only)."""
+
+    id: str
+    kind: str  # "qa" | "exchange"
+    split: str
+    speaker: EspeakVoice
+    voice: str
+    turns: tuple[TurnSpec, ...]
+    intents: tuple[str, ...] = ()
+    exchange: str | None = None
+    seed: int = 0
+    rate_scale: float = 1.0  # the user's per-dialogue jitter
+    pitch_shift: int = 0
+
+    @property
+    def emotions(self) -> list[str]:
+        return [t.emotion or "NEUTRAL" for t in self.turns if t.speaker == "agent"]
+
+
+def _speaker_row(group: str) -> ManifestRow:
+    return ManifestRow(path=group, duration=1.0, speaker=group, source="plan", text="-")
+
+
+def user_speakers(seed: int = 0, variants: Sequence[str] | None = None,
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, list[EspeakVoice]]:
+    """User speakers per split: two espeak speakers per non-agent variant; variants are held
+    out whole. With ``variants=None`` (all installed) the split of each variant is the one
+    ``maata data synth --seed SEED`` gives it, so the corpus and the dialogues agree."""
+    installed = espeak_variants()
+    if variants is not None:
+        unknown = sorted(set(variants) - set(installed))
+        if unknown:
+            raise DialogueError(f"unknown espeak-ng variant(s) {unknown}; installed: {', '.join(installed)}")
+    pool = sorted(set(variants)) if variants is not None else installed
+    group = {v: EspeakVoice(v, 50, 170).group for v in pool}
+    try:
+        rows = assign_splits([_speaker_row(g) for g in sorted(set(group.values()))],
+                             fractions=fractions, seed=seed)
+    except ValueError as e:
+        raise DialogueError(str(e)) from e
+    split_of = {r.speaker: r.split for r in rows}
+    users = [v for v in pool if v not in V.AGENT_VARIANTS]
+    if not users:
+        raise DialogueError("no espeak-ng variants left for users once the agent voices' "
+                            f"variants ({', '.join(sorted(V.AGENT_VARIANTS))}) are excluded")
+    out: dict[str, list[EspeakVoice]] = {s: [] for s in SPLITS}
+    for voice in espeak_voices(users, random.Random(seed)):
+        out[split_of[voice.group]].append(voice)
+    return out
+
+
+def _quota(n: int, fractions: Sequence[float], available: dict[str, bool]) -> list[str]:
+    """``n`` split labels (unshuffled): when ``n >= 3``, valid and test get ``round(n * f)``,
+    at least one each (if they have speakers and ``f > 0``), train keeps at least one; train
+    gets the rest. Labels of a split without speakers go to one that has some."""
+    k = {s: 0 for s in SPLITS}
+    if n >= 3:
+        for s, f in zip(SPLITS[1:], fractions[1:]):
+            if available[s] and f > 0:
+                k[s] = max(1, round(n * f))
+        if k["valid"] + k["test"] >= n:
+            k = {s: min(v, 1) for s, v in k.items()}
+    k["train"] = n - k["valid"] - k["test"]
+    labels = [s for s in SPLITS for _ in range(k[s])]
+    if not available["train"]:
+        fallback = next(s for s in SPLITS if available[s])
+        labels = [fallback if s == "train" else s for s in labels]
+    return labels
+
+
+class _Cycler:
+    """Deals speakers of one split in a shuffled round-robin, so all get used evenly."""
+
+    def __init__(self, items: Sequence[EspeakVoice], rng: random.Random):
+        self.items = list(items)
+        rng.shuffle(self.items)
+        self.i = 0
+
+    def next(self) -> EspeakVoice:
+        item = self.items[self.i % len(self.items)]
+        self.i += 1
+        return item
+
+
+def plan_dialogues(conversations: ConversationSet, repeats: int = 4, seed: int = 0,
+                   timing: TimingConfig = TimingConfig(),
+                   speakers: dict[str, list[EspeakVoice]] | None = None,
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[DialogueSpec]:
+    """Every dialogue to make, in a fixed order: QA dialogues intent by intent, then exchanges."""
+    if repeats < 1:
+        raise DialogueError(f"repeats must be at least 1, got {repeats}")
+    if not conversations.intents and not conversations.exchanges:
+        raise DialogueError("the script set is empty: no intents or exchanges to make dialogues from")
+    for intent in conversations.intents:
+        V.prosody_for(intent.emotion)
+    for ex in conversations.exchanges:
+        for turn in ex.turns:
+            V.prosody_for(turn.emotion)
+    speakers = speakers if speakers is not None else user_speakers(seed, fractions=fractions)
+    available = {s: bool(speakers.get(s)) for s in SPLITS}
+    if not any(available.values()):
+        raise DialogueError("no user speakers to plan dialogues with")
+    rng = random.Random(seed)
+    cyclers = {s: _Cycler(speakers[s], rng) for s in SPLITS if available[s]}
+    interruptions = list(conversations.interruptions)
+    backchannels = list(conversations.backchannels)
+
+    def user_turn(text: str, emotion: str | None = None, prefix: str | None = None) -> TurnSpec:
+        bc = rng.choice(backchannels) if backchannels and rng.random() < timing.backchannel_prob else None
+        return TurnSpec("user", text, emotion, prefix, bc)
+
+    def spec(uid: str, kind: str, split: str, voice: str, turns: list[TurnSpec], **kw) -> DialogueSpec:
+        return DialogueSpec(uid, kind, split, cyclers[split].next(), voice, tuple(turns),
+                            seed=rng.randrange(2 ** 31), rate_scale=round(rng.uniform(0.92, 1.08), 3),
+                            pitch_shift=rng.randint(-4, 4), **kw)
+
+    plans: list[DialogueSpec] = []
+    intents = conversations.intents
+    for ii, intent in enumerate(intents):
+        items = [(qi, r) for qi in range(len(intent.questions)) for r in range(repeats)]
+        labels = _quota(len(items), fractions, available)
+        rng.shuffle(labels)
+        for k, ((qi, r), split) in enumerate(zip(items, labels)):
+            voice = VOICES[(ii + k) % len(VOICES)]
+            turns = [user_turn(intent.questions[qi]), TurnSpec("agent", intent.answer, intent.emotion)]
+            ids = [intent.id]
+            if interruptions and len(intents) > 1 and rng.random() < timing.interrupt_prob:
+                other = intents[(ii + rng.randrange(1, len(intents))) % len(intents)]
+                turns += [user_turn(rng.choice(other.questions), prefix=rng.choice(interruptions)),
+                          TurnSpec("agent", other.answer, other.emotion)]
+                ids.append(other.id)
+            plans.append(spec(f"qa-{intent.id}-q{qi}-r{r}", "qa", split, voice, turns,
+                              intents=tuple(ids)))
+    exchanges = conversations.exchanges
+    labels = _quota(len(exchanges) * repeats, fractions, available)
+    rng.shuffle(labels)
+    for ei, ex in enumerate(exchanges):
+        for r in range(repeats):
+            split = labels[ei * repeats + r]
+            voice = VOICES[(ei + r) % len(VOICES)]
+            cut = None
+            candidates = [j for j in range(len(ex.turns) - 1)
+                          if ex.turns[j].speaker == "agent" and ex.turns[j + 1].speaker == "user"]
+            if interruptions and candidates and rng.random() < timing.interrupt_prob:
+                cut = rng.choice(candidates) + 1
+            turns = []
+            for j, t in enumerate(ex.turns):
+                if t.speaker == "user":
+                    turns.append(user_turn(t.text, t.emotion,
+                                           rng.choice(interruptions) if j == cut else None))
+                else:
+                    turns.append(TurnSpec("agent", t.text, t.emotion))
+            plans.append(spec(f"ex-{ex.id}-r{r}", "exchange", split, voice, turns, exchange=ex.id))
+    return plans
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass
+class _Segment:
+    start: int  # sample
+    audio: np.ndarray
+    words: list[tuple[int, str]]  # (absolute sample, word)
+    kind: str = "turn"  # turn | backchannel
+    emotion: str | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.audio)
+
+
+@dataclass
+class RenderedDialogue:
+    """One rendered dialogue: both channels (float32, same length, a whole number of frames)
+    and its timeline in samples."""
+
+    spec: DialogueSpec
+    user: np.ndarray
+    agent: np.ndarray
+    sample_rate: int
+    hop: int
+    user_turns: list[tuple[int, int]]
+    agent_turns: list[tuple[int, int]]
+    backchannels: list[tuple[int, int]]
+    interruptions: list[tuple[int, int]]  # (user starts the interruption, agent silent)
+    segments: list[_Segment] = field(repr=False)  # the agent's, in time order
+    turn_texts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return len(self.user) // self.hop
+
+    @property
+    def seconds(self) -> float:
+        return len(self.user) / self.sample_rate
+
+    def _f0(self, s: int) -> int:
+        return s // self.hop
+
+    def _f1(self, s: int) -> int:
+        return min(self.frames, -(-s // self.hop))
+
+    def text_tokens(self, tokenizer: Tokenizer) -> tuple[np.ndarray, list[list]]:
+        """The agent's text stream int32 [T] and the placed words ``[frame, word]``."""
+        return place_text([(seg.words, self._f1(seg.end)) for seg in self.segments],
+                          self.frames, self.hop, tokenizer)
+
+    def emotion_ids(self) -> np.ndarray:
+        """The agent's emotion id per frame, int8 [T]."""
+        ids = np.zeros(self.frames, np.int8)
+        turns = [s for s in self.segments if s.kind == "turn"]
+        prev = 0
+        for seg in turns:
+            end = self._f1(seg.end)
+            ids[prev:end] = EMOTIONS.index(seg.emotion or "NEUTRAL")
+            prev = end
+        if turns:
+            ids[prev:] = EMOTIONS.index(turns[-1].emotion or "NEUTRAL")
+        return ids
+
+    def meta(self, agent_words: list[list] | None = None) -> dict[str, Any]:
+        s = self.spec
+        frames = lambda spans: [[self._f0(a), self._f1(b)] for a, b in spans]  # noqa: E731
+        emotions = s.emotions
+        return {
+            "id": s.id, "kind": s.kind, "split": s.split,
+            "intent": s.intents[0] if s.intents else None, "intents": list(s.intents),
+            "exchange": s.exchange, "user_speaker": s.speaker.speaker,
+            "user_group": s.speaker.group, "voice": s.voice,
+            "emotion": emotions[0] if emotions else "NEUTRAL", "emotions": emotions,
+            "frame_rate": self.sample_rate / self.hop, "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "user_turns": frames(self.user_turns), "agent_turns": frames(self.agent_turns),
+            "backchannels": frames(self.backchannels),
+            "interruptions": [[self._f0(a), self._f1(b)] for a, b in self.interruptions],
+            "turns": self.turn_texts,
+            "agent_words": agent_words if agent_words is not None else [],
+        }
+
+
+def place_text(segments: Sequence[tuple[Sequence[tuple[int, str]], int]], n_frames: int, hop: int,
+               tokenizer: Tokenizer) -> tuple[np.ndarray, list[list]]:
+    """Frame-aligned text: for each ``(words, end_frame)`` segment, each word's tokens
+    (``encode(" " + word)``) go from the frame of its start sample onwards, skipping frames
+    already used, never at or past ``end_frame``. Returns int32 [n_frames] (EPAD elsewhere)
+    and the ``[frame, word]`` of every word that got at least one token."""
+    text = np.full(n_frames, EPAD_ID, np.int32)
+    placed: list[list] = []
+    for words, end in segments:
+        end = min(end, n_frames)
+        for sample, word in words:
+            f = sample // hop
+            first = None
+            for tok in tokenizer.encode(" " + word):
+                while f < end and text[f] != EPAD_ID:
+                    f += 1
+                if f >= end:
+                    break
+                text[f] = tok
+                first = f if first is None else first
+                f += 1
+            if first is not None:
+                placed.append([int(first), word])
+    return text, placed
+
+
+def _samples(seconds: float, sr: int) -> int:
+    return int(round(seconds * sr))
+
+
+def render_dialogue(spec: DialogueSpec, timing: TimingConfig = TimingConfig(),
+                    sample_rate: int = 16000, hop: int = 640) -> RenderedDialogue:
+    """Synthesise and lay out one dialogue (see the module docstring for the timing rules)."""
+    V.agent_voice(spec.voice)
+    rng = np.random.default_rng(spec.seed)
+    sr = sample_rate
+    uni = lambda r: float(rng.uniform(*r))  # noqa: E731
+    user_gain = uni(timing.user_gain_db)
+    user_segs: list[tuple[int, np.ndarray]] = []
+    agent_segs: list[_Segment] = []
+    user_turns: list[tuple[int, int]] = []
+    backchannels: list[tuple[int, int]] = []
+    interruptions: list[tuple[int, int]] = []
+    turn_texts: list[dict[str, Any]] = []
+    last_agent: _Segment | None = None
+    user_end = 0
+    t = _samples(uni(timing.lead), sr)
+    prev_speaker = None
+
+    def speak_user(text: str, emotion: str | None) -> V.Speech:
+        return V.speak_user(text, spec.speaker, emotion, sr, spec.rate_scale, spec.pitch_shift, user_gain)
+
+    for turn in spec.turns:
+        if turn.speaker == "user":
+            speech = speak_user(turn.text, turn.emotion)
+            audio, words = speech.audio, [(_samples(s, sr), w) for s, w in speech.words]
+            if turn.prefix:
+                pre = speak_user(turn.prefix, turn.emotion)
+                gap = np.zeros(_samples(uni(timing.prefix_pause), sr), np.float32)
+                shift = len(pre.audio) + len(gap)
+                words = [(_samples(s, sr), w) for s, w in pre.words] + [(s + shift, w) for s, w in words]
+                audio = np.concatenate([pre.audio, gap, audio])
+            start = t
+            interrupted = False
+            if prev_speaker == "agent" and last_agent is not None:
+                a0, a1 = last_agent.start, last_agent.end
+                if turn.prefix and a1 - a0 > _samples(1.0, sr):
+                    at = a0 + int(uni(timing.interrupt_at) * (a1 - a0))
+                    at = min(max(at, a0 + _samples(0.5, sr)), a1 - _samples(0.3, sr))
+                    stop = at + _samples(uni(timing.stop_delay), sr)
+                    _truncate(last_agent, stop, _samples(timing.fade, sr))
+                    agent_turns_end = last_agent.end
+                    interruptions.append((at, agent_turns_end))
+                    turn_texts[-1]["interrupted"] = True
+                    start, interrupted = at, True
+                elif (rng.random() < timing.overlap_prob
+                      and len(audio) > _samples(timing.overlap[1] + 0.3, sr)
+                      and a1 - a0 > _samples(1.0, sr)):
+                    start = max(a1 - _samples(uni(timing.overlap), sr), a0 + (a1 - a0) // 2)
+                else:
+                    start = a1 + _samples(uni(timing.user_pause), sr)
+            end = start + len(audio)
+            user_segs.append((start, audio))
+            user_turns.append((start, end))
+            turn_texts.append({"speaker": "user", "text": (f"{turn.prefix} {turn.text}" if turn.prefix
+                                                           else turn.text),
+                               "emotion": turn.emotion, "interrupts": interrupted})
+            if turn.backchannel and len(audio) >= _samples(timing.backchannel_min_turn, sr):
+                not_before = max(start, last_agent.end if last_agent is not None else 0) + _samples(0.2, sr)
+                seg = _place_backchannel(turn.backchannel, spec.voice, start, end, words, not_before,
+                                         timing, sr, rng)
+                if seg is not None:
+                    agent_segs.append(seg)
+                    backchannels.append((seg.start, seg.end))
+            user_end = end
+            t = end
+        elif turn.speaker == "agent":
+            speech = V.speak_agent(turn.text, spec.voice, turn.emotion or "NEUTRAL", sr, rng)
+            start = max(user_end, t) + _samples(uni(timing.response_gap), sr)
+            seg = _Segment(start, speech.audio, [(start + _samples(s, sr), w) for s, w in speech.words],
+                           "turn", turn.emotion or "NEUTRAL")
+            agent_segs.append(seg)
+            last_agent = seg
+            turn_texts.append({"speaker": "agent", "text": turn.text, "emotion": seg.emotion,
+                               "interrupted": False})
+            t = seg.end
+        else:
+            raise DialogueError(f"{spec.id}: turn speaker must be 'user' or 'agent', got {turn.speaker!r}")
+        prev_speaker = turn.speaker
+
+    ends = [s + len(a) for s, a in user_segs] + [s.end for s in agent_segs]
+    total = max(ends, default=t) + _samples(uni(timing.tail), sr)
+    total = -(-total // hop) * hop
+    user = np.zeros(total, np.float32)
+    agent = np.zeros(total, np.float32)
+    for s, a in user_segs:
+        user[s:s + len(a)] += a
+    for seg in agent_segs:
+        agent[seg.start:seg.end] += seg.audio
+    np.clip(user, -1.0, 1.0, out=user)
+    np.clip(agent, -1.0, 1.0, out=agent)
+    agent_segs.sort(key=lambda s: s.start)
+    agent_turns = [(s.start, s.end) for s in agent_segs if s.kind == "turn"]
+    for entry, (a, b) in zip([x for x in turn_texts if x["speaker"] == "agent"], agent_turns):
+        entry["start"], entry["end"] = a // hop, min(total // hop, -(-b // hop))
+    for entry, (a, b) in zip([x for x in turn_texts if x["speaker"] == "user"], user_turns):
+        entry["start"], entry["end"] = a // hop, min(total // hop, -(-b // hop))
+    return RenderedDialogue(spec, user, agent, sr, hop, user_turns, agent_turns, backchannels,
+                            interruptions, agent_segs, turn_texts)
+
+
+def _truncate(seg: _Segment, stop: int, fade: int) -> None:
+    """The agent stops at sample ``stop``: cut its audio there with a ``fade``-sample ramp."""
+    n = max(0, min(len(seg.audio), stop - seg.start))
+    audio = np.array(seg.audio[:n], np.float32)
+    k = min(fade, n)
+    if k:
+        audio[n - k:] *= np.linspace(1.0, 0.0, k, dtype=np.float32)
+    seg.audio = audio
+    seg.words = [(s, w) for s, w in seg.words if s < seg.start + n]
+
+
+def _place_backchannel(text: str, voice: str, u0: int, u1: int, words: list[tuple[int, str]],
+                       not_before: int, timing: TimingConfig, sr: int,
+                       rng: np.random.Generator) -> _Segment | None:
+    """A quiet backchannel during the user's turn [u0, u1): just after a word starts between
+    35% and 75% of the turn (preferring phrase starts), ending 200 ms before the user stops."""
+    bc = V.speak_backchannel(text, voice, sr, timing.backchannel_gain_db)
+    n = len(bc.audio)
+    lo, hi = u0 + int(0.35 * (u1 - u0)), u0 + int(0.75 * (u1 - u0))
+    starts = [u0 + s for s, _ in words]
+    after_phrase = [u0 + words[i + 1][0] for i in range(len(words) - 1)
+                    if words[i][1][-1:] in ".,?!"]
+    latest = u1 - _samples(0.2, sr) - n
+    for pool in (after_phrase, starts):
+        cands = [s for s in pool if lo <= s <= hi and not_before <= s <= latest]
+        if cands:
+            s = int(cands[int(rng.integers(len(cands)))]) + _samples(float(rng.uniform(0.0, 0.15)), sr)
+            s = min(s, latest)
+            return _Segment(s, bc.audio, [(s + _samples(t, sr), w) for t, w in bc.words],
+                            "backchannel", None)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def _script_texts(conversations: ConversationSet) -> list[str]:
+    texts = [q for i in conversations.intents for q in i.questions]
+    texts += [i.answer for i in conversations.intents]
+    texts += [t.text for e in conversations.exchanges for t in e.turns]
+    texts += list(conversations.backchannels) + list(conversations.interruptions)
+    texts += [V.THINKING_FILLER]
+    return texts
+
+
+def train_dialogue_tokenizer(conversations: ConversationSet, n_sentences: int = 20000, seed: int = 0,
+                             vocab_size: int = 2000) -> Tokenizer:
+    """The text-stream tokenizer: BPE over the conversation scripts (three times, so their
+    words get whole pieces) plus ``n_sentences`` generated everyday sentences."""
+    from maata.text.generator import generate_sentences
+
+    texts = _script_texts(conversations) * 3
+    if n_sentences > 0:
+        texts += generate_sentences(n_sentences, seed=seed)
+    return Tokenizer.train(texts, vocab_size=vocab_size)
+
+
+# ---------------------------------------------------------------------------------------
+# Workers: render + encode
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(codec: Any, tokenizer_path: str | None, timing: TimingConfig,
+                 audio_dir: str | None, threads: int | None = 1, extra: Any = None) -> None:
+    """Per-process state: the codec (a path or a loaded Codec), tokenizer and settings."""
+    import torch
+
+    from maata.checkpoint import load_codec
+
+    if threads:
+        torch.set_num_threads(threads)
+    _STATE["codec"] = load_codec(codec) if isinstance(codec, (str, Path)) else codec
+    _STATE["tokenizer"] = Tokenizer.load(tokenizer_path) if tokenizer_path else None
+    _STATE["timing"] = timing
+    _STATE["audio_dir"] = Path(audio_dir) if audio_dir else None
+    _STATE["extra"] = extra
+
+
+def _encode(*channels: np.ndarray) -> np.ndarray:
+    """Codes int16 [C, K, F] of equal-length mono channels, encoded as one batch."""
+    import torch
+
+    codec = _STATE["codec"]
+    x = torch.from_numpy(np.stack(channels).astype(np.float32))[:, None]
+    with torch.no_grad():
+        codes = codec.encode(x)
+    return codes.numpy().astype(np.int16)
+
+
+def _dialogue_job(spec: DialogueSpec) -> tuple[str, Record, float, float] | str:
+    """Worker entry: (split, record, render s, encode s), or an error message."""
+    codec = _STATE["codec"]
+    try:
+        t0 = time.perf_counter()
+        r = render_dialogue(spec, _STATE["timing"], codec.cfg.sample_rate, codec.hop)
+        text, placed = r.text_tokens(_STATE["tokenizer"])
+        emotion = r.emotion_ids()
+        t1 = time.perf_counter()
+        codes = _encode(r.user, r.agent)
+        t2 = time.perf_counter()
+    except (SynthError, ValueError, OSError) as e:
+        return f"{spec.id}: {e}"
+    if codes.shape[-1] != r.frames:
+        return f"{spec.id}: codec gave {codes.shape[-1]} frames for {r.frames}"
+    if _STATE["audio_dir"] is not None:
+        from maata.audio import write_wav
+
+        write_wav(_STATE["audio_dir"] / spec.split / f"{spec.id}.wav",
+                  np.stack([r.user, r.agent], axis=1), r.sample_rate)
+    record = Record({"user": codes[0], "agent": codes[1], "text": text, "emotion": emotion},
+                    r.meta(placed))
+    return spec.split, record, t1 - t0, t2 - t1
+
+
+@dataclass(frozen=True)
+class _ReferenceJob:
+    intent: str
+    text: str
+    emotion: str
+    voice: str
+    seed: int
+
+
+def _reference_job(job: _ReferenceJob) -> tuple[str, Record, float, float] | str:
+    """The agent's canonical rendering of one answer in one voice, as codes + text."""
+    codec = _STATE["codec"]
+    sr, hop = codec.cfg.sample_rate, codec.hop
+    try:
+        t0 = time.perf_counter()
+        speech = V.speak_agent(job.text, job.voice, job.emotion, sr, np.random.default_rng(job.seed))
+        n = -(-len(speech.audio) // hop) * hop
+        audio = np.pad(speech.audio, (0, n - len(speech.audio)))
+        frames = n // hop
+        words = [(_samples(s, sr), w) for s, w in speech.words]
+        text, placed = place_text([(words, frames)], frames, hop, _STATE["tokenizer"])
+        t1 = time.perf_counter()
+        codes = _encode(audio)[0]
+        t2 = time.perf_counter()
+    except (SynthError, ValueError, OSError) as e:
+        return f"reference {job.intent}/{job.voice}: {e}"
+    uid = f"ref-{job.intent}-{job.voice}"
+    if _STATE["audio_dir"] is not None:
+        from maata.audio import write_wav
+
+        write_wav(_STATE["audio_dir"] / REFERENCE / f"{uid}.wav", audio, sr)
+    meta = {"id": uid, "kind": "reference", "intent": job.intent, "voice": job.voice,
+            "emotion": job.emotion, "text": job.text, "frames": frames,
+            "seconds": round(n / sr, 3), "agent_words": placed}
+    return REFERENCE, Record({"codes": codes, "text": text}, meta), t1 - t0, t2 - t1
+
+
+def _run_job(job: Any) -> Any:
+    if isinstance(job, DialogueSpec):
+        return _dialogue_job(job)
+    if isinstance(job, _ReferenceJob):
+        return _reference_job(job)
+    return _speech_job(job)
+
+
+def _run_all(jobs: Sequence[Any], init_args: tuple, workers: int) -> Iterator[Any]:
+    """Results in job order, from this process (workers <= 1) or a spawn pool."""
+    if workers <= 1 or len(jobs) <= 1:
+        import torch
+
+        threads = torch.get_num_threads()  # one thread encodes fastest on a shared CPU
+        try:
+            _init_worker(*init_args[:4], threads=1, extra=init_args[5] if len(init_args) > 5 else None)
+            yield from map(_run_job, jobs)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        yield from pool.imap(_run_job, jobs, chunksize=max(1, min(8, len(jobs) // (workers * 8))))
+
+
+class _ShardWriter:
+    """Buffers records per split and writes ``<root>/<split>/shard-XXXXX.safetensors``."""
+
+    def __init__(self, root: Path, size: int):
+        self.root, self.size = root, size
+        self.buffers: dict[str, list[Record]] = defaultdict(list)
+        self.counts: Counter[str] = Counter()
+        self.paths: list[Path] = []
+
+    def add(self, split: str, record: Record) -> None:
+        self.buffers[split].append(record)
+        if len(self.buffers[split]) >= self.size:
+            self.flush(split)
+
+    def flush(self, split: str | None = None) -> None:
+        for s in [split] if split else list(self.buffers):
+            records = self.buffers[s]
+            if records:
+                path = self.root / s / f"shard-{self.counts[s]:05d}.safetensors"
+                self.paths.append(write_shard(path, records))
+                self.counts[s] += 1
+                self.buffers[s] = []
+
+
+def _clear_outputs(out: Path, splits: Sequence[str]) -> None:
+    for s in splits:
+        for p in (out / s).glob("shard-*.safetensors"):
+            p.unlink()
+    if (out / "audio").is_dir():
+        shutil.rmtree(out / "audio")
+    for name in (STATS_NAME,):
+        if (out / name).exists():
+            (out / name).unlink()
+
+
+def _check_codec_path(codec: Any) -> None:
+    if isinstance(codec, (str, Path)) and not Path(codec).is_file():
+        raise FileNotFoundError(f"codec checkpoint not found: {codec}")
+
+
+# ---------------------------------------------------------------------------------------
+# The dialogue dataset
+
+
+@dataclass(frozen=True)
+class DialogueReport:
+    """What :func:`build_dialogues` made."""
+
+    out: Path
+    stats: dict[str, Any]
+    shards: list[Path]
+    failures: list[str]
+    seconds: float
+
+
+def _subset(conversations: ConversationSet, max_intents: int | None,
+            max_exchanges: int | None) -> ConversationSet:
+    for name, n in (("max_intents", max_intents), ("max_exchanges", max_exchanges)):
+        if n is not None and n < 0:
+            raise DialogueError(f"{name} must be >= 0, got {n}")
+    return replace(conversations,
+                   intents=conversations.intents[:max_intents] if max_intents is not None else conversations.intents,
+                   exchanges=(conversations.exchanges[:max_exchanges] if max_exchanges is not None
+                              else conversations.exchanges))
+
+
+def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: ConversationSet | None = None,
+                    repeats: int = 4, workers: int = 1, seed: int = 0, timing: TimingConfig = TimingConfig(),
+                    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                    variants: Sequence[str] | None = None, keep_audio: bool = False,
+                    shard_size: int = 200, tokenizer: str | Path | None = None,
+                    tokenizer_sentences: int = 20000, vocab_size: int = 2000,
+                    max_intents: int | None = None, max_exchanges: int | None = None,
+                    references: bool = True, overwrite: bool = False,
+                    progress: bool = True) -> DialogueReport:
+    """Render, encode and shard the dialogue dataset into ``out`` (see the module docstring).
+
+    ``codec`` is a codec checkpoint path (needed for ``workers > 1``) or a loaded Codec;
+    ``tokenizer`` an existing tokenizer file to use instead of training one;
+    ``max_intents`` / ``max_exchanges`` take the first few scripts only (quick runs).
+    Dialogues that fail are logged and left out; more than 5% failing raises SynthError.
+    """
+    from tqdm import tqdm
+
+    from maata.checkpoint import load_codec
+
+    started = time.monotonic()
+    _check_codec_path(codec)
+    if shard_size < 1:
+        raise DialogueError(f"shard size must be at least 1, got {shard_size}")
+    if workers < 1:
+        raise DialogueError(f"workers must be at least 1, got {workers}")
+    loaded = load_codec(codec) if isinstance(codec, (str, Path)) else codec
+    if not hasattr(loaded, "encode") or not hasattr(loaded, "hop"):
+        raise DialogueError(f"not a codec: {type(loaded).__name__}")
+    sr, hop = loaded.cfg.sample_rate, loaded.hop
+    conversations = _subset(conversations or load_conversations(), max_intents, max_exchanges)
+    if not conversations.intents and not conversations.exchanges:
+        raise DialogueError("the script set is empty: no intents or exchanges to make dialogues from")
+    out = Path(out)
+    if (out / STATS_NAME).exists() and not overwrite:
+        raise DialogueError(f"{out / STATS_NAME} already exists; choose another --out or pass --overwrite")
+    speakers = user_speakers(seed, variants, fractions)
+    plans = plan_dialogues(conversations, repeats, seed, timing, speakers, fractions)
+    refs = [_ReferenceJob(i.id, i.answer, i.emotion, v, seed * 100003 + n)
+            for n, i in enumerate(conversations.intents) for v in VOICES] if references else []
+    _clear_outputs(out, [*SPLITS, REFERENCE])
+    out.mkdir(parents=True, exist_ok=True)
+
+    tok_path = out / TOKENIZER_NAME
+    if tokenizer is not None:
+        tok = Tokenizer.load(tokenizer)
+    else:
+        tok = train_dialogue_tokenizer(conversations, tokenizer_sentences, seed, vocab_size)
+    tok.save(tok_path)
+
+    jobs: list[Any] = [*plans, *refs]
+    audio_dir = str(out / "audio") if keep_audio else None
+    codec_arg = str(codec) if isinstance(codec, (str, Path)) else loaded
+    if workers > 1 and not isinstance(codec, (str, Path)):
+        log.info("a loaded codec cannot be sent to workers: rendering in this process")
+        workers = 1
+    init_args = (codec_arg, str(tok_path), timing, audio_dir, 1)
+    writer = _ShardWriter(out, shard_size)
+    failures: list[str] = []
+    acc: dict[str, Any] = defaultdict(Counter)
+    render_s = encode_s = 0.0
+    n_done = Counter()
+    for result in tqdm(_run_all(jobs, init_args, workers), total=len(jobs), desc="dialogues",
+                       unit="dlg", disable=not progress):
+        if isinstance(result, str):
+            log.warning("skipped %s", result)
+            failures.append(result)
+            continue
+        split, record, r_s, e_s = result
+        render_s += r_s
+        encode_s += e_s
+        n_done[split] += 1
+        writer.add(split, record)
+        _accumulate(acc, split, record.meta)
+    writer.flush()
+    if len(failures) > MAX_FAILED * len(jobs):
+        raise SynthError(f"{len(failures)} of {len(jobs)} dialogues failed; first: {failures[0]}")
+    _check_disjoint(acc)
+    seconds = time.monotonic() - started
+    n_dialogues = sum(v for k, v in n_done.items() if k != REFERENCE)
+    stats = _stats(acc, speakers, writer, conversations, failures, seconds, render_s, encode_s,
+                   n_dialogues + n_done[REFERENCE], tok, loaded, repeats, seed, timing, workers)
+    (out / STATS_NAME).write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
+    return DialogueReport(out, stats, writer.paths, failures, seconds)
+
+
+def _accumulate(acc: dict[str, Any], split: str, meta: dict[str, Any]) -> None:
+    a = acc[split]
+    a["records"] += 1
+    a["frames"] += meta["frames"]
+    a["seconds"] += meta["seconds"]
+    if split == REFERENCE:
+        return
+    a[f"kind:{meta['kind']}"] += 1
+    a[f"voice:{meta['voice']}"] += 1
+    for e in meta["emotions"]:
+        a[f"emotion:{e}"] += 1
+    a["interruptions"] += len(meta["interruptions"])
+    a["backchannels"] += len(meta["backchannels"])
+    a["agent_turns"] += len(meta["agent_turns"])
+    a["user_turns"] += len(meta["user_turns"])
+    acc.setdefault("_speakers", defaultdict(set))[split].add(meta["user_speaker"])
+    acc.setdefault("_groups", defaultdict(set))[split].add(meta["user_group"])
+    if meta["intent"]:
+        acc.setdefault("_intents", defaultdict(set))[split].add(meta["intent"])
+
+
+def _check_disjoint(acc: dict[str, Any]) -> None:
+    groups = acc.get("_groups", {})
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b and groups.get(a, set()) & groups.get(b, set()):
+                raise DialogueError(f"user speakers shared by {a} and {b}: "
+                                    f"{sorted(groups[a] & groups[b])[:3]}")
+
+
+def _stats(acc, speakers, writer, conversations, failures, seconds, render_s, encode_s, n_jobs,
+           tok, codec, repeats, seed, timing, workers) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    spk = acc.get("_speakers", {})
+    intents = acc.get("_intents", {})
+    for s in [*SPLITS, REFERENCE]:
+        a = acc.get(s, Counter())
+        entry = {"records": a["records"], "shards": writer.counts[s], "frames": a["frames"],
+                 "hours": round(a["seconds"] / 3600, 4)}
+        if s != REFERENCE:
+            entry.update({
+                "qa": a["kind:qa"], "exchanges": a["kind:exchange"],
+                "intents": len(intents.get(s, ())),
+                "user_speakers": len(spk.get(s, ())), "speakers": sorted(spk.get(s, ())),
+                "speaker_pool": len(speakers.get(s, ())),
+                "voices": {v: a[f"voice:{v}"] for v in VOICES},
+                "emotions": {e: a[f"emotion:{e}"] for e in EMOTIONS},
+                "user_turns": a["user_turns"], "agent_turns": a["agent_turns"],
+                "backchannels": a["backchannels"], "interruptions": a["interruptions"],
+            })
+        splits[s] = entry
+    n = max(1, n_jobs)
+    return {
+        "format": "maata-dialogues/1", "seed": seed, "repeats": repeats,
+        "intents": len(conversations.intents), "exchanges": len(conversations.exchanges),
+        "dialogues": sum(splits[s]["records"] for s in SPLITS),
+        "hours": round(sum(splits[s]["hours"] for s in SPLITS), 4),
+        "splits": splits,
+        "codec": {"sample_rate": codec.cfg.sample_rate, "hop": codec.hop, "n_q": codec.n_q,
+                  "frame_rate": codec.cfg.sample_rate / codec.hop},
+        "tokenizer": {"file": TOKENIZER_NAME, "vocab_size": tok.vocab_size, "epad_id": EPAD_ID},
+        "voices": {name: asdict(v) for name, v in V.AGENT_VOICES.items()},
+        "timing": asdict(timing),
+        "failures": failures[:50], "failed": len(failures),
+        "seconds": round(seconds, 1), "workers": workers,
+        "per_record_s": {"render": round(render_s / n, 4), "encode": round(encode_s / n, 4)},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Single-stream pre-training shards from a speech manifest
+
+
+@dataclass(frozen=True)
+class _SpeechJob:
+    rows: tuple[tuple[str, ManifestRow], ...]  # (audio path, row)
+
+
+def _speech_job(job: _SpeechJob) -> list[tuple[str, Record]] | str:
+    """Load, pad and encode a batch of clips; one record per clip."""
+    from maata.audio import load_audio
+    from maata.data.phonemes import PhonemeVocab, frame_labels
+
+    codec = _STATE["codec"]
+    vocab: PhonemeVocab | None = _STATE["extra"]
+    sr, hop = codec.cfg.sample_rate, codec.hop
+    try:
+        clips = [load_audio(p, sr)[0] for p, _ in job.rows]
+        for (p, _), x in zip(job.rows, clips):
+            if x.size == 0:
+                raise ValueError(f"{p}: empty audio")
+        n = -(-max(len(x) for x in clips) // hop) * hop
+        codes = _encode(*[np.pad(x, (0, n - len(x))) for x in clips])  # causal: padding is harmless
+    except (ValueError, OSError) as e:
+        return f"{job.rows[0][0]}…: {e}"
+    out = []
+    for (path, row), x, c in zip(job.rows, clips, codes):
+        frames = -(-len(x) // hop)
+        arrays = {"codes": c[:, :frames]}
+        if vocab is not None:
+            arrays["phonemes"] = frame_labels(vocab.encode(row.phonemes), frames, sr / hop).astype(np.int16)
+        meta = {"id": row.path, "speaker": row.speaker, "source": row.source, "text": row.text,
+                "split": row.split, "seconds": round(len(x) / sr, 3), "frames": frames}
+        out.append((row.split or "train", Record(arrays, meta)))
+    return out
+
+
+@dataclass(frozen=True)
+class SpeechShardReport:
+    out: Path
+    stats: dict[str, Any]
+    shards: list[Path]
+    failures: list[str]
+    seconds: float
+
+
+def build_speech_shards(manifest: str | Path, codec: str | Path | Any, out: str | Path, *,
+                        workers: int = 1, shard_size: int = 1000, batch: int = 16,
+                        overwrite: bool = False, progress: bool = True) -> SpeechShardReport:
+    """Encode every clip of a speech manifest into ``out/<split>/shard-XXXXX.safetensors``
+    (field ``codes`` int16 [K, F]; plus ``phonemes`` int16 [F] (-100 = unknown) when any row
+    has an alignment, with the manifest's ``phoneme_vocab.json`` or one built from it, copied
+    to ``out``). Rows without a split go to train. Clips are batched by length (the codec is
+    causal, so zero padding at the end does not change a clip's codes)."""
+    from tqdm import tqdm
+
+    from maata.checkpoint import load_codec
+    from maata.data.manifest import audio_path, read_manifest
+    from maata.data.phonemes import PhonemeVocab
+
+    started = time.monotonic()
+    _check_codec_path(codec)
+    if shard_size < 1 or batch < 1 or workers < 1:
+        raise DialogueError("shard_size, batch and workers must be at least 1")
+    manifest = Path(manifest)
+    rows = read_manifest(manifest)
+    if not rows:
+        raise DialogueError(f"{manifest}: the manifest has no rows")
+    out = Path(out)
+    if (out / STATS_NAME).exists() and not overwrite:
+        raise DialogueError(f"{out / STATS_NAME} already exists; choose another --out or pass --overwrite")
+    loaded = load_codec(codec) if isinstance(codec, (str, Path)) else codec
+    vocab = None
+    if any(r.phonemes is not None for r in rows):
+        path = PhonemeVocab.path_for(manifest)
+        vocab = PhonemeVocab.load(path) if path.is_file() else PhonemeVocab.from_manifest(rows)
+    _clear_outputs(out, SPLITS)
+    out.mkdir(parents=True, exist_ok=True)
+    if vocab is not None:
+        vocab.save(out / "phoneme_vocab.json")
+    jobs = []
+    for split in SPLITS:
+        mine = sorted((r for r in rows if (r.split or "train") == split), key=lambda r: (r.duration, r.path))
+        for i in range(0, len(mine), batch):
+            jobs.append(_SpeechJob(tuple((str(audio_path(manifest, r)), r) for r in mine[i:i + batch])))
+    codec_arg = str(codec) if isinstance(codec, (str, Path)) else loaded
+    if workers > 1 and not isinstance(codec, (str, Path)):
+        workers = 1
+    writer = _ShardWriter(out, shard_size)
+    failures: list[str] = []
+    acc: dict[str, Counter] = defaultdict(Counter)
+    speakers: dict[str, set] = defaultdict(set)
+    for result in tqdm(_run_all(jobs, (codec_arg, None, TimingConfig(), None, 1, vocab), workers),
+                       total=len(jobs), desc="speech shards", unit="batch", disable=not progress):
+        if isinstance(result, str):
+            log.warning("skipped %s", result)
+            failures.append(result)
+            continue
+        for split, record in result:
+            writer.add(split, record)
+            acc[split]["clips"] += 1
+            acc[split]["frames"] += record.meta["frames"]
+            acc[split]["seconds"] += record.meta["seconds"]
+            speakers[split].add(record.meta["speaker"])
+    writer.flush()
+    if len(failures) > MAX_FAILED * len(jobs):
+        raise DialogueError(f"{len(failures)} of {len(jobs)} batches failed; first: {failures[0]}")
+    stats = {"format": "maata-speech-shards/1", "manifest": str(manifest),
+             "phonemes": vocab is not None, "phoneme_classes": len(vocab) if vocab else 0,
+             "splits": {s: {"clips": acc[s]["clips"], "frames": acc[s]["frames"],
+                            "hours": round(acc[s]["seconds"] / 3600, 4), "speakers": len(speakers[s]),
+                            "shards": writer.counts[s]} for s in SPLITS},
+             "failures": failures[:50], "seconds": round(time.monotonic() - started, 1)}
+    (out / STATS_NAME).write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
+    return SpeechShardReport(out, stats, writer.paths, failures, stats["seconds"])
+

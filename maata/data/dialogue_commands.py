@@ -1,0 +1,134 @@
+"""``maata data dialogues`` and ``maata data speech-shards``: code shards for the S2S model.
+
+* ``maata data dialogues --out DIR --codec CKPT [--workers K] [--repeats N]``: two-channel
+  synthetic dialogues from the conversation scripts, encoded with the codec into
+  ``DIR/{train,valid,test}/shard-*.safetensors`` plus ``DIR/reference/`` (every intent's
+  answer in every voice), ``DIR/tokenizer.json`` and ``DIR/stats.json``.
+* ``maata data speech-shards --manifest M --codec CKPT --out DIR``: single-stream
+  pre-training shards (``codes``, ``phonemes``) from a speech manifest.
+
+Both join the ``data`` command group of :mod:`maata.data.commands` (created here if that
+module is not registered). Only argparse is imported at load time; the work happens in
+:mod:`maata.data.dialogue`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _data_group(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The sub-command action of ``maata data``, adding the group if nobody has yet."""
+    group = subparsers.choices.get("data")
+    if group is None:
+        group = subparsers.add_parser("data", help="build speech corpora and code shards",
+                                      description="Build speech corpora and code shards.")
+        group.set_defaults(_parser=group)
+    for action in group._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return group.add_subparsers(dest="data_command", metavar="<subcommand>")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data dialogues`` and ``data speech-shards``."""
+    sub = _data_group(subparsers)
+
+    dlg = sub.add_parser(
+        "dialogues", help="render two-channel Telugu dialogues and encode them into shards",
+        description="Make user/agent dialogues from the conversation scripts (espeak-ng user "
+                    "speakers, the four agent voices with emotional prosody, backchannels, "
+                    "overlaps, interruptions), align the agent's words to frames, encode both "
+                    "channels with the codec and write speaker-disjoint train/valid/test "
+                    "shards, reference answers, tokenizer.json and stats.json.")
+    dlg.add_argument("--out", required=True, help="output folder")
+    dlg.add_argument("--codec", required=True, help="codec checkpoint (.safetensors)")
+    dlg.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    dlg.add_argument("--repeats", type=int, default=4,
+                     help="user speakers per question phrasing and per exchange (default 4)")
+    dlg.add_argument("--seed", type=int, default=0,
+                     help="random seed; use the corpus's seed to share its speaker split (default 0)")
+    dlg.add_argument("--scripts", default=None,
+                     help="conversation YAML (default: the packaged conversations.yaml)")
+    dlg.add_argument("--max-intents", type=int, default=None, help="use only the first N intents")
+    dlg.add_argument("--max-exchanges", type=int, default=None, help="use only the first N exchanges")
+    dlg.add_argument("--gap-ms", default="200,600",
+                     help="agent response gap after the user stops, MIN,MAX ms (default 200,600)")
+    dlg.add_argument("--interrupt-prob", type=float, default=0.15,
+                     help="share of dialogues where the user interrupts the agent (default 0.15)")
+    dlg.add_argument("--backchannel-prob", type=float, default=0.6,
+                     help="share of long user turns with an agent backchannel (default 0.6)")
+    dlg.add_argument("--overlap-prob", type=float, default=0.15,
+                     help="share of user turns starting before the agent finishes (default 0.15)")
+    dlg.add_argument("--shard-size", type=int, default=200, help="dialogues per shard (default 200)")
+    dlg.add_argument("--tokenizer", default=None,
+                     help="use this tokenizer.json instead of training one")
+    dlg.add_argument("--tokenizer-sentences", type=int, default=20000,
+                     help="generated sentences added to the scripts for tokenizer training (default 20000)")
+    dlg.add_argument("--vocab-size", type=int, default=2000, help="tokenizer vocabulary (default 2000)")
+    dlg.add_argument("--keep-audio", action="store_true",
+                     help="also write DIR/audio/<split>/<id>.wav (left user, right agent)")
+    dlg.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    dlg.set_defaults(func=_dialogues)
+
+    sp = sub.add_parser(
+        "speech-shards", help="encode a speech manifest into single-stream code shards",
+        description="Encode every clip of a manifest with the codec into "
+                    "OUT/<split>/shard-*.safetensors (codes, and phonemes where aligned).")
+    sp.add_argument("--manifest", required=True, help="manifest.jsonl")
+    sp.add_argument("--codec", required=True, help="codec checkpoint (.safetensors)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    sp.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default 1000)")
+    sp.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    sp.set_defaults(func=_speech_shards)
+
+
+def _workers(n: int) -> int:
+    from maata.data.synth import default_workers
+
+    return n if n > 0 else default_workers()
+
+
+def _range_ms(text: str, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) / 1000 for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{name} must be MIN,MAX in milliseconds, got {text!r}") from None
+    return lo, hi
+
+
+def _dialogues(args: argparse.Namespace) -> int:
+    from maata.data.conversations import load_conversations
+    from maata.data.dialogue import TimingConfig, build_dialogues
+
+    timing = TimingConfig(response_gap=_range_ms(args.gap_ms, "--gap-ms"),
+                          interrupt_prob=args.interrupt_prob, backchannel_prob=args.backchannel_prob,
+                          overlap_prob=args.overlap_prob)
+    report = build_dialogues(
+        args.out, args.codec, conversations=load_conversations(args.scripts), repeats=args.repeats,
+        workers=_workers(args.workers), seed=args.seed, timing=timing, keep_audio=args.keep_audio,
+        shard_size=args.shard_size, tokenizer=args.tokenizer,
+        tokenizer_sentences=args.tokenizer_sentences, vocab_size=args.vocab_size,
+        max_intents=args.max_intents, max_exchanges=args.max_exchanges, overwrite=args.overwrite)
+    s = report.stats
+    print(f"wrote {s['dialogues']} dialogues ({s['hours']:.2f} h) to {report.out} in "
+          f"{report.seconds:.1f} s ({len(report.failures)} failed); "
+          f"per record: render {s['per_record_s']['render']:.3f} s, encode {s['per_record_s']['encode']:.3f} s")
+    for name, sp in s["splits"].items():
+        extra = (f"  {sp['user_speakers']:4d} user speakers  {sp['interruptions']:4d} interruptions  "
+                 f"{sp['backchannels']:4d} backchannels" if "user_speakers" in sp else "")
+        print(f"  {name:>9}: {sp['records']:6d} records  {sp['hours']:7.2f} h  {sp['shards']:3d} shards{extra}")
+    return 0
+
+
+def _speech_shards(args: argparse.Namespace) -> int:
+    from maata.data.dialogue import build_speech_shards
+
+    report = build_speech_shards(args.manifest, args.codec, args.out, workers=_workers(args.workers),
+                                 shard_size=args.shard_size, overwrite=args.overwrite)
+    print(f"wrote {len(report.shards)} shards to {report.out} in {report.seconds:.1f} s "
+          f"({len(report.failures)} batches failed; phonemes: {report.stats['phonemes']})")
+    for name, sp in report.stats["splits"].items():
+        print(f"  {name:>5}: {sp['clips']:6d} clips  {sp['hours']:7.2f} h  {sp['speakers']:4d} speakers")
+    return 0
