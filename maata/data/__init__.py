@@ -1,1 +1,5 @@
-"""Packaged data: the scripted Telugu conversations (see :mod:`maata.data.conversations`)."""
+"""Speech and dialogue data: corpus synthesis (espeak-ng, festival), loaders for the public
+Telugu datasets, manifests, augmentation, the scripted conversations, and code shards.
+
+Imports nothing at package level so the CLI stays fast; import the submodules directly.
+"""
