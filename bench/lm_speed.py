@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""Speech-LM serving speed on CPU: per-frame step latency, calls in real time, KV-cache memory.
+
+    python bench/lm_speed.py [--checkpoint lm.safetensors | --preset tiny] [--codec C | --codec-preset default]
+                             [--batches 1 4 16 64] [--threads 2] [--json out.json] [--quick] [--no-compile]
+
+Measures, with every slot of the state active and the serving sampling defaults
+(temperature 0.8, top-k 250; text 0.7 / 25), after a warm-up:
+
+* ``lm.step`` latency per 40 ms frame at each batch (p50 / p99 / mean ms) and whether p99 fits in
+  one frame, for each variant: **fp32 eager (the baseline row)**, bf16 weights and KV cache,
+  INT8 dynamic quantisation of the Linear layers (``torch.ao.quantization.quantize_dynamic``)
+  and ``torch.compile`` of the temporal and depth steps (inductor). A variant that cannot run
+  here is listed as skipped with the reason;
+* the most calls one process sustains in real time: the largest batch whose p99 step time is
+  under one frame (refined by bisection between the measured batches, except with --quick);
+* KV-cache and whole streaming-state memory per call (this model, and the ``base`` preset from
+  its config);
+* the same latency with the codec in the loop — encode the user's frame, step, decode the
+  agent's frame — using the default codec preset (or ``--codec``), fp32 eager.
+
+Prints a rich table and writes JSON. The machine is shared: the JSON records the load average,
+and timings move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FRAME_MS = 40.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="LM export (lm.safetensors)")
+    src.add_argument("--preset", default="tiny", help="untrained LM of this preset (default: tiny)")
+    csrc = p.add_mutually_exclusive_group()
+    csrc.add_argument("--codec", type=Path, help="codec checkpoint for the codec-in-the-loop rows")
+    csrc.add_argument("--codec-preset", default="default", help="untrained codec preset (default: default)")
+    p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 4 16 64; --quick 1 4)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--frames", type=int, help="timed steps per measurement (default 100; --quick 8)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 10; --quick 2)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--quick", action="store_true", help="few steps, batches 1 and 4, no compile, no bisection")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--no-codec", action="store_true", help="skip the codec-in-the-loop rows")
+    return p.parse_args(argv)
+
+
+# -- models --------------------------------------------------------------------------------------
+def load_lm_for_bench(args: argparse.Namespace):
+    from maata.lm.checkpoint import load_lm
+    from maata.lm.model import LM, load_preset
+
+    if args.checkpoint:
+        return load_lm(args.checkpoint)
+    torch.manual_seed(0)
+    return LM(load_preset(args.preset, env_prefix=None)).eval()
+
+
+def load_codec_for_bench(args: argparse.Namespace):
+    from maata.checkpoint import fold_weight_norm, load_codec
+    from maata.codec.model import Codec, load_preset
+
+    if args.codec:
+        return load_codec(args.codec)
+    torch.manual_seed(0)
+    return fold_weight_norm(Codec(load_preset(args.codec_preset, env_prefix=None))).eval()
+
+
+def tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(o) for o in obj.values())
+    if hasattr(obj, "__dataclass_fields__"):
+        return sum(tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
+    return 0
+
+
+def kv_bytes_per_call(cfg, dtype_bytes: int = 4) -> int:
+    """KV cache of one call from an LMConfig: layers x (K and V) x context x dim."""
+    return cfg.temporal.layers * 2 * cfg.temporal.context * cfg.temporal.dim * dtype_bytes
+
+
+def variants(lm, compile_ok: bool, compile_note: str) -> list[tuple[str, Any, str]]:
+    """(name, model or None when skipped, note)."""
+    out: list[tuple[str, Any, str]] = [("fp32 eager (baseline)", lm, "float32 weights and KV cache")]
+    out.append(("bf16", copy.deepcopy(lm).to(torch.bfloat16),
+                "bf16 weights and KV cache; on CPUs without AVX512-BF16/AMX bf16 matmuls are emulated"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(lm), {nn.Linear}, dtype=torch.qint8)
+        out.append(("int8 dynamic", q, f"quantize_dynamic on Linear ({torch.backends.quantized.engine})"))
+    except Exception as e:  # no quantized engine on this build
+        out.append(("int8 dynamic", None, f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+    if compile_ok:
+        try:
+            c = copy.deepcopy(lm)
+            c.temporal.step = torch.compile(c.temporal.step, dynamic=False)
+            c.depth.step = torch.compile(c.depth.step, dynamic=False)
+            out.append(("torch.compile", c, "inductor on the temporal and depth steps (graph breaks at the "
+                                            "data-dependent slot updates)"))
+        except Exception as e:
+            out.append(("torch.compile", None, f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+    else:
+        out.append(("torch.compile", None, f"skipped: {compile_note}"))
+    return out
+
+
+# -- timing --------------------------------------------------------------------------------------
+def _stats(times: list[float]) -> dict[str, Any]:
+    ms = np.asarray(times) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "max_ms": float(ms.max()), "frames": int(ms.size),
+            "realtime": bool(np.percentile(ms, 99) <= FRAME_MS)}
+
+
+@torch.no_grad()
+def step_latency(lm, batch: int, frames: int, warmup: int, sampling, codec=None, seed: int = 0) -> dict[str, Any]:
+    """Per-frame time of ``lm.step`` (and codec encode/decode of the frame when ``codec`` is given)."""
+    g = torch.Generator().manual_seed(seed)
+    state = lm.init_state(batch)
+    lm.reset(state, torch.ones(batch, dtype=torch.bool), seed=seed)
+    active = torch.ones(batch, dtype=torch.bool)
+    n = warmup + frames
+    user = torch.randint(0, lm.card, (n, batch, lm.n_q), generator=g)
+    voice = [i % len(lm.voices) for i in range(batch)]
+    emotion = [i % len(lm.emotions) for i in range(batch)]
+    if codec is not None:
+        enc, dec = codec.init_state(batch), codec.init_state(batch)
+        pcm = 0.05 * torch.randn(n, batch, codec.hop, generator=g)
+    times = []
+    first_compile = None
+    for i in range(n):
+        t = time.perf_counter()
+        if codec is not None:
+            u = codec.encode_step(enc, pcm[i])[:, :, 0]
+        else:
+            u = user[i]
+        out = lm.step(state, u, active, voice=voice, emotion=emotion, sampling=sampling)
+        if codec is not None and bool(out.ready.all()):
+            codec.decode_step(dec, out.agent_codes[:, :, None])
+        dt = time.perf_counter() - t
+        if i == 0:
+            first_compile = dt
+        if i >= warmup:
+            times.append(dt)
+    res = _stats(times)
+    res["first_step_s"] = first_compile
+    res["calls_per_core_estimate"] = float(batch * FRAME_MS / res["mean_ms"])
+    return res
+
+
+def max_realtime_calls(lm, measured: dict[int, dict[str, Any]], frames: int, warmup: int, sampling,
+                       bisect: bool) -> dict[str, Any]:
+    """Largest batch with p99 ≤ one frame: the best measured, refined by bisection up to the first failing one."""
+    ok = [b for b, r in measured.items() if r["realtime"]]
+    bad = [b for b, r in measured.items() if not r["realtime"]]
+    lo = max(ok) if ok else 0
+    hi = min([b for b in bad if b > lo], default=None)
+    probes = {}
+    while bisect and hi is not None and hi - lo > max(1, lo // 8):
+        mid = (lo + hi) // 2
+        r = step_latency(lm, mid, frames, warmup, sampling)
+        probes[mid] = {"p99_ms": r["p99_ms"], "realtime": r["realtime"]}
+        lo, hi = (mid, hi) if r["realtime"] else (lo, mid)
+    return {"calls": lo, "upper_bound_failing": hi, "probes": probes,
+            "rule": f"largest batch whose p99 lm.step time ≤ {FRAME_MS:g} ms" + (" (bisection)" if bisect else "")}
+
+
+# -- run -----------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from maata.lm.model import load_preset
+    from maata.lm.sampling import SamplingParams
+
+    torch.set_num_threads(args.threads)
+    lm = load_lm_for_bench(args)
+    batches = args.batches or ([1, 4] if args.quick else [1, 4, 16, 64])
+    frames = args.frames or (8 if args.quick else 100)
+    warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
+    sampling = SamplingParams()
+    compile_note = "--quick" if args.quick else "--no-compile" if args.no_compile else ""
+    result: dict[str, Any] = {
+        "lm": {"name": lm.cfg.name, "params": sum(p.numel() for p in lm.parameters()), "n_q": lm.n_q,
+               "codebook_size": lm.card, "temporal": {"dim": lm.cfg.temporal.dim, "layers": lm.cfg.temporal.layers,
+                                                      "context": lm.cfg.temporal.context},
+               "depth": {"dim": lm.cfg.depth.dim, "layers": lm.cfg.depth.layers}, "text": lm.text_enabled},
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_avg_1m": os.getloadavg()[0],
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},
+        "frame_ms": FRAME_MS, "frames_timed": frames, "warmup": warmup, "batches": batches,
+        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k,
+                     "text_temperature": sampling.text_temperature, "text_top_k": sampling.text_top_k},
+        "variants": {},
+    }
+    for name, model, note in variants(lm, compile_ok=not compile_note, compile_note=compile_note):
+        entry: dict[str, Any] = {"note": note}
+        if model is None:
+            entry["status"] = "skipped"
+        else:
+            try:
+                entry["batch"] = {str(b): step_latency(model, b, frames, warmup, sampling) for b in batches}
+                entry["status"] = "ok"
+            except Exception as e:  # an op the variant does not support on this machine
+                entry = {"status": "skipped", "note": f"{note}; failed: {type(e).__name__}: "
+                                                      f"{str(e).splitlines()[0][:160]}"}
+        result["variants"][name] = entry
+    base = result["variants"]["fp32 eager (baseline)"]
+    base["max_realtime_calls"] = max_realtime_calls(lm, {int(b): r for b, r in base["batch"].items()}, frames,
+                                                    warmup, sampling, bisect=not args.quick)
+    for name, entry in result["variants"].items():
+        if entry["status"] == "ok" and name != "fp32 eager (baseline)":
+            entry["max_realtime_calls"] = max_realtime_calls(
+                None, {int(b): r for b, r in entry["batch"].items()}, frames, warmup, sampling, bisect=False)
+            entry["speedup_vs_baseline"] = {b: base["batch"][b]["mean_ms"] / r["mean_ms"]
+                                            for b, r in entry["batch"].items()}
+
+    state = lm.init_state(max(batches))
+    b = max(batches)
+    base_cfg = load_preset("base", env_prefix=None)
+    result["memory"] = {
+        "weights_mb": sum(tensor_bytes(t) for t in list(lm.parameters()) + list(lm.buffers())) / 2 ** 20,
+        "kv_cache_bytes_per_call": tensor_bytes(state.keys + state.values) / b,
+        "state_bytes_per_call": tensor_bytes(state) / b,
+        "kv_cache_bytes_per_call_bf16": tensor_bytes(state.keys + state.values) / b / 2,
+        "base_preset_kv_cache_mb_per_call": kv_bytes_per_call(base_cfg) / 2 ** 20,
+        "base_preset_kv_cache_mb_per_call_bf16": kv_bytes_per_call(base_cfg, 2) / 2 ** 20,
+    }
+    if args.no_codec:
+        result["codec_in_loop"] = {"status": "skipped", "note": "--no-codec"}
+    else:
+        codec = load_codec_for_bench(args)
+        q = codec.cfg.quantizer
+        if (q.n_q, q.codebook_size) != (lm.n_q, lm.card):
+            result["codec_in_loop"] = {"status": "skipped", "note": f"codec codes {q.n_q}x{q.codebook_size} do not "
+                                                                    f"fit the LM's {lm.n_q}x{lm.card}"}
+        else:
+            rows = {str(bb): step_latency(lm, bb, frames, warmup, sampling, codec=codec) for bb in batches}
+            result["codec_in_loop"] = {
+                "status": "ok", "codec": codec.cfg.name, "batch": rows,
+                "max_realtime_calls": max_realtime_calls(None, {int(k): v for k, v in rows.items()}, frames, warmup,
+                                                         sampling, bisect=False),
+                "note": "encode_step(user frame) + lm.step + decode_step(agent frame), fp32 eager"}
+    return result
+
+
+def print_table(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = r["lm"]
+    table = Table(title=f"LM step speed: {m['name']} ({m['params'] / 1e6:.1f} M params) on {r['machine']['cpus']} CPUs, "
+                        f"{r['machine']['threads']} threads, load {r['machine']['load_avg_1m']:.1f}; "
+                        f"frame {r['frame_ms']:g} ms")
+    table.add_column("Variant")
+    table.add_column("Batch", justify="right")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p99 ms", justify="right")
+    table.add_column("Real time", justify="center")
+    table.add_column("Calls/core est.", justify="right")
+    table.add_column("vs baseline", justify="right")
+    rows = list(r["variants"].items())
+    if r["codec_in_loop"].get("status") == "ok":
+        rows.append(("codec + LM (fp32)", r["codec_in_loop"]))
+    for name, e in rows:
+        if e.get("status") != "ok":
+            table.add_row(name, "–", "–", "–", "–", "–", e.get("note", "")[:40])
+            continue
+        for b, s in e["batch"].items():
+            sp = e.get("speedup_vs_baseline", {}).get(b)
+            table.add_row(name, b, f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", "yes" if s["realtime"] else "no",
+                          f"{s['calls_per_core_estimate']:.1f}", "baseline" if name.startswith("fp32") else
+                          ("" if sp is None else f"{sp:.2f}x"))
+        if "max_realtime_calls" in e:
+            table.add_row("  max real-time calls", "", "", "", "", str(e["max_realtime_calls"]["calls"]), "")
+    mem = r["memory"]
+    table.add_row("KV cache per call", "", "", "", "", f"{mem['kv_cache_bytes_per_call'] / 2 ** 20:.2f} MB",
+                  f"base: {mem['base_preset_kv_cache_mb_per_call']:.0f} MB")
+    table.add_row("State per call", "", "", "", "", f"{mem['state_bytes_per_call'] / 2 ** 20:.2f} MB", "")
+    console = Console()
+    Console(width=max(console.width, 132)).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
