@@ -37,7 +37,6 @@ from maata.audio import load_audio
 from maata.codec import metrics as M
 from maata.codec.model import Codec
 from maata.codec.opus import opus_roundtrip
-from maata.codec.quantizer import DROPPED
 from maata.data.manifest import ManifestRow, audio_path, read_manifest
 from maata.data.phonemes import PhonemeVocab, frame_labels
 
@@ -120,20 +119,8 @@ def stream_decode(codec: Codec, codes: torch.Tensor, frames_per_step: int = 1) -
 
 
 def silent_frames(codec: Codec, x: np.ndarray) -> np.ndarray:
-    """bool [F]: frames of ``x`` (zero-padded to whole frames) quieter than ``cfg.silence_dbfs``.
-
-    The same rule as ``Codec.encode(adaptive=True)``; tests/test_codec_eval.py checks they agree.
-    """
-    frames = codec.pad_to_hop(torch.from_numpy(x)).reshape(-1, codec.hop)  # float32, as the model computes it
-    db = 10 * torch.log10(frames.pow(2).mean(-1).clamp(min=1e-12))
-    return (db < codec.cfg.silence_dbfs).numpy()
-
-
-def adaptive_codes(codec: Codec, codes: torch.Tensor, silent: np.ndarray) -> torch.Tensor:
-    """``codes`` [1, n_q, F] with codebooks ``silence_n_q``.. set to ``DROPPED`` in ``silent`` frames."""
-    out = codes.clone()
-    out[:, codec.cfg.silence_n_q:, torch.from_numpy(silent)] = DROPPED
-    return out
+    """bool [F]: frames of ``x`` (zero-padded to whole frames) the adaptive codec sends thin."""
+    return codec.silent_frames(codec.pad_to_hop(torch.from_numpy(x))[None])[0].numpy()
 
 
 @dataclass
@@ -149,7 +136,7 @@ def run_maata(codec: Codec, x: np.ndarray) -> MaataRun:
     """Stream ``x`` through the codec once; decode full and adaptive codes as one batch of two calls."""
     codes = stream_encode(codec, x)
     silent = silent_frames(codec, x)
-    adaptive = adaptive_codes(codec, codes, silent)
+    adaptive = codec.drop_silent(codes, torch.from_numpy(silent)[None])
     pcm = stream_decode(codec, torch.cat([codes, adaptive]))[:, : x.size]
     return MaataRun(pcm[0], pcm[1], codes, adaptive, silent)
 

@@ -287,14 +287,18 @@ class Codec(nn.Module):
         """
         wav = self.pad_to_hop(self._check_wav(wav))
         codes = self.quantizer.encode(self.latents(wav), n_q)
-        return self._drop_silent(codes, wav[:, 0]) if adaptive else codes
+        return self.drop_silent(codes, self.silent_frames(wav[:, 0])) if adaptive else codes
 
-    def _drop_silent(self, codes: torch.Tensor, wav: torch.Tensor) -> torch.Tensor:
-        frames = wav.reshape(wav.shape[0], -1, self.hop)
+    def silent_frames(self, pcm: torch.Tensor) -> torch.Tensor:
+        """bool [B, F]: which whole frames of ``pcm`` [B, F * hop] are quieter than ``cfg.silence_dbfs``."""
+        frames = pcm.reshape(pcm.shape[0], -1, self.hop)
         db = 10 * torch.log10(frames.pow(2).mean(-1).clamp(min=1e-12))
-        silent = db < self.cfg.silence_dbfs  # [B, F]
-        codes = codes.clone()
+        return db < self.cfg.silence_dbfs
+
+    def drop_silent(self, codes: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:
+        """Adaptive bitrate: codebooks ``cfg.silence_n_q``.. become ``DROPPED`` in ``silent`` [B, F] frames."""
         k = self.cfg.silence_n_q
+        codes = codes.clone()
         codes[:, k:] = torch.where(silent[:, None], torch.full_like(codes[:, k:], DROPPED), codes[:, k:])
         return codes
 
@@ -331,8 +335,11 @@ class Codec(nn.Module):
             reset_state(part, mask)
 
     @torch.no_grad()
-    def encode_step(self, state: CodecState, pcm: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
-        """Feed ``pcm`` [B, n] (any n ≥ 0); returns codes [B, n_q, f] of the f frames it completed."""
+    def encode_step(self, state: CodecState, pcm: torch.Tensor, n_q: int | None = None,
+                    adaptive: bool = False) -> torch.Tensor:
+        """Feed ``pcm`` [B, n] (any n ≥ 0); returns codes [B, n_q, f] of the f frames it completed.
+
+        ``adaptive``: as in :meth:`encode`, silent frames keep only the first codebooks."""
         pcm = self._check_wav(pcm, streaming=True)
         if pcm.shape[0] != state.batch:
             raise ValueError(f"pcm batch {pcm.shape[0]} does not match the state's {state.batch}")
@@ -343,7 +350,8 @@ class Codec(nn.Module):
             return torch.zeros(state.batch, n_q or self.n_q, 0, dtype=torch.long, device=pcm.device)
         z, state.encoder = self.encoder.step(state.encoder, buf[:, None, : f * self.hop])
         z, state.enc_transformer = self.enc_transformer.step(state.enc_transformer, z)
-        return self.quantizer.encode(z, n_q)
+        codes = self.quantizer.encode(z, n_q)
+        return self.drop_silent(codes, self.silent_frames(buf[:, : f * self.hop])) if adaptive else codes
 
     @torch.no_grad()
     def decode_step(self, state: CodecState, codes: torch.Tensor) -> torch.Tensor:
