@@ -15,6 +15,7 @@ import sys
 # Modules that add commands, in the order their commands appear in --help.
 COMMAND_MODULES = [
     "maata.data.commands",
+    "maata.data.dialogue_commands",  # adds to the `data` group, so it must come after it
     "maata.codec.commands",
     "training.commands",
 ]

@@ -49,7 +49,7 @@ class QuantizerConfig:
     l2norm: bool = True
     ema: bool = True
     decay: float = 0.99
-    dead_code_threshold: float = 0.03  # dead when EMA usage < this x mean usage
+    dead_code_threshold: float = 0.5  # dead when EMA usage < this x mean usage (~70 steps unused at decay 0.99)
     dropout_prob: float = 0.5  # quantizer dropout: any first k codebooks decode
 
 

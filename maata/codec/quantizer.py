@@ -28,7 +28,7 @@ def _dist() -> bool:
 
 class VectorQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_size: int, codebook_dim: int, *, l2norm: bool = True,
-                 ema: bool = True, decay: float = 0.99, dead_code_threshold: float = 0.03, eps: float = 1e-5):
+                 ema: bool = True, decay: float = 0.99, dead_code_threshold: float = 0.5, eps: float = 1e-5):
         super().__init__()
         self.codebook_size, self.codebook_dim = codebook_size, codebook_dim
         self.l2norm, self.ema, self.decay = l2norm, ema, decay

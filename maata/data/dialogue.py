@@ -57,8 +57,10 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import random
 import shutil
+import subprocess
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -605,6 +607,12 @@ def _init_worker(codec: Any, tokenizer_path: str | None, timing: TimingConfig,
     _STATE["extra"] = extra
 
 
+def _clock() -> tuple[float, float]:
+    """(wall, CPU) seconds; CPU includes finished child processes (espeak forks, festival)."""
+    t = os.times()
+    return time.perf_counter(), t.user + t.system + t.children_user + t.children_system
+
+
 def _encode(*channels: np.ndarray) -> np.ndarray:
     """Codes int16 [C, K, F] of equal-length mono channels, encoded as one batch."""
     import torch
@@ -616,18 +624,26 @@ def _encode(*channels: np.ndarray) -> np.ndarray:
     return codes.numpy().astype(np.int16)
 
 
-def _dialogue_job(spec: DialogueSpec) -> tuple[str, Record, float, float] | str:
-    """Worker entry: (split, record, render s, encode s), or an error message."""
+_Timed = tuple[str, Record, tuple[float, float, float, float]]
+
+
+def _times(t0, t1, t2) -> tuple[float, float, float, float]:
+    """(render wall, encode wall, render CPU, encode CPU) from three :func:`_clock` readings."""
+    return t1[0] - t0[0], t2[0] - t1[0], t1[1] - t0[1], t2[1] - t1[1]
+
+
+def _dialogue_job(spec: DialogueSpec) -> _Timed | str:
+    """Worker entry: (split, record, timings), or an error message."""
     codec = _STATE["codec"]
     try:
-        t0 = time.perf_counter()
+        t0 = _clock()
         r = render_dialogue(spec, _STATE["timing"], codec.cfg.sample_rate, codec.hop)
         text, placed = r.text_tokens(_STATE["tokenizer"])
         emotion = r.emotion_ids()
-        t1 = time.perf_counter()
+        t1 = _clock()
         codes = _encode(r.user, r.agent)
-        t2 = time.perf_counter()
-    except (SynthError, ValueError, OSError) as e:
+        t2 = _clock()
+    except (SynthError, ValueError, OSError, subprocess.TimeoutExpired) as e:
         return f"{spec.id}: {e}"
     if codes.shape[-1] != r.frames:
         return f"{spec.id}: codec gave {codes.shape[-1]} frames for {r.frames}"
@@ -638,7 +654,7 @@ def _dialogue_job(spec: DialogueSpec) -> tuple[str, Record, float, float] | str:
                   np.stack([r.user, r.agent], axis=1), r.sample_rate)
     record = Record({"user": codes[0], "agent": codes[1], "text": text, "emotion": emotion},
                     r.meta(placed))
-    return spec.split, record, t1 - t0, t2 - t1
+    return spec.split, record, _times(t0, t1, t2)
 
 
 @dataclass(frozen=True)
@@ -650,22 +666,22 @@ class _ReferenceJob:
     seed: int
 
 
-def _reference_job(job: _ReferenceJob) -> tuple[str, Record, float, float] | str:
+def _reference_job(job: _ReferenceJob) -> _Timed | str:
     """The agent's canonical rendering of one answer in one voice, as codes + text."""
     codec = _STATE["codec"]
     sr, hop = codec.cfg.sample_rate, codec.hop
     try:
-        t0 = time.perf_counter()
+        t0 = _clock()
         speech = V.speak_agent(job.text, job.voice, job.emotion, sr, np.random.default_rng(job.seed))
         n = -(-len(speech.audio) // hop) * hop
         audio = np.pad(speech.audio, (0, n - len(speech.audio)))
         frames = n // hop
         words = [(_samples(s, sr), w) for s, w in speech.words]
         text, placed = place_text([(words, frames)], frames, hop, _STATE["tokenizer"])
-        t1 = time.perf_counter()
+        t1 = _clock()
         codes = _encode(audio)[0]
-        t2 = time.perf_counter()
-    except (SynthError, ValueError, OSError) as e:
+        t2 = _clock()
+    except (SynthError, ValueError, OSError, subprocess.TimeoutExpired) as e:
         return f"reference {job.intent}/{job.voice}: {e}"
     uid = f"ref-{job.intent}-{job.voice}"
     if _STATE["audio_dir"] is not None:
@@ -675,7 +691,7 @@ def _reference_job(job: _ReferenceJob) -> tuple[str, Record, float, float] | str
     meta = {"id": uid, "kind": "reference", "intent": job.intent, "voice": job.voice,
             "emotion": job.emotion, "text": job.text, "frames": frames,
             "seconds": round(n / sr, 3), "agent_words": placed}
-    return REFERENCE, Record({"codes": codes, "text": text}, meta), t1 - t0, t2 - t1
+    return REFERENCE, Record({"codes": codes, "text": text}, meta), _times(t0, t1, t2)
 
 
 def _run_job(job: Any) -> Any:
@@ -819,7 +835,18 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
         tok = train_dialogue_tokenizer(conversations, tokenizer_sentences, seed, vocab_size)
     tok.save(tok_path)
 
-    jobs: list[Any] = [*plans, *refs]
+    # each intent's reference answers right after its dialogues: a worker that has just
+    # rendered the answer in a voice finds it in its cache (festival is slow)
+    refs_of: dict[str, list[_ReferenceJob]] = defaultdict(list)
+    for ref in refs:
+        refs_of[ref.intent].append(ref)
+    jobs: list[Any] = []
+    for i, plan in enumerate(plans):
+        jobs.append(plan)
+        nxt = plans[i + 1] if i + 1 < len(plans) else None
+        if plan.kind == "qa" and (nxt is None or nxt.kind != "qa" or nxt.intents[0] != plan.intents[0]):
+            jobs.extend(refs_of.pop(plan.intents[0], []))
+    jobs.extend(r for rs in refs_of.values() for r in rs)
     audio_dir = str(out / "audio") if keep_audio else None
     codec_arg = str(codec) if isinstance(codec, (str, Path)) else loaded
     if workers > 1 and not isinstance(codec, (str, Path)):
@@ -829,18 +856,18 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
     writer = _ShardWriter(out, shard_size)
     failures: list[str] = []
     acc: dict[str, Any] = defaultdict(Counter)
-    render_s = encode_s = 0.0
-    n_done = Counter()
+    timings: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4))
+    n_done: Counter[str] = Counter()
     for result in tqdm(_run_all(jobs, init_args, workers), total=len(jobs), desc="dialogues",
                        unit="dlg", disable=not progress):
         if isinstance(result, str):
             log.warning("skipped %s", result)
             failures.append(result)
             continue
-        split, record, r_s, e_s = result
-        render_s += r_s
-        encode_s += e_s
-        n_done[split] += 1
+        split, record, times = result
+        kind = REFERENCE if split == REFERENCE else "dialogue"
+        timings[kind] += times
+        n_done[kind] += 1
         writer.add(split, record)
         _accumulate(acc, split, record.meta)
     writer.flush()
@@ -848,9 +875,11 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
         raise SynthError(f"{len(failures)} of {len(jobs)} dialogues failed; first: {failures[0]}")
     _check_disjoint(acc)
     seconds = time.monotonic() - started
-    n_dialogues = sum(v for k, v in n_done.items() if k != REFERENCE)
-    stats = _stats(acc, speakers, writer, conversations, failures, seconds, render_s, encode_s,
-                   n_dialogues + n_done[REFERENCE], tok, loaded, repeats, seed, timing, workers)
+    per = {kind: dict(zip(("render_s", "encode_s", "render_cpu_s", "encode_cpu_s"),
+                          np.round(timings[kind] / max(1, n_done[kind]), 4).tolist()))
+           for kind in ("dialogue", REFERENCE)}
+    stats = _stats(acc, speakers, writer, conversations, failures, seconds, per, tok, loaded,
+                   repeats, seed, timing, workers)
     (out / STATS_NAME).write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
     return DialogueReport(out, stats, writer.paths, failures, seconds)
 
@@ -885,8 +914,8 @@ def _check_disjoint(acc: dict[str, Any]) -> None:
                                     f"{sorted(groups[a] & groups[b])[:3]}")
 
 
-def _stats(acc, speakers, writer, conversations, failures, seconds, render_s, encode_s, n_jobs,
-           tok, codec, repeats, seed, timing, workers) -> dict[str, Any]:
+def _stats(acc, speakers, writer, conversations, failures, seconds, per, tok, codec, repeats, seed,
+           timing, workers) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     spk = acc.get("_speakers", {})
     intents = acc.get("_intents", {})
@@ -906,7 +935,6 @@ def _stats(acc, speakers, writer, conversations, failures, seconds, render_s, en
                 "backchannels": a["backchannels"], "interruptions": a["interruptions"],
             })
         splits[s] = entry
-    n = max(1, n_jobs)
     return {
         "format": "maata-dialogues/1", "seed": seed, "repeats": repeats,
         "intents": len(conversations.intents), "exchanges": len(conversations.exchanges),
@@ -920,7 +948,7 @@ def _stats(acc, speakers, writer, conversations, failures, seconds, render_s, en
         "timing": asdict(timing),
         "failures": failures[:50], "failed": len(failures),
         "seconds": round(seconds, 1), "workers": workers,
-        "per_record_s": {"render": round(render_s / n, 4), "encode": round(encode_s / n, 4)},
+        "per_record": per,  # mean wall and CPU seconds per dialogue / reference, in a worker
     }
 
 

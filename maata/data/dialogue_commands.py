@@ -112,9 +112,11 @@ def _dialogues(args: argparse.Namespace) -> int:
         tokenizer_sentences=args.tokenizer_sentences, vocab_size=args.vocab_size,
         max_intents=args.max_intents, max_exchanges=args.max_exchanges, overwrite=args.overwrite)
     s = report.stats
+    d = s["per_record"]["dialogue"]
     print(f"wrote {s['dialogues']} dialogues ({s['hours']:.2f} h) to {report.out} in "
-          f"{report.seconds:.1f} s ({len(report.failures)} failed); "
-          f"per record: render {s['per_record_s']['render']:.3f} s, encode {s['per_record_s']['encode']:.3f} s")
+          f"{report.seconds:.1f} s ({len(report.failures)} failed)")
+    print(f"  per dialogue in a worker: render {d['render_s']:.3f} s ({d['render_cpu_s']:.3f} s CPU), "
+          f"encode {d['encode_s']:.3f} s ({d['encode_cpu_s']:.3f} s CPU)")
     for name, sp in s["splits"].items():
         extra = (f"  {sp['user_speakers']:4d} user speakers  {sp['interruptions']:4d} interruptions  "
                  f"{sp['backchannels']:4d} backchannels" if "user_speakers" in sp else "")
