@@ -1,0 +1,906 @@
+"""Evaluation of the speech LM on held-out dialogues (held-out user speakers): ``maata lm eval``.
+
+``evaluate(lm, codec, shards)`` reads the dialogue records of one split (default ``test``, the
+split whose *user speakers* training never heard) and reports:
+
+* **teacher-forced cross-entropy** per codebook (nats; with the model's codebook weighting too),
+  argmax accuracy per codebook, and the text stream's cross-entropy and token accuracy (all
+  frames, and frames with a word — not EPAD);
+* **right answer** (QA dialogues): the user channel is streamed through ``lm.step`` (greedy by
+  default, or the given sampling) and on with user silence up to ``max_reply_s`` after the
+  question (so the record's length, set by the true answer, gives nothing away); the generated
+  agent codes in that window are trimmed to their speech and compared by DTW over codec latents (``codec.quantizer.decode(codes)``:
+  one latent per frame, cosine distance, path-length normalised) with the reference renderings
+  of *every* intent's answer (agent turns of QA records of the reference split, preferring the
+  same agent voice); top-1/top-3 accuracy against the dialogue's intent, with chance and the
+  same matching applied to the true agent reply as a ceiling;
+* **turn-taking** on the generated agent channel, next to the same measures on the true one:
+  start delay after a user turn ends (ms, in the data's time frame — a served call adds the
+  acoustic delay and the codec's frame), the share of user turns left unanswered, overlap
+  (share of the agent's speech that talks over the user, and share of the user's speech talked
+  over), and the time to stop when interrupted (the agent was speaking when an interruption
+  began; stopped = ``stop_frames`` consecutive silent frames). The agent *speaks* in a frame
+  when its decoded audio is louder than ``threshold_dbfs`` (``detector="energy"``) or when its
+  first code differs from the codec's silence code (``detector="codes"``);
+* **voice and emotion adherence**: a multinomial logistic regression (standardised mean and
+  standard deviation over frames of the codec latents → class; L-BFGS, L2 1e-3) is trained on
+  the reference renderings (agent turns of the reference split, labelled with the record's
+  voice and the turn's majority emotion) and applied to the generated replies; accuracy
+  against the voice and emotion the model was asked for. The classifier's own accuracy on the
+  true agent turns of the evaluated split is reported as its ceiling.
+
+Outputs: ``lm_eval.json`` (every number), ``lm_eval.md`` (a table) and ``lm_eval.png``
+(start-delay histogram, cross-entropy per codebook, stop times).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maata.data.shards import ShardReader
+from maata.lm.model import ABSENT_CODE, EMOTIONS, LM
+from maata.lm.sampling import GREEDY, SamplingParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLIT = "train"  # the split of records whose metadata names none
+
+
+# -- shards and dialogue metadata (shared with training/lm_data.py) ---------------------------------
+def find_shards(root: str | Path, split: str | None) -> tuple[list[Path], bool]:
+    """Shard files for ``split`` and whether their records must still be filtered by ``meta["split"]``.
+
+    ``<root>/<split>/*.safetensors`` when that folder holds shards; otherwise every shard under
+    ``root`` (recursively), filtered by metadata. ``root`` may be a single shard file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"shards not found: {root}")
+    if root.is_file():
+        return [root], split is not None
+    if split is not None and (root / split).is_dir():
+        paths = sorted((root / split).glob("*.safetensors"))
+        if paths:
+            return paths, False
+    paths = sorted(root.rglob("*.safetensors"))
+    if not paths:
+        raise FileNotFoundError(f"no shards (*.safetensors) under {root}")
+    return paths, split is not None
+
+
+def record_split(meta: dict[str, Any]) -> str:
+    return str(meta.get("split") or DEFAULT_SPLIT)
+
+
+def spans(meta: dict[str, Any], key: str) -> list[tuple[int, int]]:
+    """Frame spans ``[(start, end), ...]`` from ``meta[key]`` (pairs, or dicts with start/end)."""
+    out = []
+    for v in meta.get(key) or []:
+        if isinstance(v, dict):
+            a, b = v.get("start"), v.get("end", v.get("stop"))
+        elif isinstance(v, (list, tuple)) and len(v) >= 2:
+            a, b = v[0], v[1]
+        else:
+            continue
+        if a is not None and b is not None:
+            out.append((int(a), int(b)))
+    return sorted(out)
+
+
+def points(meta: dict[str, Any], key: str) -> list[int]:
+    """Frame indices from ``meta[key]``: plain numbers, or the start of pairs / dicts."""
+    out = []
+    for v in meta.get(key) or []:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(int(v))
+        elif isinstance(v, dict) and ("start" in v or "frame" in v):
+            out.append(int(v.get("start", v.get("frame"))))
+        elif isinstance(v, (list, tuple)) and v:
+            out.append(int(v[0]))
+    return sorted(out)
+
+
+def emotion_table(lm_emotions: Sequence[str], shard_emotions: Sequence[str] = EMOTIONS) -> np.ndarray:
+    """Shard emotion id -> LM emotion id (by name); names the LM lacks map to its first emotion."""
+    index = {n: i for i, n in enumerate(lm_emotions)}
+    return np.array([index.get(n, 0) for n in shard_emotions], dtype=np.int64)
+
+
+@dataclass
+class Dialogue:
+    """One two-stream record: codes int64 [K, T], optional text/emotion [T], and its metadata."""
+
+    user: np.ndarray
+    agent: np.ndarray
+    text: np.ndarray | None
+    emotion: np.ndarray | None  # shard emotion ids (maata.lm.EMOTIONS order)
+    meta: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.meta.get("id", "?"))
+
+    @property
+    def frames(self) -> int:
+        return self.agent.shape[-1]
+
+    @property
+    def intent(self) -> str | None:
+        it = self.meta.get("intent")
+        return str(it) if it is not None and self.meta.get("kind", "qa") == "qa" else None
+
+    @property
+    def voice(self) -> str | None:
+        return self.meta.get("voice")
+
+    def user_turns(self) -> list[tuple[int, int]]:
+        return [(max(0, a), min(self.frames, b)) for a, b in spans(self.meta, "user_turns") if b > a]
+
+    def agent_turns(self) -> list[tuple[int, int]]:
+        return [(max(0, a), min(self.frames, b)) for a, b in spans(self.meta, "agent_turns") if b > a]
+
+    def interruptions(self) -> list[int]:
+        return [p for p in points(self.meta, "interruptions") if 0 <= p < self.frames]
+
+    def emotion_name(self, a: int = 0, b: int | None = None) -> str | None:
+        """The majority emotion of frames [a, b) (None without an emotion field)."""
+        if self.emotion is None:
+            return None
+        e = self.emotion[a:b]
+        e = e[(e >= 0) & (e < len(EMOTIONS))]
+        return EMOTIONS[Counter(e.tolist()).most_common(1)[0][0]] if e.size else EMOTIONS[0]
+
+
+def load_dialogues(root: str | Path, split: str | None, limit: int | None = None,
+                   select: Callable[[dict[str, Any]], bool] | None = None) -> list[Dialogue]:
+    """Dialogue records (fields ``user`` and ``agent``) of ``split``; at most ``limit``; only
+    those whose metadata ``select`` accepts (called once per record, in order, before any array
+    is read)."""
+    paths, filter_split = find_shards(root, split)
+    out: list[Dialogue] = []
+    for p in paths:
+        reader = ShardReader(p)
+        if not {"user", "agent"} <= set(reader.fields):
+            continue
+        for i in range(len(reader)):
+            if filter_split and record_split(reader.meta(i)) != split:
+                continue
+            if select is not None and not select(reader.meta(i)):
+                continue
+            r = reader[i]
+            a = r.arrays
+            out.append(Dialogue(a["user"].astype(np.int64), a["agent"].astype(np.int64),
+                                a["text"].astype(np.int64) if "text" in a else None,
+                                a["emotion"].astype(np.int64) if "emotion" in a else None, dict(r.meta)))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+# -- configuration ----------------------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    split: str = "test"  # held-out dialogues (held-out user speakers)
+    reference_split: str = "train"  # reference renderings of every intent / voice / emotion
+    max_dialogues: int | None = None  # evaluate at most this many dialogues of the split
+    max_references: int = 3  # reference renderings kept per (intent, voice)
+    max_classifier_references: int = 400  # reference turns the voice/emotion classifier trains on
+    sampling: SamplingParams = field(default_factory=lambda: GREEDY)
+    seed: int = 0
+    batch: int = 16  # dialogues streamed at once (slots of one state)
+    tf_batch: int = 8  # dialogues per teacher-forced forward
+    detector: str = "energy"  # energy | codes
+    threshold_dbfs: float = -40.0
+    stop_frames: int = 3  # consecutive silent frames that count as "stopped"
+    max_stop_s: float = 5.0  # an agent still talking this long after an interruption did not stop
+    max_reply_s: float = 10.0  # QA replies are looked for in this window after the question, streamed past
+    # the record's end with user silence when needed (the record's length would give the true reply's away)
+
+
+# -- teacher forcing ------------------------------------------------------------------------------------
+def _voice_id(lm: LM, name: str | None) -> int:
+    return lm.voices.index(name) if name in lm.voices else 0
+
+
+def held_emotion(emotion: np.ndarray, agent_turns: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """Per-frame emotion (shard ids) as a call is conditioned: known *before* the agent speaks.
+
+    The records mark the agent's emotion on its speech frames only; fed like that, the switch
+    from NEUTRAL would tell the model when to start talking — a cue no live call has. So each
+    agent turn's (majority) emotion is held from the end of the previous agent turn to the end
+    of this one, and the last turn's after it. Without turn metadata, every NEUTRAL run takes
+    the emotion of the next emotional frame (after the last one, the previous emotion).
+    """
+    e = np.where((emotion >= 0) & (emotion < len(EMOTIONS)), emotion, 0).astype(np.int64)
+    T = e.size
+    turns = sorted((max(0, a), min(T, b)) for a, b in agent_turns if min(T, b) > max(0, a))
+    if turns:
+        out = np.zeros(T, np.int64)
+        prev, value = 0, 0
+        for a, b in turns:
+            value = Counter(e[a:b].tolist()).most_common(1)[0][0]
+            out[prev:b] = value
+            prev = b
+        out[prev:] = value
+        return out
+    out = e.copy()
+    nxt = None
+    for t in range(T - 1, -1, -1):
+        if e[t]:
+            nxt = e[t]
+        elif nxt is not None:
+            out[t] = nxt
+    last = None
+    for t in range(T):
+        if e[t]:
+            last = e[t]
+        elif out[t] == 0 and last is not None:
+            out[t] = last
+    return out
+
+
+def _lm_emotions(lm: LM, d: Dialogue, T: int | None = None) -> np.ndarray:
+    """The dialogue's held per-frame emotion as LM ids (NEUTRAL without a field), length T (edge-padded)."""
+    T = d.frames if T is None else T
+    if d.emotion is None:
+        return np.zeros(T, np.int64)
+    ids = emotion_table(lm.emotions)[held_emotion(d.emotion, d.agent_turns())]
+    if ids.size < T:
+        ids = np.concatenate([ids, np.full(T - ids.size, ids[-1] if ids.size else 0)])
+    return ids[:T]
+
+
+@torch.no_grad()
+def teacher_forced(lm: LM, dialogues: Sequence[Dialogue], batch: int = 8) -> dict[str, Any]:
+    """Cross-entropy and accuracy per codebook, text cross-entropy and accuracy, over all frames."""
+    K, dev = lm.n_q, lm.code_offsets.device
+    ce = torch.zeros(K, dtype=torch.float64)
+    hit = torch.zeros(K, dtype=torch.float64)
+    n = torch.zeros(K, dtype=torch.float64)
+    t_ce = t_n = t_hit = w_hit = w_n = 0.0
+    epad = lm.cfg.text.epad_id
+    for i in range(0, len(dialogues), batch):
+        group = dialogues[i:i + batch]
+        B, T = len(group), max(d.frames for d in group)
+        user = torch.full((B, K, T), ABSENT_CODE, dtype=torch.long)
+        agent = torch.zeros(B, K, T, dtype=torch.long)
+        text = torch.full((B, T), epad, dtype=torch.long)
+        has_text = torch.zeros(B, T, dtype=torch.bool)
+        emotion = torch.zeros(B, T, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.bool)
+        voice = torch.tensor([_voice_id(lm, d.voice) for d in group])
+        for b, d in enumerate(group):
+            t = d.frames
+            user[b, :, :t] = torch.from_numpy(d.user)
+            agent[b, :, :t] = torch.from_numpy(d.agent).clamp(min=0)
+            mask[b, :t] = torch.from_numpy((d.agent >= 0).all(0))
+            if d.text is not None:
+                text[b, :t] = torch.from_numpy(d.text)
+                has_text[b, :t] = True
+            emotion[b, :t] = torch.from_numpy(_lm_emotions(lm, d))
+        out = lm(user.to(dev), agent.to(dev), text.to(dev) if lm.text_enabled else None, voice.to(dev),
+                 emotion.to(dev))
+        logits = out.audio_logits.float().cpu()  # [B, K, T, V]
+        m = out.audio_mask.cpu() & mask[:, None]
+        c = F.cross_entropy(logits.permute(0, 3, 1, 2), agent, reduction="none")  # [B, K, T]
+        ce += (c * m).sum((0, 2)).double()
+        hit += ((logits.argmax(-1) == agent) & m).sum((0, 2)).double()
+        n += m.sum((0, 2)).double()
+        if out.text_logits is not None:
+            tm = has_text & mask
+            tl = out.text_logits.float().cpu()
+            tc = F.cross_entropy(tl.reshape(B * T, -1), text.reshape(-1), reduction="none").view(B, T)
+            pred = tl.argmax(-1)
+            t_ce += float((tc * tm).sum())
+            t_n += float(tm.sum())
+            t_hit += float(((pred == text) & tm).sum())
+            words = tm & (text != epad)
+            w_hit += float(((pred == text) & words).sum())
+            w_n += float(words.sum())
+    per_cb = (ce / n.clamp(min=1)).tolist()
+    lw = lm.cfg.loss
+    w = np.full(K, lw.other_codebook_weight)
+    w[0] = lw.first_codebook_weight
+    return {
+        "ce_per_codebook": per_cb,
+        "ce_mean": float(np.mean(per_cb)),
+        "ce_weighted": float(np.dot(w, per_cb) / w.sum()),
+        "perplexity_codebook1": float(math.exp(min(per_cb[0], 50.0))),
+        "acc_per_codebook": (hit / n.clamp(min=1)).tolist(),
+        "text_ce": t_ce / t_n if t_n else None,
+        "text_acc": t_hit / t_n if t_n else None,
+        "text_acc_words": w_hit / w_n if w_n else None,
+        "frames": int(n[0]),
+        "uniform_ce": math.log(lm.card),
+    }
+
+
+# -- streaming generation --------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(lm: LM, dialogues: Sequence[Dialogue], sampling: SamplingParams = GREEDY, seed: int = 0,
+             batch: int = 16, progress: bool = False, frames: Sequence[int] | None = None,
+             user_silence: np.ndarray | None = None) -> list[np.ndarray]:
+    """Stream each dialogue's user channel through ``lm.step`` (several dialogues as the slots of
+    one state); returns the generated agent codes [K, frames] per dialogue (frame layout).
+
+    ``frames`` (default: each dialogue's length) may run past the record: the user channel then
+    continues with ``user_silence`` codes [K] (default: absent). The model is conditioned on the
+    dialogue's voice and held emotion (:func:`held_emotion`). Each slot runs ``acoustic_delay``
+    extra steps so its last frames are complete.
+    """
+    K, D = lm.n_q, lm.max_delay
+    dev = lm.code_offsets.device
+    frames = [d.frames for d in dialogues] if frames is None else list(frames)
+    out: list[np.ndarray] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(frames), desc="streaming", unit="frame")
+    for i in range(0, len(dialogues), batch):
+        group, n = dialogues[i:i + batch], frames[i:i + batch]
+        nb, T = len(group), max(n)
+        lengths = torch.tensor(n, device=dev)
+        state = lm.init_state(nb)
+        lm.reset(state, torch.ones(nb, dtype=torch.bool, device=dev),
+                 seed=torch.arange(seed + i, seed + i + nb, device=dev))
+        user = torch.full((nb, K, T + D), ABSENT_CODE, dtype=torch.long)
+        if user_silence is not None:
+            user[:] = torch.as_tensor(np.asarray(user_silence), dtype=torch.long)[None, :, None]
+        emotion = torch.zeros(nb, T + D, dtype=torch.long)
+        for b, d in enumerate(group):
+            m = min(d.frames, T + D)
+            user[b, :, :m] = torch.from_numpy(d.user[:, :m])
+            emotion[b] = torch.from_numpy(_lm_emotions(lm, d, T + D))
+        user, emotion = user.to(dev), emotion.to(dev)
+        voice = torch.tensor([_voice_id(lm, d.voice) for d in group], device=dev)
+        codes = torch.zeros(nb, K, T, dtype=torch.long, device=dev)
+        for t in range(T + D):
+            active = t < lengths + D
+            o = lm.step(state, user[:, :, t], active, voice=voice, emotion=emotion[:, t], sampling=sampling)
+            rows = (o.ready & (o.frame < lengths)).nonzero()[:, 0]
+            if rows.numel():
+                codes[rows, :, o.frame[rows]] = o.agent_codes[rows]
+            if bar is not None:
+                bar.update(int((t < lengths).sum()))
+        out.extend(codes[b, :, :n[b]].cpu().numpy() for b in range(nb))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+# -- speech detection, latents ------------------------------------------------------------------------
+class SpeechDetector:
+    """Which frames of a channel hold speech: decoded-audio energy, or codes unlike silence's."""
+
+    def __init__(self, codec, mode: str = "energy", threshold_dbfs: float = -40.0):
+        if mode not in ("energy", "codes"):
+            raise ValueError(f"detector must be 'energy' or 'codes', got {mode!r}")
+        self.codec, self.mode, self.threshold = codec, mode, threshold_dbfs
+        self.silence = None
+        if mode == "codes":
+            zeros = torch.zeros(1, 1, codec.hop * 20, device=_device(codec))
+            self.silence = int(codec.encode(zeros)[0, 0, -1])
+
+    @torch.no_grad()
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        """codes [K, T] -> bool [T]."""
+        if codes.shape[-1] == 0:
+            return np.zeros(0, bool)
+        if self.mode == "codes":
+            return codes[0] != self.silence
+        pcm = self.codec.decode(torch.from_numpy(codes).long()[None].to(_device(self.codec)))[0, 0].float().cpu().numpy()
+        frames = pcm[: codes.shape[-1] * self.codec.hop].reshape(codes.shape[-1], self.codec.hop)
+        db = 10 * np.log10(np.maximum((frames.astype(np.float64) ** 2).mean(1), 1e-12))
+        return db > self.threshold
+
+
+@torch.no_grad()
+def latents(codec, codes: np.ndarray) -> torch.Tensor:
+    """Codec latents [T, D] of codes [K, T] (float32)."""
+    z = codec.quantizer.decode(torch.from_numpy(codes).long()[None].to(_device(codec)))  # [1, D, T]
+    return z[0].t().float().cpu().contiguous()
+
+
+def _device(module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def speech_span(speaking: np.ndarray, a: int, b: int) -> tuple[int, int] | None:
+    """[first, last + 1) of the speech frames in [a, b), or None when there are none."""
+    idx = np.nonzero(speaking[a:b])[0]
+    return None if idx.size == 0 else (a + int(idx[0]), a + int(idx[-1]) + 1)
+
+
+def dtw_distances(x: torch.Tensor, refs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Path-normalised DTW distance (1 - cosine per frame pair) between x [N, D] and each ref [M_r, D].
+
+    All references at once, anti-diagonal by anti-diagonal. Returns float [R].
+    """
+    R, N = len(refs), x.shape[0]
+    lens = torch.tensor([r.shape[0] for r in refs])
+    M = int(lens.max())
+    Y = torch.zeros(R, M, x.shape[1])
+    for r, y in enumerate(refs):
+        Y[r, : y.shape[0]] = y
+    cost = 1 - torch.einsum("nd,rmd->rnm", F.normalize(x, dim=-1), F.normalize(Y, dim=-1))
+    inf = float("inf")
+    cost = cost.masked_fill(torch.arange(M)[None, None, :] >= lens[:, None, None], inf)
+    acc = torch.full((R, N + 1, M + 1), inf)
+    acc[:, 0, 0] = 0.0
+    for d in range(2, N + M + 1):
+        i = torch.arange(max(1, d - M), min(N, d - 1) + 1)
+        j = d - i
+        best = torch.minimum(torch.minimum(acc[:, i - 1, j], acc[:, i, j - 1]), acc[:, i - 1, j - 1])
+        acc[:, i, j] = cost[:, i - 1, j - 1] + best
+    return acc[torch.arange(R), N, lens] / (N + lens).float()
+
+
+# -- linear probe ---------------------------------------------------------------------------------------
+class LinearProbe:
+    """Multinomial logistic regression on standardised features (L-BFGS, L2 penalty)."""
+
+    def __init__(self, l2: float = 1e-3, iters: int = 200):
+        self.l2, self.iters = l2, iters
+        self.classes: list[str] = []
+
+    def fit(self, X: np.ndarray, labels: Sequence[str]) -> LinearProbe:
+        self.classes = sorted(set(labels))
+        y = torch.tensor([self.classes.index(v) for v in labels])
+        x = torch.from_numpy(np.asarray(X, np.float64))
+        self.mu, self.sd = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-6)
+        x = (x - self.mu) / self.sd
+        self.W = torch.zeros(x.shape[1], len(self.classes), dtype=torch.float64, requires_grad=True)
+        self.b = torch.zeros(len(self.classes), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([self.W, self.b], lr=1.0, max_iter=self.iters, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(x @ self.W + self.b, y) + self.l2 * (self.W ** 2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        return self
+
+    def predict(self, X: np.ndarray) -> list[str]:
+        x = (torch.from_numpy(np.asarray(X, np.float64)) - self.mu) / self.sd
+        with torch.no_grad():
+            idx = (x @ self.W + self.b).argmax(-1)
+        return [self.classes[i] for i in idx.tolist()]
+
+
+def pooled(z: torch.Tensor) -> np.ndarray:
+    """Mean and standard deviation over frames of latents [T, D] -> [2D]."""
+    return torch.cat([z.mean(0), z.std(0, unbiased=False)]).double().numpy()
+
+
+# -- turn-taking ---------------------------------------------------------------------------------------
+def _mask(spans_: Sequence[tuple[int, int]], T: int) -> np.ndarray:
+    m = np.zeros(T, bool)
+    for a, b in spans_:
+        m[a:b] = True
+    return m
+
+
+@dataclass
+class TurnStats:
+    delays_ms: list[float] = field(default_factory=list)
+    unanswered: int = 0
+    answered_turns: int = 0
+    agent_frames: int = 0
+    user_frames: int = 0
+    overlap_frames: int = 0
+    stops_ms: list[float] = field(default_factory=list)
+    not_stopped: int = 0
+    interruptions: int = 0  # interruptions the agent was speaking at
+
+    def add(self, d: Dialogue, speaking: np.ndarray, frame_ms: float, stop_frames: int, max_stop: int) -> None:
+        T = d.frames
+        users = d.user_turns()
+        interrupts = set(d.interruptions())
+        agent_starts = [a for a, _ in d.agent_turns()]
+        user_mask = _mask(users, T)
+        self.agent_frames += int(speaking.sum())
+        self.user_frames += int(user_mask.sum())
+        self.overlap_frames += int((speaking & user_mask).sum())
+        for k, (s, e) in enumerate(users):
+            if s in interrupts:
+                continue
+            nxt = users[k + 1][0] if k + 1 < len(users) else T
+            if agent_starts and not any(s <= a < nxt for a in agent_starts):
+                continue  # the reference agent does not answer this turn (e.g. a backchannel pause)
+            self.answered_turns += 1
+            idx = np.nonzero(speaking[e:nxt])[0]
+            if idx.size:
+                self.delays_ms.append(float(idx[0]) * frame_ms)
+            else:
+                self.unanswered += 1
+        for i in sorted(interrupts):
+            if not speaking[max(0, i - 3): i + 1].any():
+                continue
+            self.interruptions += 1
+            run, stop = 0, None
+            for t in range(i, min(T, i + max_stop)):
+                run = 0 if speaking[t] else run + 1
+                if run >= stop_frames:
+                    stop = t - stop_frames + 1
+                    break
+            if stop is None:
+                self.not_stopped += 1
+            else:
+                self.stops_ms.append(float(stop - i) * frame_ms)
+
+    def summary(self) -> dict[str, Any]:
+        def dist(v: list[float]) -> dict[str, Any]:
+            if not v:
+                return {"n": 0, "mean": None, "median": None, "p90": None}
+            a = np.asarray(v)
+            return {"n": int(a.size), "mean": float(a.mean()), "median": float(np.median(a)),
+                    "p90": float(np.percentile(a, 90))}
+
+        return {
+            "start_delay_ms": dist(self.delays_ms),
+            "unanswered_rate": self.unanswered / self.answered_turns if self.answered_turns else None,
+            "turns": self.answered_turns,
+            "overlap_rate": self.overlap_frames / self.agent_frames if self.agent_frames else None,
+            "talk_over_user_rate": self.overlap_frames / self.user_frames if self.user_frames else None,
+            "agent_speech_share": None,
+            "stop_ms": dist(self.stops_ms),
+            "stopped_rate": (len(self.stops_ms) / self.interruptions) if self.interruptions else None,
+            "interruptions": self.interruptions,
+        }
+
+
+# -- the evaluation ------------------------------------------------------------------------------------
+def _question_end(d: Dialogue) -> int:
+    """Where the user's question ends: the end of the last user turn before the first agent turn."""
+    users = d.user_turns()
+    if not users:
+        return 0
+    agents = d.agent_turns()
+    before = [u for u in users if not agents or u[0] < agents[0][0]]
+    return (before or users)[-1][1]
+
+
+def _reply(d: Dialogue, speaking: np.ndarray, window: int | None = None) -> tuple[int, int] | None:
+    """The agent's reply to the user's question: speech in the ``window`` frames after it ends
+    (default: to the end of ``speaking``)."""
+    start = _question_end(d)
+    return speech_span(speaking, start, len(speaking) if window is None else start + window)
+
+
+def _true_turns(d: Dialogue, speaking: np.ndarray) -> list[tuple[int, int]]:
+    """The reference agent's turns: from the metadata, else the detected reply."""
+    turns = d.agent_turns()
+    if turns:
+        return turns
+    r = _reply(d, speaking)
+    return [r] if r else []
+
+
+def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, out_dir: str | Path | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Run every measure of the module docstring; write JSON/markdown/PNG to ``out_dir`` if given."""
+    cfg = cfg or EvalConfig()
+    check_compatible(lm, codec)
+    lm.eval()
+    codec.eval()
+    frame_ms = 1000.0 / lm.cfg.frame_rate
+    dialogues = load_dialogues(shards, cfg.split, cfg.max_dialogues)
+    if not dialogues:
+        raise ValueError(f"no dialogue records (fields user, agent) in split {cfg.split!r} of {shards}")
+    check_codes(lm, dialogues, cfg.split)
+    notes: list[str] = []
+    eval_ids = {d.id for d in dialogues}
+    try:
+        references = load_dialogues(shards, cfg.reference_split, select=_reference_picker(cfg, eval_ids))
+        check_codes(lm, references, cfg.reference_split)
+    except FileNotFoundError:
+        references = []
+    if not references:
+        notes.append(f"no records in reference split {cfg.reference_split!r}: references come from the evaluated "
+                     f"split (other dialogues than the one matched)")
+        references = list(dialogues)
+    detector = SpeechDetector(codec, cfg.detector, cfg.threshold_dbfs)
+
+    log.info("teacher forcing over %d dialogues", len(dialogues))
+    tf = teacher_forced(lm, dialogues, cfg.tf_batch)
+    log.info("streaming %d dialogues through lm.step", len(dialogues))
+    reply_frames = int(round(cfg.max_reply_s * lm.cfg.frame_rate))
+    lengths = [max(d.frames, _question_end(d) + reply_frames) for d in dialogues]
+    user_silence = codec.encode(torch.zeros(1, 1, 20 * codec.hop, device=_device(codec)))[0, :, -1].cpu().numpy()
+    extended = generate(lm, dialogues, cfg.sampling, cfg.seed, cfg.batch, progress, lengths, user_silence)
+    extended_speaking = [detector(g) for g in extended]
+    generated = [g[:, :d.frames] for g, d in zip(extended, dialogues)]
+    gen_speaking = [s[:d.frames] for s, d in zip(extended_speaking, dialogues)]
+    true_speaking = [detector(d.agent.clip(min=0)) for d in dialogues]
+
+    # turn-taking, generated vs true agent channel
+    max_stop = int(round(cfg.max_stop_s * lm.cfg.frame_rate))
+    gen_tt, true_tt = TurnStats(), TurnStats()
+    for d, gs, ts in zip(dialogues, gen_speaking, true_speaking):
+        gen_tt.add(d, gs, frame_ms, cfg.stop_frames, max_stop)
+        true_tt.add(d, ts, frame_ms, cfg.stop_frames, max_stop)
+    turn = {"generated": gen_tt.summary(), "reference": true_tt.summary()}
+    total = sum(d.frames for d in dialogues)
+    turn["generated"]["agent_speech_share"] = sum(int(s.sum()) for s in gen_speaking) / max(total, 1)
+    turn["reference"]["agent_speech_share"] = sum(int(s.sum()) for s in true_speaking) / max(total, 1)
+
+    # reference renderings: per intent (QA) and per voice/emotion (all agent turns)
+    by_intent: dict[str, list[tuple[str | None, str, torch.Tensor]]] = {}
+    per_key: Counter = Counter()
+    probe_rows: list[tuple[np.ndarray, str | None, str | None]] = []
+    for d in references:
+        turns = d.agent_turns() or _true_turns(d, detector(d.agent.clip(min=0)))
+        if not turns:
+            continue
+        if d.intent is not None and per_key[(d.intent, d.voice)] < cfg.max_references:
+            a, b = max(turns, key=lambda s: s[1] - s[0])
+            by_intent.setdefault(d.intent, []).append((d.voice, d.id, latents(codec, d.agent[:, a:b].clip(min=0))))
+            per_key[(d.intent, d.voice)] += 1
+        for a, b in turns:
+            if len(probe_rows) < cfg.max_classifier_references and b - a >= 2:
+                probe_rows.append((pooled(latents(codec, d.agent[:, a:b].clip(min=0))), d.voice,
+                                   d.emotion_name(a, b)))
+
+    right = right_answer(dialogues, extended, extended_speaking, true_speaking, by_intent, codec, reply_frames)
+    adherence = voice_emotion_adherence(dialogues, extended, extended_speaking, true_speaking, probe_rows, codec)
+    notes.extend(adherence.pop("notes"))
+
+    report: dict[str, Any] = {
+        "split": cfg.split, "reference_split": cfg.reference_split, "shards": str(shards),
+        "dialogues": len(dialogues), "qa_dialogues": sum(d.intent is not None for d in dialogues),
+        "frames": total, "seconds": total / lm.cfg.frame_rate, "references": len(references),
+        "lm": {"name": lm.cfg.name, "params": sum(p.numel() for p in lm.parameters()), "n_q": lm.n_q,
+               "codebook_size": lm.card, "acoustic_delay": lm.cfg.acoustic_delay, "text": lm.text_enabled},
+        "sampling": {"temperature": cfg.sampling.temperature, "top_k": cfg.sampling.top_k,
+                     "text_temperature": cfg.sampling.text_temperature, "text_top_k": cfg.sampling.text_top_k,
+                     "seed": cfg.seed},
+        "detector": {"mode": cfg.detector, "threshold_dbfs": cfg.threshold_dbfs, "stop_frames": cfg.stop_frames,
+                     "frame_ms": frame_ms,
+                     "served_latency_add_ms": (lm.cfg.acoustic_delay + 1) * frame_ms},
+        "teacher_forced": tf,
+        "right_answer": right,
+        "turn_taking": turn,
+        "adherence": adherence,
+        "notes": notes,
+        "_delays": {"generated": gen_tt.delays_ms, "reference": true_tt.delays_ms},
+        "_stops": {"generated": gen_tt.stops_ms, "reference": true_tt.stops_ms},
+    }
+    if out_dir is not None:
+        write_outputs(report, Path(out_dir))
+    return report
+
+
+def _reference_picker(cfg: EvalConfig, exclude: set[str]) -> Callable[[dict[str, Any]], bool]:
+    """Keeps the reference records the evaluation uses (arrays of the rest are never read): the first
+    ``max_references`` QA records per (intent, voice), and records for the classifier up to its cap."""
+    per_key: Counter = Counter()
+    state = {"probe": 0}
+
+    def pick(meta: dict[str, Any]) -> bool:
+        if str(meta.get("id", "?")) in exclude:
+            return False
+        keep = False
+        intent = meta.get("intent")
+        if intent is not None and meta.get("kind", "qa") == "qa":
+            key = (str(intent), meta.get("voice"))
+            if per_key[key] < cfg.max_references:
+                per_key[key] += 1
+                keep = True
+        if state["probe"] < cfg.max_classifier_references:
+            state["probe"] += 1
+            keep = True
+        return keep
+
+    return pick
+
+
+def check_codes(lm: LM, dialogues: Sequence[Dialogue], split: str) -> None:
+    """The records must hold codes the LM models: [n_q, T], values below its codebook size."""
+    for d in dialogues:
+        for name, c in (("user", d.user), ("agent", d.agent)):
+            if c.ndim != 2 or c.shape[0] != lm.n_q:
+                raise ValueError(f"record {d.id!r} ({split}): {name} codes shaped {list(c.shape)}, the LM models "
+                                 f"[{lm.n_q}, T]")
+            if c.size and (int(c.max()) >= lm.card or int(c.min()) < ABSENT_CODE):
+                raise ValueError(f"record {d.id!r} ({split}): {name} codes in [{int(c.min())}, {int(c.max())}] do "
+                                 f"not fit the LM's codebook size {lm.card}")
+
+
+def check_compatible(lm: LM, codec) -> None:
+    """The LM must speak the codec's codes: same codebooks, codebook size and frame rate."""
+    q = codec.cfg.quantizer
+    if (lm.n_q, lm.card) != (q.n_q, q.codebook_size):
+        raise ValueError(f"the LM models {lm.n_q} codebooks x {lm.card} codes but the codec has "
+                         f"{q.n_q} x {q.codebook_size}")
+    if abs(lm.cfg.frame_rate - codec.cfg.frame_rate) > 1e-6:
+        raise ValueError(f"the LM runs at {lm.cfg.frame_rate:g} frames/s but the codec at {codec.cfg.frame_rate:g}")
+
+
+def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray], gen_speaking, true_speaking,
+                 by_intent: dict[str, list[tuple[str | None, str, torch.Tensor]]], codec,
+                 window: int | None = None) -> dict[str, Any]:
+    """Top-1/top-3 intent accuracy of the generated replies by DTW against every intent's references."""
+    intents = sorted(by_intent)
+    res: dict[str, Any] = {"method": "DTW over codec latents (1 - cosine), path-normalised; references of the "
+                                     "same agent voice when the intent has one",
+                           "n_intents": len(intents), "chance": 1 / len(intents) if intents else None,
+                           "references": sum(len(v) for v in by_intent.values())}
+    qa = [(d, g, gs, ts) for d, g, gs, ts in zip(dialogues, generated, gen_speaking, true_speaking)
+          if d.intent is not None and d.intent in by_intent]
+    res["n"] = len(qa)
+    if not qa or len(intents) < 2:
+        res.update(top1=None, top3=None, reference_top1=None, silent_replies=None)
+        return res
+
+    def ranking(z: torch.Tensor, voice: str | None, own: str) -> list[str]:
+        scores = {}
+        for intent in intents:
+            refs = [(v, r) for v, i, r in by_intent[intent] if i != own]  # never the dialogue's own reply
+            refs = [r for v, r in refs if v == voice] or [r for _, r in refs]
+            scores[intent] = float(dtw_distances(z, refs).min()) if refs else math.inf
+        return sorted(intents, key=scores.get)
+
+    top1 = top3 = ref1 = silent = 0
+    for d, g, gs, ts in qa:
+        span = _reply(d, gs, window)
+        if span is None:
+            silent += 1
+        else:
+            rank = ranking(latents(codec, g[:, span[0]:span[1]]), d.voice, d.id)
+            top1 += rank[0] == d.intent
+            top3 += d.intent in rank[:3]
+        turns = _true_turns(d, ts)
+        if turns:
+            a, b = max(turns, key=lambda s: s[1] - s[0])
+            ref1 += ranking(latents(codec, d.agent[:, a:b].clip(min=0)), d.voice, d.id)[0] == d.intent
+    n = len(qa)
+    res.update(top1=top1 / n, top3=top3 / n, reference_top1=ref1 / n, silent_replies=silent / n)
+    return res
+
+
+def voice_emotion_adherence(dialogues: Sequence[Dialogue], generated, gen_speaking, true_speaking,
+                            probe_rows: list[tuple[np.ndarray, str | None, str | None]], codec) -> dict[str, Any]:
+    """Voice and emotion classifiers (see the module docstring) on the generated replies."""
+    notes: list[str] = []
+    out: dict[str, Any] = {"method": "multinomial logistic regression (L-BFGS, L2 1e-3) on standardised "
+                                     "mean+std of codec latents over a turn, trained on reference agent turns"}
+    for key, col in (("voice", 1), ("emotion", 2)):
+        rows = [(x, r[col]) for r in probe_rows for x in [r[0]] if r[col] is not None]
+        classes = sorted({y for _, y in rows})
+        entry: dict[str, Any] = {"classes": classes, "train_rows": len(rows)}
+        if len(classes) < 2:
+            entry.update(accuracy=None, classifier_accuracy=None, n=0)
+            notes.append(f"{key} adherence skipped: the references hold {len(classes)} {key} class(es)")
+            out[key] = entry
+            continue
+        probe = LinearProbe().fit(np.stack([x for x, _ in rows]), [y for _, y in rows])
+        gen_x, gen_y, true_x, true_y = [], [], [], []
+        for d, g, gs, ts in zip(dialogues, generated, gen_speaking, true_speaking):
+            for a, b in _true_turns(d, ts):
+                want = d.voice if key == "voice" else d.emotion_name(a, b)
+                if want not in classes:
+                    continue
+                if b - a >= 2:
+                    true_x.append(pooled(latents(codec, d.agent[:, a:b].clip(min=0))))
+                    true_y.append(want)
+                users = [u for u in d.user_turns() if u[1] <= a]
+                start = users[-1][1] if users else 0
+                span = speech_span(gs, start, b + (b - a))
+                if span is not None and span[1] - span[0] >= 2:
+                    gen_x.append(pooled(latents(codec, g[:, span[0]:span[1]])))
+                    gen_y.append(want)
+        entry["n"] = len(gen_y)
+        entry["accuracy"] = (float(np.mean([p == y for p, y in zip(probe.predict(np.stack(gen_x)), gen_y)]))
+                             if gen_y else None)
+        entry["classifier_accuracy"] = (float(np.mean([p == y for p, y in zip(probe.predict(np.stack(true_x)),
+                                                                                 true_y)])) if true_y else None)
+        entry["chance"] = 1 / len(classes)
+        out[key] = entry
+    out["notes"] = notes
+    return out
+
+
+# -- outputs ------------------------------------------------------------------------------------------
+def _f(v: Any, fmt: str = "{:.3f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def markdown_table(r: dict[str, Any]) -> str:
+    tf, ra, ad = r["teacher_forced"], r["right_answer"], r["adherence"]
+    g, t = r["turn_taking"]["generated"], r["turn_taking"]["reference"]
+    lines = [f"# LM evaluation: {r['dialogues']} dialogues of split `{r['split']}` ({r['seconds']:.0f} s)", "",
+             "| measure | model | reference / ceiling |", "|---|---:|---:|",
+             f"| cross-entropy codebook 1 (nats) | {_f(tf['ce_per_codebook'][0])} | uniform {tf['uniform_ce']:.3f} |",
+             f"| cross-entropy mean over codebooks | {_f(tf['ce_mean'])} | |",
+             f"| accuracy codebook 1 | {_f(tf['acc_per_codebook'][0])} | |",
+             f"| text cross-entropy | {_f(tf['text_ce'])} | |",
+             f"| text accuracy (all / words) | {_f(tf['text_acc'])} / {_f(tf['text_acc_words'])} | |",
+             f"| right answer top-1 ({ra['n']} QA) | {_f(ra.get('top1'))} | {_f(ra.get('reference_top1'))} "
+             f"(chance {_f(ra.get('chance'))}) |",
+             f"| right answer top-3 | {_f(ra.get('top3'))} | |",
+             f"| silent replies | {_f(ra.get('silent_replies'))} | |",
+             f"| start delay median (ms) | {_f(g['start_delay_ms']['median'], '{:.0f}')} | "
+             f"{_f(t['start_delay_ms']['median'], '{:.0f}')} |",
+             f"| start delay p90 (ms) | {_f(g['start_delay_ms']['p90'], '{:.0f}')} | "
+             f"{_f(t['start_delay_ms']['p90'], '{:.0f}')} |",
+             f"| unanswered turns | {_f(g['unanswered_rate'])} | {_f(t['unanswered_rate'])} |",
+             f"| overlap (agent speech over user) | {_f(g['overlap_rate'])} | {_f(t['overlap_rate'])} |",
+             f"| user speech talked over | {_f(g['talk_over_user_rate'])} | {_f(t['talk_over_user_rate'])} |",
+             f"| time to stop when interrupted, median (ms) | {_f(g['stop_ms']['median'], '{:.0f}')} | "
+             f"{_f(t['stop_ms']['median'], '{:.0f}')} |",
+             f"| stopped when interrupted | {_f(g['stopped_rate'])} ({g['interruptions']}) | "
+             f"{_f(t['stopped_rate'])} ({t['interruptions']}) |"]
+    for key in ("voice", "emotion"):
+        e = ad[key]
+        lines.append(f"| {key} adherence ({e.get('n', 0)} replies) | {_f(e.get('accuracy'))} | "
+                     f"{_f(e.get('classifier_accuracy'))} (chance {_f(e.get('chance'))}) |")
+    lines += ["", f"Cross-entropy per codebook: {', '.join(f'{v:.3f}' for v in tf['ce_per_codebook'])}.",
+              f"Sampling: temperature {r['sampling']['temperature']:g}, top-k {r['sampling']['top_k']}; "
+              f"speech detector: {r['detector']['mode']} ({r['detector']['threshold_dbfs']:g} dBFS). Delays are in "
+              f"the data's time frame; a served call adds {r['detector']['served_latency_add_ms']:.0f} ms "
+              "(acoustic delay + codec frame)."]
+    lines += [f"Note: {n}" for n in r.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    ax = axes[0]
+    g = r["_delays"]["generated"]
+    t = r["_delays"]["reference"]
+    bins = np.linspace(0, max([1.0] + g + t), 20)
+    if g:
+        ax.hist(g, bins=bins, alpha=0.7, label="model")
+    if t:
+        ax.hist(t, bins=bins, alpha=0.5, label="reference")
+    ax.set_title("agent start delay after the user stops")
+    ax.set_xlabel("ms")
+    ax.legend()
+    ax = axes[1]
+    ce = r["teacher_forced"]["ce_per_codebook"]
+    ax.bar(range(1, len(ce) + 1), ce)
+    ax.axhline(r["teacher_forced"]["uniform_ce"], color="grey", ls="--", label="uniform")
+    ax.set_title("teacher-forced cross-entropy")
+    ax.set_xlabel("codebook")
+    ax.set_ylabel("nats")
+    ax.legend()
+    ax = axes[2]
+    s = r["_stops"]
+    if s["generated"] or s["reference"]:
+        ax.boxplot([s["generated"] or [np.nan], s["reference"] or [np.nan]], tick_labels=["model", "reference"])
+    ax.set_title("time to stop when interrupted (ms)")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "lm_eval.json", "markdown": out / "lm_eval.md", "png": out / "lm_eval.png"}
+    report["outputs"] = {k: str(v) for k, v in paths.items()}
+    plot(report, paths["png"])
+    public = {k: v for k, v in report.items() if not k.startswith("_")}
+    paths["json"].write_text(json.dumps(public, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(markdown_table(report), encoding="utf-8")

@@ -1,0 +1,252 @@
+"""Codec training: losses, discriminators, the loop, checkpoint/resume, every preset, the CLI.
+
+Everything runs on a tiny synthetic corpus (tones, chirps and noise written as WAVs with a
+manifest, phoneme alignments and vocabulary) read by maata.data.dataset.CodecDataset, and tiny
+model overrides (training/configs/codec_smoke.yaml), single-threaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maata.audio import write_wav
+from maata.codec.model import preset_names
+from maata.data.manifest import ManifestRow, write_manifest
+from maata.data.phonemes import IGNORE, PhonemeVocab
+from training import checkpointing, codec_trainer
+from training.codec_trainer import CodecTrainer, TrainConfig, load_config
+from training.discriminators import Discriminator, DiscriminatorConfig
+from training.losses import (MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
+                             feature_matching_loss, generator_hinge_loss, mel_filterbank, semantic_loss)
+
+torch.set_num_threads(1)
+SR = 16000
+
+
+# -- a synthetic corpus (shared with tests/test_ddp.py) ---------------------------------------
+SYMBOLS = ("a", "i", "k", "t", "_")
+
+
+def write_corpus(root: Path, n_train: int = 6, n_valid: int = 2, seconds: float = 0.8) -> Path:
+    """WAVs of tones, chirps and noise, a manifest with phoneme alignments, and its vocabulary."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * SR)) / SR
+    rows = []
+    for i in range(n_train + n_valid):
+        f0 = 120.0 + 40.0 * i
+        kind = i % 3
+        if kind == 0:
+            x = 0.3 * np.sin(2 * np.pi * f0 * t)
+        elif kind == 1:
+            x = 0.3 * np.sin(2 * np.pi * (f0 + 400.0 * t) * t)
+        else:
+            x = 0.05 * rng.standard_normal(t.size)
+        rel = f"wav/utt{i}.wav"
+        write_wav(root / rel, x.astype(np.float32), SR)
+        cuts = np.round(np.linspace(0.0, seconds, 9), 4)
+        alignment = [(float(a), float(b), SYMBOLS[(i + k) % len(SYMBOLS)])
+                     for k, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+        rows.append(ManifestRow(path=rel, duration=seconds, speaker=f"spk{i}", source="synthetic", text="అ",
+                                split="train" if i < n_train else "valid", phonemes=alignment))
+    manifest = write_manifest(root / "manifest.jsonl", rows)
+    PhonemeVocab.from_manifest(rows, max_size=16).save(PhonemeVocab.path_for(manifest))
+    return manifest
+
+
+def smoke_config(manifest: Path, **overrides) -> TrainConfig:
+    """codec_smoke.yaml + ``overrides`` (nested dicts)."""
+    return load_config("codec_smoke", {"data": {"manifest": str(manifest)}, **overrides})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _tensors(*modules: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+
+
+# -- losses -----------------------------------------------------------------------------------
+def test_mel_filterbank_covers_the_spectrum():
+    fb = mel_filterbank(SR, 1024, 80)
+    assert fb.shape == (80, 513)
+    assert (fb >= 0).all() and (fb.sum(1) > 0).all()  # no empty band
+    assert (fb[:, 1:-1].sum(0) > 0).all()  # every inner bin feeds some band
+
+
+def test_mel_loss_is_zero_for_identical_inputs_and_positive_otherwise():
+    loss = MultiScaleMelLoss(SR, (32, 64, 128, 256, 512, 1024, 2048), (5, 10, 20, 40, 80, 160, 320))
+    x = 0.1 * torch.randn(2, 1, 8000)
+    assert loss(x, x.clone()).item() == 0.0
+    assert loss(x, x + 0.01 * torch.randn_like(x)).item() > 0.0
+    assert loss(0.5 * x, x).item() > loss(0.9 * x, x).item() > 0.0  # grows with the distortion
+    with pytest.raises(ValueError, match="shape"):
+        loss(x, x[..., :-1])
+
+
+def test_hinge_and_feature_losses():
+    real = [(torch.full((2, 1, 5), 2.0), [torch.ones(2, 3, 5)])]
+    fake = [(torch.full((2, 1, 5), -2.0), [torch.zeros(2, 3, 5)])]
+    assert discriminator_hinge_loss(real, fake).item() == 0.0  # confident and right: saturated
+    assert discriminator_hinge_loss(fake, real).item() == pytest.approx(6.0)  # 3 + 3
+    assert generator_hinge_loss(fake).item() == pytest.approx(3.0)
+    assert generator_hinge_loss(real).item() == 0.0
+    assert feature_matching_loss(real, fake).item() == pytest.approx(1.0)
+    assert feature_matching_loss(real, real).item() == 0.0
+
+
+def test_semantic_loss_aligns_labels_and_ignores_unlabelled_frames():
+    logits = torch.randn(2, 5, 8, requires_grad=True)
+    labels = torch.tensor([[1, 2, IGNORE, 3], [IGNORE] * 4])  # one frame short of the logits
+    loss, acc = semantic_loss(logits, labels)
+    ref = torch.nn.functional.cross_entropy(logits[0, [0, 1, 3]], torch.tensor([1, 2, 3]))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert 0.0 <= acc.item() <= 1.0
+    none, _ = semantic_loss(logits, torch.full((2, 5), IGNORE))
+    none.backward()  # no labels: exact zero, still connected to the graph (DDP needs every grad)
+    assert none.item() == 0.0 and logits.grad is not None
+
+
+def test_codebook_usage_counts_only_active_levels():
+    codes = torch.tensor([[[0, 1, 1], [2, 2, 2]], [[3, 3, 3], [0, 0, 0]]])  # [B=2, n_q=2, F=3]
+    counts = code_counts(codes, torch.tensor([2, 1]), codebook_size=4)
+    assert counts.tolist() == [[1, 2, 0, 3], [0, 0, 3, 0]]  # item 1's level 2 was dropped
+    usage, perplexity = codebook_stats(counts)
+    assert usage.tolist() == [0.75, 0.25]
+    assert perplexity[1].item() == pytest.approx(1.0)
+
+
+# -- discriminators ---------------------------------------------------------------------------
+def test_discriminator_output_shapes():
+    cfg = DiscriminatorConfig(period_channels=(4, 8, 8, 16, 16), stft_channels=4)
+    disc = Discriminator(cfg)
+    x = (0.1 * torch.randn(3, 1, 8000)).requires_grad_()
+    out = disc(x)
+    assert len(out) == len(cfg.periods) + len(cfg.fft_sizes) == 8
+    for (logits, fmaps), p in zip(out[:5], cfg.periods):
+        rows = -(-8000 // p)
+        for _ in range(4):  # four stride-3 layers fold the time axis
+            rows = (rows - 1) // 3 + 1
+        assert logits.shape == (3, 1, rows, p)
+        assert len(fmaps) == len(cfg.period_channels) + 1 and fmaps[-1] is logits
+        assert [f.shape[1] for f in fmaps[:-1]] == list(cfg.period_channels)
+    for (logits, fmaps), n_fft in zip(out[5:], cfg.fft_sizes):
+        frames = 8000 // (n_fft // 4) + 1
+        assert logits.shape[:3] == (3, 1, frames)
+        assert len(fmaps) == 5 * len(cfg.bands) + 1 and fmaps[-1] is logits
+    generator_hinge_loss(out).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in disc.parameters())
+    with pytest.raises(ValueError, match=r"\[B, 1, T\]"):
+        disc(x[:, 0])
+
+
+# -- the trainer ------------------------------------------------------------------------------
+def test_training_reduces_the_loss_on_a_fixed_batch(corpus, tmp_path):
+    cfg = smoke_config(corpus, adv_start_step=10_000,
+                       codec={"overrides": {"quantizer": {"dropout_prob": 0.0}}})
+    trainer = CodecTrainer(cfg, tmp_path / "run")
+    batch = next(trainer._batches())
+    mel = [float(trainer.train_step(batch)["mel"]) for _ in range(15)]
+    assert all(np.isfinite(mel))
+    assert min(mel[-3:]) < 0.85 * mel[0], mel
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_does_a_training_step(corpus, tmp_path, preset):
+    cfg = smoke_config(corpus, codec={"preset": preset}, adv_start_step=0)
+    trainer = CodecTrainer(cfg, tmp_path / "run")
+    before = {k: v.clone() for k, v in _tensors(trainer.codec, trainer.disc).items()}
+    metrics = trainer.train_step(next(trainer._batches()))
+    for name in ("mel", "commit", "semantic", "adv", "feature", "d", "grad_norm_g", "grad_norm_d"):
+        assert torch.isfinite(metrics[name]), (name, metrics[name])
+    assert metrics["semantic"] > 0  # the corpus has alignments and a vocabulary
+    after = _tensors(trainer.codec, trainer.disc)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("0.") for k in changed) and any(k.startswith("1.") for k in changed)
+
+
+def _run(corpus: Path, out: Path, steps: int, resume: bool = False, checkpoint_every: int = 2) -> CodecTrainer:
+    cfg = smoke_config(corpus, steps=steps, adv_start_step=1, eval_every=2, checkpoint_every=checkpoint_every,
+                       log_every=1)
+    trainer = CodecTrainer(cfg, out, resume=resume)
+    trainer.fit()
+    return trainer
+
+
+def test_resume_continues_bit_identically(corpus, tmp_path):
+    # 3 batches per epoch: stopping at step 2 stops mid-epoch; steps 3..5 cross an epoch
+    # boundary, and the run has discriminator steps, validation passes and checkpoints in it.
+    straight = _run(corpus, tmp_path / "straight", steps=5, checkpoint_every=100)
+    _run(corpus, tmp_path / "resumed", steps=2, checkpoint_every=100)  # ends with a checkpoint at step 2
+    resumed = _run(corpus, tmp_path / "resumed", steps=5, resume=True, checkpoint_every=100)
+    assert resumed.step == straight.step == 5 and resumed.epoch == straight.epoch
+    a, b = _tensors(straight.codec, straight.disc), _tensors(resumed.codec, resumed.disc)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, differ[:5]
+    sa, sb = straight.opt_g.state_dict()["state"], resumed.opt_g.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_run_outputs_and_checkpoint_pruning(corpus, tmp_path):
+    from maata.checkpoint import load_codec
+
+    out = tmp_path / "run"
+    trainer = _run(corpus, out, steps=6)
+    steps = [s for s, _ in checkpointing.list_checkpoints(out)]
+    assert steps == [4, 6]  # keep_last 2 of 2, 4, 6
+    ckpt = checkpointing.latest(out)
+    assert {p.name for p in ckpt.iterdir()} == {"codec.safetensors", "discriminator.safetensors", "state.pt"}
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    assert state["step"] == 6 and len(state["rng"]) == 1 and "valid_mel" in state["history"]
+    codec = load_codec(out / "codec.safetensors")
+    assert codec.cfg == trainer.codec.cfg
+    wav = 0.1 * torch.randn(1, 1, 3200)
+    trainer.codec.eval()
+    with torch.no_grad():
+        assert torch.allclose(codec(wav).audio, trainer.codec(wav).audio, atol=1e-5)
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "config.yaml").exists()
+    assert PhonemeVocab.load(out / "phoneme_vocab.json") == PhonemeVocab.load(PhonemeVocab.path_for(corpus))
+    with pytest.raises(ValueError, match="--resume"):
+        CodecTrainer(smoke_config(corpus), out)
+
+
+def test_cli_trains_codec_for_two_steps(corpus, tmp_path, monkeypatch, capsys):
+    from maata import cli
+
+    # only this area's commands: the other areas' command modules are not this test's concern
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["training.commands"])
+    out = tmp_path / "cli_run"
+    rc = cli.main(["train", "codec", "--config", "codec_smoke", "--manifest", str(corpus), "--out", str(out),
+                   "--steps", "2", "--set", "optim.lr_g=5e-4"])
+    assert rc == 0
+    assert (out / "codec.safetensors").exists()
+    assert "mel=" in capsys.readouterr().out
+    assert "lr_g: 0.0005" in (out / "config.yaml").read_text()
+    assert cli.main(["train", "codec", "--config", "codec_smoke", "--manifest", str(corpus), "--out", str(out),
+                     "--set", "nonsense"]) == 2  # a bad override is a one-line user error
+
+
+def test_config_rejects_unknown_keys(corpus):
+    with pytest.raises(ValueError, match="unknown config key"):
+        smoke_config(corpus, optim={"lr": 1.0})
+    assert codec_trainer.resolve_config_path("codec_default").name == "codec_default.yaml"
+
+
+def test_bf16_autocast_step_keeps_the_quantizer_in_float32(corpus, tmp_path):
+    """The CUDA path (bf16 autocast), exercised with CPU autocast: a high dead-code threshold
+    makes the quantizer re-seed codes from batch vectors at once, which must not see bf16."""
+    cfg = smoke_config(corpus, adv_start_step=0, codec={"overrides": {"quantizer": {"dead_code_threshold": 1.0}}})
+    trainer = CodecTrainer(cfg, tmp_path / "run")
+    trainer._autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    metrics = trainer.train_step(next(trainer._batches()))
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert all(b.dtype in (torch.float32, torch.bool) for b in trainer.codec.quantizer.buffers())

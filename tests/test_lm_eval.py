@@ -1,0 +1,297 @@
+"""Speech-LM evaluation, ``maata talk`` and bench/lm_speed.py on synthetic shards and tiny models.
+
+The dialogue shards come from tests/test_lm_training.py's writer, with the tiny codec's own
+silence codes outside the turns, so the "codes" speech detector reads the reference channel
+exactly: its turn-taking numbers are known (start delay 2-3 frames, stop 2 frames after an
+interruption).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maata.audio import write_wav
+from maata.checkpoint import save_model
+from maata.codec import Codec
+from maata.codec import load_preset as codec_preset
+from maata.lm.evaluate import (Dialogue, LinearProbe, SpeechDetector, TurnStats, dtw_distances, load_dialogues,
+                               markdown_table)
+from maata.lm.model import LM, load_preset
+
+from test_lm_training import CARD, INTENTS, K, VT, write_dialogue_shards
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+SR, HOP = 16000, 640
+
+
+def tiny_codec(n_q: int = K, card: int = CARD) -> Codec:
+    cfg = codec_preset("default", env_prefix=None, base_channels=4, max_channels=16, latent_dim=16,
+                       transformer={"layers": 1, "heads": 2}, quantizer={"n_q": n_q, "codebook_size": card,
+                                                                      "codebook_dim": 4},
+                       semantic={"enabled": False})
+    torch.manual_seed(0)
+    return Codec(cfg).eval()
+
+
+def tiny_lm() -> LM:
+    cfg = load_preset("tiny", env_prefix=None, codebook_size=CARD,
+                      temporal={"dim": 32, "layers": 1, "heads": 2, "context": 32},
+                      depth={"dim": 32, "layers": 1, "heads": 2}, text={"vocab_size": VT},
+                      conditioning={"speaker": {"dim": 16, "hidden": 16, "layers": 1, "heads": 2, "min_frames": 4,
+                                                "max_frames": 32}})
+    torch.manual_seed(0)
+    return LM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    codec, lm = tiny_codec(), tiny_lm()
+    small = tiny_codec(n_q=4)
+    return {"codec": save_model(root / "codec.safetensors", codec, codec.cfg, kind="codec"),
+            "lm": save_model(root / "lm.safetensors", lm, lm.cfg, kind="lm"),
+            "codec_n4": save_model(root / "codec4.safetensors", small, small.cfg, kind="codec")}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, models) -> Path:
+    from maata.checkpoint import load_codec
+
+    codec = load_codec(models["codec"])
+    silence = codec.encode(torch.zeros(1, 1, 20 * HOP))[0, :, -1].numpy()
+    return write_dialogue_shards(tmp_path_factory.mktemp("dialogues"), n_train=9, n_valid=0, n_test=6,
+                                 by_folder=True, silence=silence)
+
+
+def _cli(argv: list[str], monkeypatch) -> int:
+    from maata import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["maata.lm.commands"])
+    return cli.main(argv)
+
+
+def _unit(v) -> bool:
+    return v is not None and 0.0 <= v <= 1.0
+
+
+# -- building blocks ---------------------------------------------------------------------------------
+def test_dtw_matches_the_right_reference():
+    g = torch.Generator().manual_seed(0)
+    refs = [torch.randn(n, 6, generator=g) for n in (10, 14, 8)]
+    assert dtw_distances(refs[1], refs).argmin() == 1
+    assert float(dtw_distances(refs[1], refs)[1]) == pytest.approx(0.0, abs=1e-6)
+    stretched = refs[2].repeat_interleave(2, dim=0)  # the same content, spoken twice as slowly
+    d = dtw_distances(stretched, refs)
+    assert d.argmin() == 2 and float(d[2]) < 1e-5 and bool((d >= 0).all())
+
+
+def test_linear_probe_separates_classes():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (20, 5)), rng.normal(3, 1, (20, 5))])
+    y = ["a"] * 20 + ["b"] * 20
+    probe = LinearProbe().fit(X, y)
+    assert probe.predict(X) == y
+    assert probe.predict(np.full((1, 5), 3.0)) == ["b"]
+
+
+def test_turn_stats_measure_delay_overlap_and_stopping():
+    T = 40
+    meta = {"user_turns": [[0, 10], [20, 24]], "agent_turns": [[13, 30]], "interruptions": [20]}
+    d = Dialogue(np.zeros((K, T), np.int64), np.zeros((K, T), np.int64), None, None, meta)
+    speaking = np.zeros(T, bool)
+    speaking[8:11] = True  # a little overlap at the end of the user's turn
+    speaking[13:23] = True  # answers, is interrupted at 20, stops at 23
+    stats = TurnStats()
+    stats.add(d, speaking, 40.0, stop_frames=3, max_stop=50)
+    s = stats.summary()
+    assert s["start_delay_ms"]["median"] == 0.0  # still speaking when the user stopped
+    assert s["turns"] == 1 and s["unanswered_rate"] == 0.0
+    assert s["overlap_rate"] == pytest.approx(5 / 13)  # frames 8, 9 and 20, 21, 22 of 13 spoken
+    assert s["talk_over_user_rate"] == pytest.approx(5 / 14)
+    assert s["stop_ms"]["median"] == 120.0 and s["stopped_rate"] == 1.0 and s["interruptions"] == 1
+    speaking[8:11] = False
+    stats = TurnStats()
+    stats.add(d, speaking, 40.0, stop_frames=3, max_stop=50)
+    assert stats.summary()["start_delay_ms"]["median"] == 120.0
+
+
+def test_speech_detectors(models, shards):
+    from maata.checkpoint import load_codec
+
+    codec = load_codec(models["codec"])
+    d = load_dialogues(shards, "test")[0]
+    by_codes = SpeechDetector(codec, "codes")(d.agent)
+    a, b = d.agent_turns()[0]
+    assert by_codes[a:b].all() and not by_codes[:a].any() and not by_codes[b:].any()
+    by_energy = SpeechDetector(codec, "energy", -200.0)(d.agent)  # everything is louder than -200 dBFS
+    assert by_energy.shape == (d.frames,) and by_energy.all()
+    with pytest.raises(ValueError, match="detector"):
+        SpeechDetector(codec, "vad")
+
+
+# -- maata lm eval ---------------------------------------------------------------------------------------
+def test_eval_end_to_end(models, shards, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval"
+    rc = _cli(["lm", "eval", "--checkpoint", str(models["lm"]), "--codec", str(models["codec"]), "--shards",
+               str(shards), "--out", str(out), "--detector", "codes", "--threads", "1", "--batch", "4",
+               "--max-reply-seconds", "2"], monkeypatch)
+    assert rc == 0
+    assert "right answer top-1" in capsys.readouterr().out
+    r = json.loads((out / "lm_eval.json").read_text())
+    assert (out / "lm_eval.png").stat().st_size > 1000 and (out / "lm_eval.md").read_text().startswith("# LM eval")
+    assert r["dialogues"] == 6 and r["qa_dialogues"] == 6 and r["split"] == "test"
+
+    tf = r["teacher_forced"]
+    assert len(tf["ce_per_codebook"]) == K and all(0 < v < 3 * tf["uniform_ce"] for v in tf["ce_per_codebook"])
+    assert all(_unit(v) for v in tf["acc_per_codebook"]) and _unit(tf["text_acc"]) and _unit(tf["text_acc_words"])
+    assert tf["text_ce"] > 0 and tf["frames"] > 0
+
+    ra = r["right_answer"]
+    assert ra["n"] == 6 and ra["n_intents"] == len(INTENTS) and ra["chance"] == pytest.approx(1 / 3)
+    assert _unit(ra["top1"]) and _unit(ra["top3"]) and ra["top1"] <= ra["top3"] and _unit(ra["silent_replies"])
+    assert ra["reference_top1"] >= 0.8  # the true replies match their own intent's references
+
+    ref, gen = r["turn_taking"]["reference"], r["turn_taking"]["generated"]
+    assert ref["turns"] == 6 and ref["unanswered_rate"] == 0.0
+    assert 80.0 <= ref["start_delay_ms"]["median"] <= ref["start_delay_ms"]["p90"] <= 120.0  # 2-3 frame pauses
+    assert ref["interruptions"] == 2 and ref["stopped_rate"] == 1.0 and ref["stop_ms"]["median"] == 80.0
+    assert _unit(ref["overlap_rate"]) and _unit(ref["talk_over_user_rate"])
+    for key in ("overlap_rate", "talk_over_user_rate", "unanswered_rate", "agent_speech_share", "stopped_rate"):
+        assert gen[key] is None or _unit(gen[key]), key
+    assert gen["start_delay_ms"]["n"] == 0 or gen["start_delay_ms"]["median"] >= 0
+
+    for key in ("voice", "emotion"):
+        e = r["adherence"][key]
+        assert len(e["classes"]) >= 2 and _unit(e["classifier_accuracy"]) and _unit(e["chance"])
+        assert e["accuracy"] is None or _unit(e["accuracy"])
+    assert "method" in r["adherence"] and "DTW" in ra["method"]
+
+
+def test_eval_bad_inputs_exit_2(models, shards, tmp_path, monkeypatch, capsys):
+    base = ["lm", "eval", "--checkpoint", str(models["lm"]), "--shards", str(shards), "--out", str(tmp_path)]
+    assert _cli(base + ["--codec", str(models["codec_n4"])], monkeypatch) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert _cli(base + ["--codec", str(models["lm"])], monkeypatch) == 2
+    assert "not a codec checkpoint" in capsys.readouterr().err
+    assert _cli(["lm", "eval", "--checkpoint", str(models["codec"]), "--codec", str(models["codec"]), "--shards",
+                 str(shards)], monkeypatch) == 2
+    assert "not an LM checkpoint" in capsys.readouterr().err
+    assert _cli(base + ["--codec", str(models["codec"]), "--split", "nosuchsplit"], monkeypatch) == 2
+    assert "no dialogue records" in capsys.readouterr().err
+    assert _cli(base[:5] + [str(tmp_path / "none"), "--codec", str(models["codec"])], monkeypatch) == 2
+    assert "shards not found" in capsys.readouterr().err
+    from maata.data.shards import Record, write_shard
+
+    wide = np.full((K, 20), 100, np.int16)  # codes of a 1024-code codec for this 32-code LM
+    write_shard(tmp_path / "wide" / "test" / "s.safetensors",
+                [Record({"user": wide, "agent": wide}, {"id": "w", "kind": "qa", "intent": "x"})])
+    assert _cli(base[:5] + [str(tmp_path / "wide"), "--codec", str(models["codec"])], monkeypatch) == 2
+    assert "do not fit the LM's codebook size 32" in capsys.readouterr().err
+
+
+def test_markdown_table_handles_missing_numbers():
+    none = {"n": 0, "mean": None, "median": None, "p90": None}
+    tt = {"start_delay_ms": none, "unanswered_rate": None, "overlap_rate": None, "talk_over_user_rate": None,
+          "stop_ms": none, "stopped_rate": None, "interruptions": 0}
+    r = {"dialogues": 1, "split": "test", "seconds": 2.0,
+         "teacher_forced": {"ce_per_codebook": [1.0], "uniform_ce": 3.0, "ce_mean": 1.0, "acc_per_codebook": [0.5],
+                            "text_ce": None, "text_acc": None, "text_acc_words": None},
+         "right_answer": {"n": 0}, "turn_taking": {"generated": tt, "reference": tt},
+         "adherence": {"voice": {}, "emotion": {}},
+         "sampling": {"temperature": 0.0, "top_k": 0},
+         "detector": {"mode": "energy", "threshold_dbfs": -40.0, "served_latency_add_ms": 80.0}}
+    assert "| right answer top-1 (0 QA) | – |" in markdown_table(r)
+
+
+# -- maata talk ---------------------------------------------------------------------------------------------
+def test_talk_writes_mono_and_stereo(models, tmp_path, monkeypatch, capsys):
+    import soundfile as sf
+
+    t = np.arange(int(0.5 * 22050)) / 22050
+    x = 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32)
+    write_wav(tmp_path / "q.wav", np.stack([x, x], 1), 22050)  # stereo 22.05 kHz: converted on the way in
+    out = tmp_path / "reply.wav"
+    rc = _cli(["talk", "--in", str(tmp_path / "q.wav"), "--out", str(out), "--voice", "female_1", "--emotion", "HAPPY",
+               "--lm", str(models["lm"]), "--codec", str(models["codec"]), "--silence", "0.3", "--threads", "1"],
+              monkeypatch)
+    assert rc == 0, capsys.readouterr().err
+    frames = -(-(8000 + int(0.3 * SR)) // HOP)
+    mono, stereo = sf.info(str(out)), sf.info(str(tmp_path / "reply_stereo.wav"))
+    assert (mono.channels, mono.frames, mono.samplerate) == (1, frames * HOP, SR)
+    assert (stereo.channels, stereo.frames, stereo.samplerate) == (2, frames * HOP, SR)
+    both, _ = sf.read(str(tmp_path / "reply_stereo.wav"))
+    agent, _ = sf.read(str(out))
+    assert np.allclose(both[:, 1], agent, atol=1e-4)
+    assert np.abs(both[:8000, 0]).max() > 0.1 and np.abs(both[8000 + 400:, 0]).max() < 1e-3  # user, then silence
+    assert "per frame" in capsys.readouterr().out
+
+    # a zero-shot voice from a reference clip
+    ref = tmp_path / "ref.wav"
+    write_wav(ref, 0.2 * np.sin(2 * np.pi * 150 * np.arange(SR) / SR).astype(np.float32), SR)
+    assert _cli(["talk", "--in", str(tmp_path / "q.wav"), "--out", str(tmp_path / "c.wav"), "--voice", "custom",
+                 "--reference", str(ref), "--lm", str(models["lm"]), "--codec", str(models["codec"]),
+                 "--silence", "0", "--threads", "1"], monkeypatch) == 0
+    assert sf.info(str(tmp_path / "c.wav")).frames == -(-8000 // HOP) * HOP
+
+
+def test_talk_bad_inputs_exit_2(models, tmp_path, monkeypatch, capsys):
+    q = tmp_path / "q.wav"
+    write_wav(q, np.zeros(1600, np.float32), SR)
+    base = ["talk", "--in", str(q), "--out", str(tmp_path / "r.wav"), "--lm", str(models["lm"]),
+            "--codec", str(models["codec"])]
+    cases = [(["--voice", "robot"], "unknown voice 'robot'"),
+             (["--emotion", "ANGRY"], "unknown emotion 'ANGRY'"),
+             (["--voice", "custom"], "needs --reference"),
+             (["--silence", "-1"], "--silence"),
+             (["--temperature", "-1"], "temperature")]
+    for extra, message in cases:
+        assert _cli(base + extra, monkeypatch) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    bad = [(["talk", "--in", str(tmp_path / "missing.wav")] + base[3:], "input audio not found"),
+           (base[:5] + ["--lm", str(models["codec"]), "--codec", str(models["codec"])], "not an LM checkpoint"),
+           (base[:7] + ["--codec", str(models["codec_n4"])], "does not fit")]
+    for argv, message in bad:
+        assert _cli(argv, monkeypatch) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    write_wav(tmp_path / "short.wav", np.zeros(320, np.float32), SR)
+    assert _cli(base + ["--voice", "custom", "--reference", str(tmp_path / "short.wav")], monkeypatch) == 2
+    assert "too short" in capsys.readouterr().err
+    assert not (tmp_path / "r.wav").exists()
+
+
+# -- bench ---------------------------------------------------------------------------------------------------
+def test_bench_quick_writes_every_field(models, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "lm_speed.py"), "--checkpoint", str(models["lm"]),
+                        "--codec", str(models["codec"]), "--quick", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "LM step speed" in r.stdout and "baseline" in r.stdout
+    res = json.loads(out.read_text())
+    assert res["batches"] == [1, 4] and res["frame_ms"] == 40.0 and res["machine"]["threads"] == 1
+    base = res["variants"]["fp32 eager (baseline)"]
+    assert base["status"] == "ok"
+    for b in ("1", "4"):
+        s = base["batch"][b]
+        assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"] and s["calls_per_core_estimate"] > 0
+    assert base["max_realtime_calls"]["calls"] in (0, 1, 4)
+    for name in ("bf16", "int8 dynamic"):
+        v = res["variants"][name]
+        assert v["status"] in ("ok", "skipped") and v["note"]
+        if v["status"] == "ok":
+            assert set(v["speedup_vs_baseline"]) == {"1", "4"}
+    assert res["variants"]["torch.compile"]["status"] == "skipped"
+    mem = res["memory"]
+    assert mem["kv_cache_bytes_per_call"] == 2 * 1 * 32 * 32 * 4  # K and V x 1 layer x 32 frames x dim 32 x fp32
+    assert mem["state_bytes_per_call"] > mem["kv_cache_bytes_per_call"] > 0
+    assert mem["base_preset_kv_cache_mb_per_call"] > 100
+    loop = res["codec_in_loop"]
+    assert loop["status"] == "ok" and loop["batch"]["1"]["p50_ms"] > 0

@@ -1,0 +1,570 @@
+"""Codec training loop: reconstruction + RVQ + semantic losses, then the GAN, on 1..N processes.
+
+One step (DAC / EnCodec recipe)::
+
+    out = codec(wav)                                   # reconstruction, codes, VQ losses, phoneme logits
+    if step >= adv_start_step:                         # discriminator step on detached audio
+        L_D = hinge(D(wav), D(out.audio.detach()))
+    L_G = w_mel·mel + w_commit·commit + w_codebook·codebook + w_sem·phoneme CE
+          [+ w_adv·hinge_G(D(out.audio)) + w_feat·feature matching]   # after adv_start_step
+
+Both optimisers are AdamW (β = 0.8, 0.99) with an exponential LR decay per step; gradients are
+clipped; on CUDA the forward passes run under bf16 autocast (spectra and losses stay float32).
+The training YAML (``training/configs/codec_default.yaml``) picks the codec by preset name plus
+overrides, so one trainer trains every preset. Under ``torchrun`` each process trains on its
+shard of the data with DDP; rank 0 alone logs (TensorBoard, tqdm), plots, checkpoints and
+exports ``<out>/codec.safetensors`` (``maata.checkpoint.load_codec`` reads it).
+
+Run layout::
+
+    <out>/config.yaml            the resolved training config
+    <out>/tb/                    TensorBoard scalars (losses, grad norms, codebook usage, LR, speed)
+    <out>/checkpoints/step_*/    resumable training state (training/checkpointing.py)
+    <out>/loss_curves.png        redrawn at every checkpoint
+    <out>/codec.safetensors      inference export (+ the phoneme vocabulary beside it, if any)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from maata import config as cfglib
+from maata.checkpoint import save_model
+from maata.codec.model import Codec, CodecConfig, CodecOutput, load_preset
+from training import checkpointing, distributed
+from training.discriminators import Discriminator, DiscriminatorConfig
+from training.losses import (MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
+                             feature_matching_loss, generator_hinge_loss, semantic_loss, split_batch)
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+# -- configuration --------------------------------------------------------------------------
+@dataclass
+class CodecSpec:
+    preset: str = "default"  # a name from maata/codec/presets or a YAML path
+    overrides: dict[str, Any] = field(default_factory=dict)  # nested CodecConfig fields
+
+
+@dataclass
+class DataConfig:
+    manifest: str = "data/manifest.jsonl"
+    train_split: str = "train"
+    valid_split: str = "valid"
+    segment_seconds: float = 1.0
+    valid_segment_seconds: float = 2.0
+    augment: bool = True
+    num_workers: int = 1
+    valid_max_batches: int = 16  # bounds the time of a validation pass
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 3e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 0.01
+    lr_gamma: float = 0.999996  # ExponentialLR factor per optimiser step
+    clip_g: float = 1000.0
+    clip_d: float = 10.0
+
+
+@dataclass
+class LossWeights:
+    mel: float = 15.0
+    adv: float = 1.0
+    feature: float = 2.0
+    commit: float = 0.25
+    codebook: float = 1.0
+    semantic: float = 1.0
+
+
+@dataclass
+class MelLossConfig:
+    windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    n_mels: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320)
+    log_weight: float = 1.0
+    mag_weight: float = 0.0
+    clamp_eps: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    codec: CodecSpec = field(default_factory=CodecSpec)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    weights: LossWeights = field(default_factory=LossWeights)
+    mel: MelLossConfig = field(default_factory=MelLossConfig)
+    steps: int = 200_000
+    batch_size: int = 8  # per process
+    adv_start_step: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast (CUDA only; CPU always trains in float32)
+    threads: int = 0  # torch intra-op threads per process (0: torch's default)
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a file in ``training/configs`` (``codec_smoke``)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    named = CONFIG_DIR / (p.name if p.suffix else f"{p.name}.yaml")
+    if not p.parent.parts and named.exists():
+        return named
+    raise FileNotFoundError(f"training config not found: {name_or_path}")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Training config from YAML (``base:`` overlays allowed) + overrides + ``MAATA_TRAIN__*`` env."""
+    return cfglib.load(TrainConfig, resolve_config_path(path), env_prefix="MAATA_TRAIN__", overrides=overrides)
+
+
+def build_codec(spec: CodecSpec) -> Codec:
+    """The codec of a preset + overrides, its quantizer kept in float32 under autocast."""
+    cfg: CodecConfig = load_preset(spec.preset, env_prefix=None, **spec.overrides)
+    codec = Codec(cfg)
+    run_in_float32(codec.quantizer)
+    return codec
+
+
+def run_in_float32(module: nn.Module) -> nn.Module:
+    """Run ``module``'s forward with autocast off and float32 inputs, even inside bf16 autocast.
+
+    Used for the RVQ: nearest-code search and EMA codebook statistics need float32 (bf16
+    sums over a batch lose codes), and its dead-code re-seeding writes batch vectors into
+    float32 buffers, which fails for bf16 vectors. (Once the quantizer guards this itself,
+    this wrapper is a harmless no-op.)
+    """
+    contexts: list[torch.autocast] = []
+
+    def enter(mod: nn.Module, args: tuple) -> tuple:
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        ctx = torch.autocast(device_type=device, enabled=False)
+        ctx.__enter__()
+        contexts.append(ctx)
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def leave(mod: nn.Module, args: tuple, output: Any) -> None:
+        contexts.pop().__exit__(None, None, None)
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave, always_call=True)
+    return module
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- data -----------------------------------------------------------------------------------
+def load_vocab(manifest: Path) -> tuple[Any, Path | None]:
+    """The phoneme vocabulary saved next to the manifest, or (None, None) without one."""
+    from maata.data.phonemes import PhonemeVocab
+
+    path = PhonemeVocab.path_for(manifest)
+    return (PhonemeVocab.load(path), path) if path.exists() else (None, None)
+
+
+def build_dataset(cfg: TrainConfig, codec_cfg: CodecConfig, split: str, segment_seconds: float, augment: bool,
+                  vocab: Any) -> Dataset:
+    from maata.data.dataset import CodecDataset
+
+    return CodecDataset(cfg.data.manifest, split, segment_seconds, sample_rate=codec_cfg.sample_rate,
+                        hop=codec_cfg.hop, augment=augment, seed=cfg.seed, vocab=vocab)
+
+
+# -- the trainer ----------------------------------------------------------------------------
+class CodecTrainer:
+    """Owns the models, optimisers, data position and logging of one codec training run."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 info: distributed.DistInfo | None = None):
+        self.cfg, self.out = cfg, Path(out_dir)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.info = info or distributed.init(cfg.device)
+        self.device = self.info.device
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.codec = build_codec(cfg.codec).to(self.device)
+        self.disc = Discriminator(cfg.discriminator).to(self.device)
+        self.mel_loss = MultiScaleMelLoss(self.codec.cfg.sample_rate, cfg.mel.windows, cfg.mel.n_mels,
+                                          cfg.mel.clamp_eps, cfg.mel.log_weight, cfg.mel.mag_weight).to(self.device)
+        self.opt_g, self.sched_g = self._optimiser(self.codec, cfg.optim.lr_g)
+        self.opt_d, self.sched_d = self._optimiser(self.disc, cfg.optim.lr_d)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.history: dict[str, list[list[float]]] = {}
+        self._init_data()
+        seed_everything(cfg.seed + 1 + self.info.rank)  # per-rank streams (quantizer dropout, ...)
+        if resume:
+            self._resume()
+        elif checkpointing.latest(self.out) is not None:
+            raise ValueError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --out")
+        self.g, self.d = distributed.wrap(self.codec, self.info), distributed.wrap(self.disc, self.info)
+        self._reset_window()
+        self.writer = self._writer()
+
+    # -- setup --------------------------------------------------------------------------------
+    def _optimiser(self, module: nn.Module, lr: float):
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(module.parameters(), lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.lr_gamma)
+
+    def _init_data(self) -> None:
+        d, ccfg = self.cfg.data, self.codec.cfg
+        self.vocab, self.vocab_path = load_vocab(Path(d.manifest))
+        if self.vocab is not None and ccfg.semantic.enabled and len(self.vocab) > ccfg.semantic.n_classes:
+            raise ValueError(f"the phoneme vocabulary has {len(self.vocab)} symbols but the codec's semantic head "
+                             f"{ccfg.semantic.n_classes} classes; set codec.overrides.semantic.n_classes")
+        self.train_set = build_dataset(self.cfg, ccfg, d.train_split, d.segment_seconds, d.augment, self.vocab)
+        self.train_sampler = distributed.sampler(self.train_set, self.info, shuffle=True, seed=self.cfg.seed)
+        self.batches_per_epoch = len(self.train_sampler) // self.cfg.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"the {d.train_split!r} split has {len(self.train_set)} segments: fewer than one batch of "
+                             f"{self.cfg.batch_size} per process on {self.info.world_size} process(es)")
+        try:
+            self.valid_set = build_dataset(self.cfg, ccfg, d.valid_split, d.valid_segment_seconds, False, self.vocab)
+        except ValueError as e:  # e.g. a manifest without a valid split: train anyway
+            log.warning("validation is skipped: %s", e)
+            self.valid_set = None
+
+    def _writer(self):
+        if not self.info.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(_yaml(cfglib.to_dict(self.cfg)), encoding="utf-8")
+        return SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.device.type == "cuda" and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # -- data position ------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from the current (epoch, batch_in_epoch) position onwards, forever.
+
+        Each epoch's order comes from the sampler's (seed, epoch) permutation alone, so a
+        resumed run skips exactly the batches it had consumed and sees the same ones after.
+        """
+        bs = self.cfg.batch_size
+        while True:
+            self.train_sampler.set_epoch(self.epoch)
+            self.train_set.set_epoch(self.epoch)
+            order = list(self.train_sampler)[: self.batches_per_epoch * bs]
+            loader = DataLoader(self.train_set, batch_size=bs, sampler=order[self.batch_in_epoch * bs:],
+                                num_workers=self.cfg.data.num_workers, drop_last=True,
+                                pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch))
+            yield from loader
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # -- one step -----------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step of the discriminator (after warm-up) and the codec; returns
+        the step's detached losses and grad norms."""
+        wav = batch["wav"].to(self.device, non_blocking=True)
+        labels = batch["phonemes"].to(self.device, non_blocking=True)
+        adversarial = self.step >= self.cfg.adv_start_step
+        with self._autocast():
+            out: CodecOutput = self.g(wav)
+        recon = out.audio[..., : wav.shape[-1]].float()
+        metrics: dict[str, torch.Tensor] = {}
+        if adversarial:
+            metrics.update(self._discriminator_step(wav, recon.detach()))
+        losses = self._generator_losses(wav, recon, out, labels, adversarial, metrics)
+        total = sum(getattr(self.cfg.weights, name) * value for name, value in losses.items())
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        metrics["grad_norm_g"] = nn.utils.clip_grad_norm_(self.codec.parameters(), self.cfg.optim.clip_g)
+        self.opt_g.step()
+        self.sched_g.step()
+        self._code_counts += code_counts(out.codes.detach(), out.n_q, self.codec.cfg.quantizer.codebook_size)
+        metrics.update({k: v.detach() for k, v in losses.items()}, total_g=total.detach())
+        return metrics
+
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            out_real, out_fake = split_batch(self.d(torch.cat([real, fake])), real.shape[0])
+        loss = discriminator_hinge_loss(out_real, out_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.optim.clip_d)
+        self.opt_d.step()
+        self.sched_d.step()
+        return {"d": loss.detach(), "grad_norm_d": grad_norm}
+
+    def _generator_losses(self, wav: torch.Tensor, recon: torch.Tensor, out: CodecOutput, labels: torch.Tensor,
+                          adversarial: bool, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The codec's losses, named as their weights in ``cfg.weights``; extra diagnostics go to ``metrics``."""
+        losses = {"mel": self.mel_loss(recon, wav), "commit": out.commit_loss.float(),
+                  "codebook": out.codebook_loss.float()}
+        if out.semantic_logits is not None:
+            losses["semantic"], metrics["semantic_acc"] = semantic_loss(out.semantic_logits, labels)
+        if adversarial:
+            # The discriminator is frozen: the generator's gradient flows through it to the
+            # audio without computing (or all-reducing) discriminator gradients.
+            self.disc.requires_grad_(False)
+            try:
+                with self._autocast():
+                    d_real, d_fake = split_batch(self.disc(torch.cat([wav, recon])), wav.shape[0])
+                losses["adv"] = generator_hinge_loss(d_fake)
+                losses["feature"] = feature_matching_loss(d_real, d_fake)
+            finally:
+                self.disc.requires_grad_(True)
+        return losses
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        """Train until ``cfg.steps``; returns the last logged metrics."""
+        from tqdm import tqdm
+
+        last: dict[str, float] = {}
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.info.is_main, dynamic_ncols=True,
+                   desc="codec", unit="step")
+        batches = self._batches()
+        try:
+            while self.step < self.cfg.steps:
+                metrics = self.train_step(next(batches))
+                self.step += 1
+                self.batch_in_epoch += 1
+                self._accumulate(metrics)
+                bar.update(1)
+                last = self._periodic(bar) or last
+            # the run's last step gets a validation pass and a checkpoint if none fell on it
+            # (decided by the step alone, so every rank joins the same collectives)
+            if self.step % self.cfg.eval_every:
+                self._validate()
+            if self.step % self.cfg.checkpoint_every:
+                self.save()
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        return last
+
+    def _periodic(self, bar) -> dict[str, float] | None:
+        """Logging, validation and checkpoints due at the current step."""
+        logged = None
+        if self.step % self.cfg.log_every == 0:
+            logged = self._log()
+            bar.set_postfix({k: f"{logged[k]:.3g}" for k in ("mel", "adv", "d") if k in logged})
+        if self.step % self.cfg.eval_every == 0:
+            self._validate()
+        if self.step % self.cfg.checkpoint_every == 0:
+            self.save()
+        return logged
+
+    # -- logging ------------------------------------------------------------------------------
+    def _reset_window(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+        q = self.codec.cfg.quantizer
+        self._code_counts = torch.zeros(q.n_q, q.codebook_size, device=self.device)
+        self._window_start, self._window_steps, self._paused = time.perf_counter(), 0, 0.0
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self._sums[k] = self._sums.get(k, 0) + v.float()
+            self._counts[k] = self._counts.get(k, 0) + 1
+        self._window_steps += 1
+
+    def _log(self) -> dict[str, float]:
+        """Average the window's metrics over steps and ranks; write them on rank 0."""
+        keys = sorted(self._sums)
+        packed = torch.stack([self._sums[k] for k in keys] + [torch.tensor(float(self._counts[k]), device=self.device)
+                                                               for k in keys])
+        distributed.all_reduce_sum(packed)
+        means = {k: float(packed[i] / packed[len(keys) + i]) for i, k in enumerate(keys)}
+        usage, perplexity = codebook_stats(distributed.all_reduce_sum(self._code_counts))
+        elapsed = max(time.perf_counter() - self._window_start - self._paused, 1e-9)
+        speed = self._window_steps / elapsed
+        if self.info.is_main:
+            scalars = {_scalar_name(k): v for k, v in means.items()}
+            scalars.update({f"codebook/usage_q{i}": float(u) for i, u in enumerate(usage)})
+            scalars.update({f"codebook/perplexity_q{i}": float(p) for i, p in enumerate(perplexity)})
+            scalars.update({"lr/g": self.sched_g.get_last_lr()[0], "lr/d": self.sched_d.get_last_lr()[0],
+                            "speed/steps_per_s": speed,
+                            "speed/audio_s_per_s": speed * self.cfg.batch_size * self.info.world_size
+                            * self.cfg.data.segment_seconds})
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, self.step)
+            for k in ("mel", "adv", "feature", "d", "commit", "semantic"):
+                if k in means:
+                    self.history.setdefault(k, []).append([self.step, means[k]])
+        self._reset_window()
+        return dict(means, steps_per_s=speed)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean mel loss over (up to ``valid_max_batches`` batches of) the valid split, all ranks."""
+        if self.valid_set is None:
+            return None
+        codec = self.codec
+        codec.eval()
+        total = torch.zeros(2, device=self.device)
+        loader = DataLoader(self.valid_set, batch_size=self.cfg.batch_size,
+                            sampler=distributed.sampler(self.valid_set, self.info, shuffle=False, seed=self.cfg.seed),
+                            num_workers=self.cfg.data.num_workers)
+        try:
+            with checkpointing.preserved_rng():
+                for i, batch in enumerate(loader):
+                    if i >= self.cfg.data.valid_max_batches:
+                        break
+                    wav = batch["wav"].to(self.device)
+                    with self._autocast():
+                        recon = codec(wav).audio[..., : wav.shape[-1]].float()
+                    total += torch.stack([self.mel_loss(recon, wav) * wav.shape[0],
+                                          torch.tensor(float(wav.shape[0]), device=self.device)])
+        finally:
+            codec.train()
+        distributed.all_reduce_sum(total)
+        return float(total[0] / total[1].clamp(min=1))
+
+    def _validate(self) -> None:
+        t0 = time.perf_counter()
+        mel = self.evaluate()
+        if mel is not None and self.info.is_main:
+            self.writer.add_scalar("valid/mel", mel, self.step)
+            self.history.setdefault("valid_mel", []).append([self.step, mel])
+            log.info("step %d: valid mel loss %.4f", self.step, mel)
+        self._paused += time.perf_counter() - t0
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def training_state(self, rng: list[Any]) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "rng": rng, "world_size": self.info.world_size,
+            "history": self.history, "config": cfglib.to_dict(self.cfg),
+        }
+
+    def save(self) -> None:
+        """Checkpoint (all ranks contribute their RNG state; rank 0 writes), plot and export."""
+        t0 = time.perf_counter()
+        rng = distributed.all_gather_objects(checkpointing.capture_rng(), self.info)
+        if self.info.is_main:
+            modules = {"codec": self.codec, "discriminator": self.disc}
+            path = checkpointing.save(self.out, self.step, modules, self.training_state(rng), self.cfg.keep_last)
+            self.export()
+            plot_history(self.history, self.out / "loss_curves.png")
+            log.info("step %d: checkpoint %s", self.step, path)
+        distributed.barrier()
+        self._paused += time.perf_counter() - t0
+
+    def export(self) -> Path:
+        """Inference weights + codec config to ``<out>/codec.safetensors`` (+ the vocabulary)."""
+        path = save_model(self.out / "codec.safetensors", self.codec, self.codec.cfg, kind="codec",
+                          metadata={"step": self.step, "preset": self.cfg.codec.preset})
+        if self.vocab_path is not None:
+            shutil.copyfile(self.vocab_path, self.out / self.vocab_path.name)
+        return path
+
+    def _resume(self) -> None:
+        path = checkpointing.latest(self.out)
+        if path is None:
+            log.info("no checkpoint in %s: starting a new run", self.out)
+            return
+        state = checkpointing.load(path, {"codec": self.codec, "discriminator": self.disc}, self.device)
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(
+            state["batch_in_epoch"])
+        self.opt_g.load_state_dict(state["optim_g"])
+        self.opt_d.load_state_dict(state["optim_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.history = state["history"]
+        if int(state["world_size"]) == self.info.world_size:
+            checkpointing.restore_rng(state["rng"][self.info.rank])
+        else:
+            log.warning("checkpoint written by %s process(es), resuming on %d: RNG streams are re-seeded",
+                        state["world_size"], self.info.world_size)
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _scalar_name(metric: str) -> str:
+    """TensorBoard tag of a step metric: grad_norm_g -> grad_norm/g, mel -> loss/mel."""
+    if metric.startswith("grad_norm_"):
+        return "grad_norm/" + metric.removeprefix("grad_norm_")
+    if metric == "semantic_acc":
+        return "semantic/accuracy"
+    return "loss/" + metric
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+_PLOT_GROUPS = {"reconstruction (mel)": ("mel", "valid_mel"), "adversarial": ("adv", "feature", "d"),
+                "quantizer / semantic": ("commit", "semantic")}
+
+
+def plot_history(history: dict[str, list[list[float]]], path: Path,
+                 groups: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Loss curves (one panel per loss family: ``groups`` maps a panel title to history keys;
+    the codec's by default) to a PNG; headless (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = groups or _PLOT_GROUPS
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
+    for ax, (title, names) in zip(axes[0], groups.items()):
+        for name in names:
+            if history.get(name):
+                steps, values = zip(*history[name])
+                ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
+    """Train a codec (one process, or one of the processes torchrun started).
+
+    Returns the last logged metrics on rank 0 (an empty dict on the other ranks)."""
+    info = distributed.init(cfg.device)
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        metrics = CodecTrainer(cfg, out_dir, resume=resume, info=info).fit()
+        return metrics if info.is_main else {}
+    finally:
+        distributed.cleanup()

@@ -1,0 +1,137 @@
+"""``maata train lm ...``: the speech LM's three training stages. Imports only argparse at load time.
+
+    maata train lm --stage pretrain --shards data/shards/pretrain --out runs/lm_pretrain
+    maata train lm --stage dialogue --init-from runs/lm_pretrain --shards data/shards/dialogue --out runs/lm_dialogue
+    maata train lm --stage voice    --init-from runs/lm_dialogue --shards data/shards/dialogue --out runs/lm_voice
+    maata train lm --stage dialogue --resume --out runs/lm_dialogue ...    # continue where it stopped
+    torchrun --nproc_per_node 8 -m maata.cli train lm --stage pretrain ...   # DDP, one process per GPU
+
+Each stage reads ``training/configs/lm_<stage>.yaml`` unless ``--config`` names another; flags and
+``--set PATH=VALUE`` override the YAML. Hooking into the CLI: ``training/commands.py`` already
+creates the ``train`` group, so either call :func:`add_lm_parser` on its model subparsers, or
+list this module *after* ``training.commands`` in ``maata.cli.COMMAND_MODULES`` — its
+:func:`register` then finds the existing ``train`` group and adds ``lm`` to it (and creates the
+group itself when there is none).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+STAGES = ("pretrain", "dialogue", "voice")
+
+# command-line flag -> dotted path in LMTrainConfig
+_FLAG_PATHS = {
+    "stage": "stage",
+    "init_from": "init_from",
+    "shards": "data.shards",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "crop_frames": "data.crop_frames",
+    "preset": "model.preset",
+    "num_workers": "data.num_workers",
+    "threads": "threads",
+    "device": "device",
+    "seed": "seed",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train lm`` to the top-level CLI (inside an existing ``train`` group when there is one)."""
+    train = subparsers.choices.get("train")
+    if train is None:
+        train = subparsers.add_parser("train", help="train Maata's models",
+                                      description="Train Maata's models. `maata train <model> --help` for options.")
+        train.set_defaults(_parser=train)
+        models = train.add_subparsers(dest="model", metavar="<model>")
+    else:
+        models = next((a for a in train._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if models is None:
+            models = train.add_subparsers(dest="model", metavar="<model>")
+    if "lm" not in models.choices:
+        add_lm_parser(models)
+
+
+def add_lm_parser(train_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``lm`` model to the ``train`` group's subparsers (``maata train lm ...``)."""
+    p = train_subparsers.add_parser(
+        "lm", help="train the speech LM: pretrain, dialogue, voice stages",
+        description="Train one stage of the full-duplex speech LM on code shards. Single process by default; "
+                    "under torchrun every process trains a shard of the data with DDP (gloo on CPU, NCCL on GPU). "
+                    "Each stage exports <out>/lm.safetensors, the next stage's --init-from.")
+    p.add_argument("--stage", required=True, choices=STAGES,
+                   help="pretrain: single-stream speech codes; dialogue: full-duplex two-stream dialogues; "
+                        "voice: voice/emotion conditioning and the zero-shot speaker encoder")
+    p.add_argument("--config", help="training YAML: a path or a name in training/configs (default: lm_<stage>)")
+    p.add_argument("--shards", help="folder of code shards (<split>/*.safetensors or meta split) (data.shards)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard, lm.safetensors")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out (starts fresh if there is none)")
+    p.add_argument("--init-from", help="the previous stage's lm.safetensors or its run folder")
+    p.add_argument("--preset", help="LM preset for a fresh model: tiny, base (model.preset)")
+    p.add_argument("--steps", type=int, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, help="crops per process per step")
+    p.add_argument("--crop-frames", type=int, help="training crop length in frames (data.crop_frames)")
+    p.add_argument("--num-workers", type=int, help="data-loading worker processes per training process")
+    p.add_argument("--threads", type=int, help="torch threads per process (0: torch's default)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override any config field, VALUE parsed as YAML: --set optim.lr=1e-4 "
+                        "--set voice.custom_fraction=0.5 (repeatable)")
+    p.set_defaults(func=_train_lm, _parser=p)
+    return p
+
+
+def _train_lm(args: argparse.Namespace) -> int:
+    from training.lm_trainer import load_config, train
+
+    cfg = load_config(args.config or f"lm_{args.stage}", overrides_from_args(args))
+    metrics = train(cfg, args.out, resume=args.resume)
+    if metrics:
+        print(" ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """Nested config overrides from the flags and ``--set PATH=VALUE`` pairs (``--set`` wins);
+    values parse as in ``maata train codec``."""
+    from training.commands import _parse_value
+
+    pairs = [(path, getattr(args, flag)) for flag, path in _FLAG_PATHS.items() if getattr(args, flag, None) is not None]
+    for item in args.set:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--set expects PATH=VALUE, got {item!r}")
+        pairs.append((path.strip(), _parse_value(raw)))
+    out: dict = {}
+    for path, value in pairs:
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {path}: {part} is a value, not a section")
+        node[leaf] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.lm_commands --stage ... --out ...``: the command without the maata CLI."""
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m training.lm_commands")
+    sub = parser.add_subparsers(dest="model")
+    add_lm_parser(sub)
+    args = parser.parse_args(["lm", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"maata: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,585 @@
+"""Speech-LM training in three stages, each one command that starts from the previous stage's export.
+
+1. ``pretrain``: next-token audio LM on single-stream speech codes (shard field ``codes``). The
+   stream is the *agent* stream; the user channel is absent (-1, embedded as padding) and the
+   text loss is off (no transcripts).
+2. ``dialogue``: full-duplex fine-tuning on two-stream dialogues: the model reads the user's
+   codes and predicts the agent's codes and, when the model and the records have it, the
+   agent's inner-monologue text. Voice/emotion conditioning is off by default (every item is
+   fed voice 0 / NEUTRAL) so the stage learns *what* to say and *when*.
+3. ``voice``: the same data with the record's named voice and per-frame emotion as conditioning,
+   plus the zero-shot speaker encoder: a ``voice.custom_fraction`` share of the items is fed
+   ``lm.speaker_embedding(reference)`` as a custom voice, the reference being a segment of the
+   agent channel of another record with the same agent voice.
+
+The loss is the model's own (``LM.loss``: codebook 1 weighted by ``loss.first_codebook_weight``,
+EPAD text targets down-weighted) with padding masked out; the text term is weighted by this
+config's ``loss.text_weight`` (null: the model config's) and skipped on items without text.
+The speaker encoder (and its projection) are frozen while no custom voices are trained, so
+every trainable parameter gets a gradient each step (DDP needs that).
+
+Optimiser: AdamW (no decay on norms, biases and embeddings), linear warm-up then cosine decay
+to ``min_lr_ratio`` · lr, gradient clipping; bf16 autocast on CUDA. Under ``torchrun`` every
+process trains its shard of the items with DDP (gloo on CPU, NCCL on GPU) via
+``training/distributed.py``; rank 0 logs, checkpoints and exports. Checkpoints
+(``training/checkpointing.py``) hold the weights, optimiser, scheduler, step, data position and
+every rank's RNG, so ``--resume`` continues exactly (tests/test_lm_training.py checks it).
+
+Run layout::
+
+    <out>/config.yaml          resolved training config
+    <out>/lm_config.json       the model's LMConfig (rebuilds the model on --resume)
+    <out>/tb/                  TensorBoard scalars (losses per codebook, text accuracy, LR, grad norm, speed)
+    <out>/checkpoints/step_*/  resumable training state
+    <out>/loss_curves.png      redrawn at every checkpoint
+    <out>/lm.safetensors       inference export (maata.lm.checkpoint.load_lm) — the next stage's --init-from
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from maata import config as cfglib
+from maata.checkpoint import save_model
+from maata.lm.checkpoint import load_lm, lm_config_from_dict
+from maata.lm.model import LM, LMConfig, LMOutput, load_preset
+from training import checkpointing, distributed
+from training.codec_trainer import _yaml, plot_history, resolve_config_path, seed_everything
+from training.lm_data import Collate, DialogueDataset, PretrainDataset
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "dialogue", "voice")
+EXPORT_NAME = "lm.safetensors"
+LM_CONFIG_NAME = "lm_config.json"
+
+
+# -- configuration --------------------------------------------------------------------------------
+@dataclass
+class ModelSpec:
+    preset: str = "tiny"  # a name in maata/lm/presets or a YAML path (ignored with init_from / resume)
+    overrides: dict[str, Any] = field(default_factory=dict)  # nested LMConfig fields
+
+
+@dataclass
+class LMDataConfig:
+    shards: str = "data/shards"  # folder of code shards (<split>/ subfolders, or meta["split"])
+    train_split: str = "train"
+    valid_split: str = "valid"
+    crop_frames: int = 250  # 10 s at 25 Hz
+    valid_crop_frames: int = 250
+    min_frames: int = 2
+    fields: tuple[str, ...] = ("codes",)  # pretrain: the single-stream field(s) used as the agent stream
+    text: bool = True  # dialogue stages: train the text stream when the model and the records have it
+    voice_conditioning: bool = False  # feed the record's named voice (else voice 0)
+    emotion_conditioning: bool = False  # feed the record's per-frame emotion (else NEUTRAL)
+    num_workers: int = 0
+    valid_max_batches: int = 8
+
+
+@dataclass
+class VoiceTrainConfig:
+    custom_fraction: float = 0.0  # share of items fed a speaker embedding of another record (stage 3)
+    reference_frames: int = 250  # reference clip length (frames) for the speaker encoder
+
+
+@dataclass
+class LMOptimConfig:
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1  # cosine decay to this share of lr at the last step
+    clip: float = 1.0
+
+
+@dataclass
+class LMLossConfig:
+    text_weight: float | None = None  # None: the model config's loss.text_weight
+
+
+@dataclass
+class LMTrainConfig:
+    stage: str = "pretrain"  # pretrain | dialogue | voice
+    model: ModelSpec = field(default_factory=ModelSpec)
+    init_from: str = ""  # the previous stage's lm.safetensors (or its run folder)
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    voice: VoiceTrainConfig = field(default_factory=VoiceTrainConfig)
+    optim: LMOptimConfig = field(default_factory=LMOptimConfig)
+    loss: LMLossConfig = field(default_factory=LMLossConfig)
+    steps: int = 100_000
+    batch_size: int = 8  # per process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast (CUDA only; CPU trains in float32)
+    threads: int = 0  # torch intra-op threads per process (0: torch's default)
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+
+    def validate(self) -> LMTrainConfig:
+        if self.stage not in STAGES:
+            raise cfglib.ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise cfglib.ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0.0 <= self.voice.custom_fraction <= 1.0:
+            raise cfglib.ConfigError(f"voice.custom_fraction must be in [0, 1], got {self.voice.custom_fraction}")
+        if self.stage == "pretrain" and self.voice.custom_fraction > 0:
+            raise cfglib.ConfigError("custom voices need dialogue records (stage voice), not pretraining")
+        return self
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LMTrainConfig:
+    """Training config from YAML (``base:`` overlays) + overrides + ``MAATA_LMTRAIN__*`` environment."""
+    return cfglib.load(LMTrainConfig, resolve_config_path(path), env_prefix="MAATA_LMTRAIN__",
+                       overrides=overrides).validate()
+
+
+def resolve_init(path: str | Path) -> Path:
+    """``--init-from``: an ``lm.safetensors`` file, or a run folder holding one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / EXPORT_NAME
+    if not p.exists():
+        raise FileNotFoundError(f"--init-from: no LM export at {p} (train the previous stage first)")
+    return p
+
+
+def build_model(cfg: LMTrainConfig, out: Path, resume: bool) -> tuple[LM, str]:
+    """The model to train and where it came from: the run's own config on resume, the previous
+    stage's export with ``init_from``, else a fresh preset."""
+    saved = out / LM_CONFIG_NAME
+    if resume and saved.exists() and checkpointing.latest(out) is not None:
+        return LM(lm_config_from_dict(json.loads(saved.read_text(encoding="utf-8")))), "resume"
+    if cfg.init_from:
+        path = resolve_init(cfg.init_from)
+        lm = load_lm(path)
+        lm.train()
+        return lm, str(path)
+    lm_cfg: LMConfig = load_preset(cfg.model.preset, env_prefix=None, **cfg.model.overrides)
+    return LM(lm_cfg), f"preset {cfg.model.preset}"
+
+
+# -- loss ---------------------------------------------------------------------------------------------
+class TrainStep(nn.Module):
+    """Speaker embedding + teacher-forced forward + losses in one module, so that DDP sees (and
+    all-reduces) every parameter that takes part, the speaker encoder included."""
+
+    def __init__(self, lm: LM, text_weight: float, train_speaker: bool):
+        super().__init__()
+        self.lm = lm
+        self.text_weight = text_weight
+        self.train_speaker = train_speaker
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        lm = self.lm
+        B = batch["agent"].shape[0]
+        speaker = None
+        anchor = None  # keeps the speaker encoder in the graph on batches without a custom voice
+        if self.train_speaker:
+            sc = lm.cfg.conditioning.speaker
+            rows = batch["custom"]
+            if "ref" in batch:
+                rows = rows & (batch["ref_len"] >= sc.min_frames)
+            speaker = torch.zeros(B, sc.dim, device=batch["agent"].device)
+            if bool(rows.any()):
+                emb = lm.speaker_embedding(batch["ref"][rows], batch["ref_len"][rows].cpu())
+                speaker = speaker.index_put((rows.nonzero()[:, 0],), emb.to(speaker.dtype))
+            else:
+                dummy = torch.zeros(1, lm.n_q, sc.min_frames, dtype=torch.long, device=speaker.device)
+                anchor = lm.speaker_embedding(dummy).sum() * 0.0
+            voice = torch.where(rows, batch["voice"], batch["voice"].clamp(min=0))
+        else:
+            voice = batch["voice"].clamp(min=0)
+        text = batch["text"] if lm.text_enabled else None
+        out: LMOutput = lm(batch["user"], batch["agent"], text, voice, batch["emotion"], speaker)
+        losses = lm.loss(LMOutput(out.audio_logits, out.audio_mask, None), batch["agent"], None,
+                         frame_mask=batch["frame_mask"])
+        result = {"audio": losses.audio, "per_codebook": losses.per_codebook}
+        total = losses.audio
+        if out.text_logits is not None:
+            text_loss, text_acc, n_text = masked_text_loss(out.text_logits, batch["text"], batch["text_mask"],
+                                                           lm.cfg.text.epad_id, lm.cfg.loss.epad_weight)
+            total = total + self.text_weight * text_loss
+            result.update(text=text_loss, text_acc=text_acc, text_frames=n_text)
+        if anchor is not None:
+            total = total + anchor
+        result["total"] = total
+        with torch.no_grad():
+            pred = out.audio_logits.argmax(-1)
+            m = out.audio_mask & batch["frame_mask"][:, None, :]
+            hit = ((pred == batch["agent"]) & m).sum((0, 2)).float()
+            result["acc_per_codebook"] = hit / m.sum((0, 2)).clamp(min=1)
+        return result
+
+
+def masked_text_loss(logits: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, epad_id: int,
+                     epad_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's text loss (EPAD targets weighted ``epad_weight``) over ``mask`` frames only,
+    the argmax accuracy on non-EPAD targets, and how many frames counted. Zero (still in the
+    graph) when no frame has text."""
+    B, T, V = logits.shape
+    ce = F.cross_entropy(logits.reshape(B * T, V).float(), text.reshape(-1), reduction="none")
+    m = mask.reshape(-1).to(ce.dtype)
+    w = torch.where(text.reshape(-1) == epad_id, epad_weight, 1.0) * m
+    loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
+    with torch.no_grad():
+        words = (text.reshape(-1) != epad_id) & mask.reshape(-1)
+        hit = (logits.reshape(B * T, V).argmax(-1) == text.reshape(-1)) & words
+        acc = hit.sum().float() / words.sum().clamp(min=1).float()
+    return loss, acc, m.sum()
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        span = max(total - warmup, 1)
+        progress = min(max(step - warmup, 0) / span, 1.0)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices of linear layers; not norms, biases or embedding tables."""
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, keep = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in emb else keep).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+# -- the trainer ------------------------------------------------------------------------------------
+class LMTrainer:
+    """Owns the model, optimiser, data position and logging of one stage's run."""
+
+    def __init__(self, cfg: LMTrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 info: distributed.DistInfo | None = None):
+        self.cfg, self.out = cfg.validate(), Path(out_dir)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.info = info or distributed.init(cfg.device)
+        self.device = self.info.device
+        if not resume and checkpointing.latest(self.out) is not None:
+            raise ValueError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --out")
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.lm, self.source = build_model(cfg, self.out, resume)
+        self.lm.to(self.device).train()
+        self.train_speaker = cfg.stage == "voice" and cfg.voice.custom_fraction > 0
+        if not self.train_speaker:  # unused this stage: frozen, so DDP expects no gradient
+            for m in (self.lm.speaker_encoder, self.lm.speaker_proj):
+                m.requires_grad_(False)
+        tw = cfg.loss.text_weight if cfg.loss.text_weight is not None else self.lm.cfg.loss.text_weight
+        self.step_module = TrainStep(self.lm, tw, self.train_speaker)
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(param_groups(self.lm, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o.warmup_steps, cfg.steps, o.min_lr_ratio))
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.history: dict[str, list[list[float]]] = {}
+        self._init_data()
+        seed_everything(cfg.seed + 1 + self.info.rank)
+        if resume:
+            self._resume()
+        self.ddp = distributed.wrap(self.step_module, self.info)
+        self._reset_window()
+        self.writer = self._writer()
+        if self.info.is_main:
+            n = sum(p.numel() for p in self.lm.parameters())
+            log.info("stage %s: %s model (%.1f M params) from %s, %d training items", cfg.stage, self.lm.cfg.name,
+                     n / 1e6, self.source, len(self.train_set))
+
+    # -- setup ------------------------------------------------------------------------------------
+    def build_dataset(self, split: str, crop: int, random_crop: bool) -> Dataset:
+        d, lm = self.cfg.data, self.lm
+        common = dict(n_q=lm.n_q, codebook_size=lm.card, epad_id=lm.cfg.text.epad_id, seed=self.cfg.seed,
+                      min_frames=d.min_frames, random_crop=random_crop)
+        if self.cfg.stage == "pretrain":
+            return PretrainDataset(d.shards, split, crop, fields=d.fields, **common)
+        voice_stage = self.cfg.stage == "voice"
+        sc = lm.cfg.conditioning.speaker
+        return DialogueDataset(d.shards, split, crop, voices=lm.voices, emotions=lm.emotions,
+                               text=d.text and lm.text_enabled, voice_conditioning=d.voice_conditioning,
+                               emotion_conditioning=d.emotion_conditioning,
+                               custom_fraction=self.cfg.voice.custom_fraction if voice_stage and random_crop else 0.0,
+                               reference_frames=min(self.cfg.voice.reference_frames, sc.max_frames),
+                               min_reference_frames=sc.min_frames, **common)
+
+    def _init_data(self) -> None:
+        d = self.cfg.data
+        self.train_set = self.build_dataset(d.train_split, d.crop_frames, True)
+        self.train_sampler = distributed.sampler(self.train_set, self.info, shuffle=True, seed=self.cfg.seed)
+        self.batches_per_epoch = len(self.train_sampler) // self.cfg.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"the {d.train_split!r} split has {len(self.train_set)} items: fewer than one batch of "
+                             f"{self.cfg.batch_size} per process on {self.info.world_size} process(es)")
+        self.collate = Collate(self.lm.cfg.text.epad_id)
+        self.has_text = bool(getattr(self.train_set, "text", False))  # the same on every rank: a stage's data
+        try:
+            self.valid_set = self.build_dataset(d.valid_split, d.valid_crop_frames, False)
+        except (ValueError, FileNotFoundError) as e:
+            log.warning("validation is skipped: %s", e)
+            self.valid_set = None
+
+    def _writer(self):
+        if not self.info.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(_yaml(cfglib.to_dict(self.cfg)), encoding="utf-8")
+        (self.out / LM_CONFIG_NAME).write_text(json.dumps(cfglib.to_dict(self.lm.cfg), indent=1), encoding="utf-8")
+        return SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.device.type == "cuda" and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # -- data position ------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from the current (epoch, batch_in_epoch) onwards, forever (resumable exactly)."""
+        bs = self.cfg.batch_size
+        while True:
+            self.train_sampler.set_epoch(self.epoch)
+            self.train_set.set_epoch(self.epoch)
+            order = list(self.train_sampler)[: self.batches_per_epoch * bs]
+            loader = DataLoader(self.train_set, batch_size=bs, sampler=order[self.batch_in_epoch * bs:],
+                                num_workers=self.cfg.data.num_workers, drop_last=True, collate_fn=self.collate,
+                                pin_memory=self.device.type == "cuda")
+            yield from loader
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # -- one step -----------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = self._to_device(batch)
+        with self._autocast():
+            res = self.ddp(batch)
+        self.opt.zero_grad(set_to_none=True)
+        res["total"].backward()
+        grad_norm = nn.utils.clip_grad_norm_([p for p in self.lm.parameters() if p.requires_grad],
+                                             self.cfg.optim.clip)
+        self.opt.step()
+        self.sched.step()
+        skip = {"per_codebook", "acc_per_codebook", "text_frames"} | (set() if self.has_text else {"text", "text_acc"})
+        metrics = {k: v.detach().float() for k, v in res.items() if k not in skip}
+        for k, v in enumerate(res["per_codebook"].detach()):
+            metrics[f"cb{k + 1}"] = v.float()
+        metrics["acc_cb1"] = res["acc_per_codebook"][0].detach().float()
+        metrics["grad_norm"] = grad_norm.detach().float()
+        frames = batch["frame_mask"].sum().float()
+        metrics["frames"] = frames
+        return metrics
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        """Train until ``cfg.steps``; returns the last logged metrics (rank 0)."""
+        from tqdm import tqdm
+
+        last: dict[str, float] = {}
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.info.is_main, dynamic_ncols=True,
+                   desc=f"lm {self.cfg.stage}", unit="step")
+        batches = self._batches()
+        try:
+            while self.step < self.cfg.steps:
+                metrics = self.train_step(next(batches))
+                self.step += 1
+                self.batch_in_epoch += 1
+                self._accumulate(metrics)
+                bar.update(1)
+                last = self._periodic(bar) or last
+            if self._window_steps:
+                last = self._log() or last
+            if self.step % self.cfg.eval_every:
+                self._validate()
+            if self.step % self.cfg.checkpoint_every:
+                self.save()
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        return last
+
+    def _periodic(self, bar) -> dict[str, float] | None:
+        logged = None
+        if self.step % self.cfg.log_every == 0:
+            logged = self._log()
+            bar.set_postfix({k: f"{logged[k]:.3g}" for k in ("total", "cb1", "text") if k in logged})
+        if self.step % self.cfg.eval_every == 0:
+            self._validate()
+        if self.step % self.cfg.checkpoint_every == 0:
+            self.save()
+        return logged
+
+    # -- logging ------------------------------------------------------------------------------------
+    def _reset_window(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+        self._window_start, self._window_steps, self._paused = time.perf_counter(), 0, 0.0
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self._sums[k] = self._sums.get(k, 0) + v
+            self._counts[k] = self._counts.get(k, 0) + 1
+        self._window_steps += 1
+
+    def _log(self) -> dict[str, float]:
+        """Average the window over steps and ranks; rank 0 writes TensorBoard and the history."""
+        keys = sorted(self._sums)
+        packed = torch.stack([self._sums[k].to(self.device) for k in keys]
+                             + [torch.tensor(float(self._counts[k]), device=self.device) for k in keys])
+        distributed.all_reduce_sum(packed)
+        means = {k: float(packed[i] / packed[len(keys) + i]) for i, k in enumerate(keys)}
+        elapsed = max(time.perf_counter() - self._window_start - self._paused, 1e-9)
+        speed = self._window_steps / elapsed
+        frames_per_s = means.pop("frames", 0.0) * self.info.world_size * speed
+        if self.info.is_main:
+            scalars = {}
+            for k, v in means.items():
+                group = "acc" if "acc" in k else "grad_norm" if k == "grad_norm" else "loss"
+                scalars[f"{group}/{k}"] = v
+            scalars.update({"lr": self.sched.get_last_lr()[0], "speed/steps_per_s": speed,
+                            "speed/frames_per_s": frames_per_s,
+                            "speed/audio_s_per_s": frames_per_s / self.lm.cfg.frame_rate})
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, self.step)
+            for k in ("total", "audio", "cb1", "text"):
+                if k in means:
+                    self.history.setdefault(k, []).append([self.step, means[k]])
+        self._reset_window()
+        return dict(means, steps_per_s=speed)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        """Teacher-forced losses on (up to ``valid_max_batches`` batches of) the valid split, all ranks."""
+        if self.valid_set is None:
+            return None
+        self.lm.eval()
+        keys = ("total", "audio", "text", "text_acc") + tuple(f"cb{k + 1}" for k in range(self.lm.n_q))
+        if not self.has_text:
+            keys = keys[:2] + keys[4:]
+        sums = torch.zeros(len(keys) + 1, device=self.device)
+        loader = DataLoader(self.valid_set, batch_size=self.cfg.batch_size, collate_fn=self.collate,
+                            sampler=distributed.sampler(self.valid_set, self.info, shuffle=False, seed=self.cfg.seed),
+                            num_workers=self.cfg.data.num_workers)
+        try:
+            with checkpointing.preserved_rng():
+                for i, batch in enumerate(loader):
+                    if i >= self.cfg.data.valid_max_batches:
+                        break
+                    batch = self._to_device(batch)
+                    with self._autocast():
+                        res = self.step_module(batch)
+                    n = float(batch["agent"].shape[0])
+                    vals = [res[k] for k in keys if not k.startswith("cb")] + list(res["per_codebook"])
+                    sums += torch.stack([torch.as_tensor(v, device=self.device).float() * n for v in vals]
+                                        + [torch.tensor(n, device=self.device)])
+        finally:
+            self.lm.train()
+        distributed.all_reduce_sum(sums)
+        if float(sums[-1]) == 0:
+            return None
+        return {k: float(sums[i] / sums[-1]) for i, k in enumerate(keys)}
+
+    def _validate(self) -> None:
+        t0 = time.perf_counter()
+        res = self.evaluate()
+        if res is not None and self.info.is_main:
+            for k, v in res.items():
+                self.writer.add_scalar(f"valid/{k}", v, self.step)
+            self.history.setdefault("valid_total", []).append([self.step, res["total"]])
+            self.history.setdefault("valid_cb1", []).append([self.step, res["cb1"]])
+            if "text" in res:
+                self.history.setdefault("valid_text", []).append([self.step, res["text"]])
+            log.info("step %d: valid loss %.4f (codebook 1 %.4f)", self.step, res["total"], res["cb1"])
+        self._paused += time.perf_counter() - t0
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def training_state(self, rng: list[Any]) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "optim": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "rng": rng, "world_size": self.info.world_size,
+                "history": self.history, "config": cfglib.to_dict(self.cfg), "stage": self.cfg.stage,
+                "source": self.source}
+
+    def save(self) -> None:
+        t0 = time.perf_counter()
+        rng = distributed.all_gather_objects(checkpointing.capture_rng(), self.info)
+        if self.info.is_main:
+            path = checkpointing.save(self.out, self.step, {"lm": self.lm}, self.training_state(rng),
+                                      self.cfg.keep_last)
+            self.export()
+            plot_history(self.history, self.out / "loss_curves.png", groups=PLOT_GROUPS)
+            log.info("step %d: checkpoint %s", self.step, path)
+        distributed.barrier()
+        self._paused += time.perf_counter() - t0
+
+    def export(self) -> Path:
+        """Inference weights + LMConfig to ``<out>/lm.safetensors`` (``load_lm``; the next stage's --init-from)."""
+        return save_model(self.out / EXPORT_NAME, self.lm, self.lm.cfg, kind="lm",
+                          metadata={"step": self.step, "stage": self.cfg.stage})
+
+    def _resume(self) -> None:
+        path = checkpointing.latest(self.out)
+        if path is None:
+            log.info("no checkpoint in %s: starting a new run", self.out)
+            return
+        state = checkpointing.load(path, {"lm": self.lm}, self.device)
+        if state.get("stage", self.cfg.stage) != self.cfg.stage:
+            raise ValueError(f"{self.out} holds a {state['stage']!r} run; this is stage {self.cfg.stage!r} "
+                             "(use another --out)")
+        self.step, self.epoch, self.batch_in_epoch = (int(state["step"]), int(state["epoch"]),
+                                                      int(state["batch_in_epoch"]))
+        self.opt.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
+        # the schedule of *this* config at the restored step (``steps`` may have been raised to train longer)
+        f = lr_lambda(self.cfg.optim.warmup_steps, self.cfg.steps, self.cfg.optim.min_lr_ratio)
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group["lr"] = base * f(self.sched.last_epoch)
+        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+        self.history = state["history"]
+        self.source = state.get("source", self.source)
+        if int(state["world_size"]) == self.info.world_size:
+            checkpointing.restore_rng(state["rng"][self.info.rank])
+        else:
+            log.warning("checkpoint written by %s process(es), resuming on %d: RNG streams are re-seeded",
+                        state["world_size"], self.info.world_size)
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+
+PLOT_GROUPS = {"total": ("total", "valid_total"), "audio (codebook 1)": ("cb1", "valid_cb1", "audio"),
+               "text": ("text", "valid_text")}
+
+
+def train(cfg: LMTrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
+    """Train one stage (one process, or one of those torchrun started). Returns the last logged
+    metrics on rank 0 (an empty dict elsewhere)."""
+    info = distributed.init(cfg.device)
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        metrics = LMTrainer(cfg, out_dir, resume=resume, info=info).fit()
+        return metrics if info.is_main else {}
+    finally:
+        distributed.cleanup()
