@@ -26,7 +26,7 @@ venv: .setup-stamp-venv
 setup: apt venv
 
 run: setup
-	.venv/bin/maata demo --checkpoint $(CHECKPOINT) --out out/demo
+	.venv/bin/maata codec demo --checkpoint $(CHECKPOINT) --out out/demo
 
 test: setup
 	$(PY) -m pytest -q -ra
