@@ -386,3 +386,13 @@ def test_cli_info_presets_and_eval(cli_main, checkpoint, data, tmp_path, capsys)
 
     assert cli_main(["codec", "eval", "--checkpoint", str(checkpoint), "--manifest", str(tmp_path / "no.jsonl")]) == 2
     assert "manifest not found" in capsys.readouterr().err
+
+
+def test_demo_writes_wavs_and_scores(checkpoint, tmp_path, capsys):
+    assert cli_main(["codec", "demo", "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "PESQ-WB" in printed and "opus_6" in printed and "ms per frame" in printed
+    for name in ("source", "maata", "maata_adaptive", "opus_6"):
+        x, sr = load_audio(tmp_path / f"{name}.wav")
+        assert sr == 16000 and x.size > 16000
+    assert cli_main(["codec", "demo", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
