@@ -388,7 +388,7 @@ def test_cli_info_presets_and_eval(cli_main, checkpoint, data, tmp_path, capsys)
     assert "manifest not found" in capsys.readouterr().err
 
 
-def test_demo_writes_wavs_and_scores(checkpoint, tmp_path, capsys):
+def test_demo_writes_wavs_and_scores(cli_main, checkpoint, tmp_path, capsys):
     assert cli_main(["codec", "demo", "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "PESQ-WB" in printed and "opus_6" in printed and "ms per frame" in printed
