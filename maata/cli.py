@@ -18,6 +18,9 @@ COMMAND_MODULES = [
     "maata.data.dialogue_commands",  # adds to the `data` group, so it must come after it
     "maata.codec.commands",
     "training.commands",
+    "training.lm_commands",  # adds `lm` to the `train` group, so it must come after it
+    "maata.lm.commands",
+    "services.commands",
 ]
 
 

@@ -6,7 +6,8 @@ session store so a call survives a restart of the service.
   late frames, bounded queues, idle detection, history records, ``prefill`` from a stored
   history) and ``FrameClock`` (the asyncio tick loop; manual mode for tests). No gRPC.
 * ``service``: ``GenerationServiceConfig``, the ``CallManager`` (admission, session store,
-  flushes, resume, endings), the servicer, ``RemoteSessionStore`` and ``serve_generation``
+  flushes, resume, endings), the servicer and ``serve_generation`` (the store over gRPC,
+  ``RemoteSessionStore``, lives in ``services.session.client``; re-exported here)
 """
 
 from services.generation.engine import (Call, CallSpec, EngineFull, FrameClock, FrameOut, GenerationEngine, History,

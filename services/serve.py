@@ -1,0 +1,313 @@
+"""``maata serve``: every Maata service in one process, or one of them per process.
+
+    maata serve                              # session + codec + generation + gateway, one process
+    maata serve --loopback                   # the same, the gateway calling codec/generation over gRPC
+    maata serve --role codec|generation|session|gateway    # one service (a deployment's process)
+    maata serve --untrained                  # tiny random models (tests, smoke runs: no speech)
+    maata serve --config serve.yaml          # YAML, then MAATA_SERVE__* variables, e.g.
+                                             # MAATA_SERVE__GATEWAY__SERVER__PORT=7200
+
+One process (the default). The session service (in-memory store), the codec service, the
+generation service and the partner gateway each listen on their own localhost port (gateway
+7100, codec 7101, generation 7102, session 7103 by default), so other clients can use any of
+them. The gateway calls the codec and generation **in process** by default: the services'
+servicer code is called directly (same validation, same batching with the gRPC callers) with no
+protobuf serialization and no HTTP/2 hop. That is the fastest correct path and the default
+(``--inproc`` says so explicitly); ``--loopback`` sends the gateway's streams over real loopback
+gRPC instead, exactly as separate processes talk (useful to check the network path in one
+process). The generation service keeps call histories in the session
+service's store object (no hop either way).
+
+One role per process (``--role``): the codec and generation services load their models; the
+generation service keeps histories in the session service (``session_port``) unless
+``generation.session_store`` names another store (a redis:// URL, or ``memory`` for a private
+in-process one); the gateway talks gRPC to ``gateway.codec`` / ``gateway.generation`` (default:
+this config's codec and generation ports on ``host``) and reads sessions from
+``gateway.session_store`` (default: the session service).
+
+Models. ``checkpoints/codec_default.safetensors`` and ``checkpoints/lm_demo.safetensors``
+(``codec_checkpoint`` / ``lm_checkpoint``), and ``checkpoints/tokenizer.json`` for the agent's
+text when present. A missing checkpoint is an error that says how to train it; ``--untrained``
+runs tiny random models of matching shapes instead (the audio is noise: for tests only).
+
+API keys. The gateway accepts the hashed keys of ``gateway.auth`` (see
+``services.gateway.auth``; ``maata apikey`` makes one). With no key configured, the one-process
+mode makes an ephemeral development key and prints it; ``--role gateway`` refuses to start.
+
+Shutdown. SIGTERM or SIGINT drains everything gracefully, in order: the gateway (health
+NOT_SERVING, new calls refused, live calls end UNAVAILABLE "reconnect with the same call_id
+(resume)" after their generation streams are flushed), the generation service (every call's
+history flushed to the store), the codec service, the session service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maata import config as cfglib
+from services.codec.service import CodecServer, CodecServiceConfig, CodecServicer, serve_codec
+from services.common.config import ServerConfig
+from services.common.server import channel_options
+from services.gateway.auth import ApiKey, Authenticator, hash_key, new_key
+from services.gateway.partner import GatewayConfig, GatewayServer, serve_gateway
+from services.gateway.pipeline import GrpcBackends, InprocBackends
+from services.generation.service import (GenerationServer, GenerationServiceConfig, GenerationServicer,
+                                         serve_generation)
+from services.session.client import open_store
+from services.session.service import SessionConfig, SessionServer, serve_session
+
+log = logging.getLogger("maata.services.serve")
+
+ENV_PREFIX = "MAATA_SERVE__"
+ROLES = ("all", "codec", "generation", "session", "gateway")
+# tiny random models of matching shapes for --untrained (tests and smoke runs)
+UNTRAINED_CODEC: dict[str, Any] = {
+    "base_channels": 4, "max_channels": 32, "latent_dim": 16,
+    "transformer": {"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
+    "quantizer": {"n_q": 8, "codebook_size": 64, "codebook_dim": 4},
+}
+UNTRAINED_LM: dict[str, Any] = {
+    "codebook_size": 64,
+    "temporal": {"dim": 64, "layers": 2, "heads": 4, "context": 250},
+    "depth": {"dim": 32, "layers": 2, "heads": 2},
+    "text": {"vocab_size": 64},
+    "conditioning": {"speaker": {"dim": 16, "hidden": 32, "layers": 1, "heads": 2, "min_frames": 4, "max_frames": 16}},
+}
+TRAIN_CODEC_HINT = ("train one with `maata train codec --config codec_default --manifest data/manifest.jsonl "
+                    "--out runs/codec_default` and copy runs/codec_default/codec.safetensors there, or set "
+                    "codec_checkpoint (MAATA_SERVE__CODEC_CHECKPOINT)")
+TRAIN_LM_HINT = ("train it with `maata train lm --stage pretrain|dialogue|voice ... --out runs/lm_voice` (see "
+                 "training/lm_commands.py) and copy runs/lm_voice/lm.safetensors there, or set lm_checkpoint "
+                 "(MAATA_SERVE__LM_CHECKPOINT)")
+
+
+def _port(port: int) -> ServerConfig:
+    return ServerConfig(port=port)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Every service's config, the models, and where each listens."""
+
+    host: str = "127.0.0.1"  # every service's listening address (loopback: expose on purpose only)
+    codec_checkpoint: str = "checkpoints/codec_default.safetensors"
+    lm_checkpoint: str = "checkpoints/lm_demo.safetensors"
+    tokenizer: str = "checkpoints/tokenizer.json"  # the agent's text pieces, when the file exists
+    threads: int = 1  # torch intra-op threads of this process (0: torch's default)
+    session_port: int = 7103
+    gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(server=_port(7100)))
+    codec: CodecServiceConfig = field(default_factory=lambda: CodecServiceConfig(server=_port(7101)))
+    generation: GenerationServiceConfig = field(default_factory=lambda: GenerationServiceConfig(server=_port(7102)))
+    session: SessionConfig = field(default_factory=SessionConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.session_port <= 65535:
+            raise ValueError(f"session_port must be a TCP port (0 = any free one), got {self.session_port}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                **overrides: Any) -> ServeConfig:
+    """The defaults, then YAML ``path``, ``overrides``, then ``MAATA_SERVE__*`` variables (a file
+    that sets one field of a service keeps the other defaults, ports included)."""
+    data = cfglib.to_dict(ServeConfig())
+    if path is not None:
+        data = cfglib.deep_merge(data, cfglib.read_yaml(path))
+    if overrides:
+        data = cfglib.deep_merge(data, overrides)
+    data = cfglib.deep_merge(data, cfglib.env_overrides(ENV_PREFIX, environ))
+    return cfglib.from_dict(ServeConfig, data)
+
+
+# -- models -----------------------------------------------------------------------------------------
+def load_codec_model(config: ServeConfig, untrained: bool) -> Any:
+    from services.codec.service import load_model
+
+    if untrained:
+        return load_model(dataclasses.replace(config.codec, checkpoint="", preset_overrides=UNTRAINED_CODEC))
+    path = config.codec.checkpoint or config.codec_checkpoint
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no codec checkpoint at {path}: {TRAIN_CODEC_HINT}; or run `maata serve "
+                                "--untrained` for tiny random models (tests only)")
+    return load_model(dataclasses.replace(config.codec, checkpoint=path))
+
+
+def load_lm_model(config: ServeConfig, untrained: bool) -> Any:
+    from services.generation.service import load_model
+
+    if untrained:
+        return load_model(dataclasses.replace(config.generation, checkpoint="", preset="tiny",
+                                              preset_overrides=UNTRAINED_LM))
+    path = config.generation.checkpoint or config.lm_checkpoint
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no LM checkpoint at {path}: {TRAIN_LM_HINT}; or run `maata serve --untrained` "
+                                "for tiny random models (tests only)")
+    return load_model(dataclasses.replace(config.generation, checkpoint=path))
+
+
+def load_tokenizer(config: ServeConfig) -> Any:
+    path = config.generation.tokenizer or config.tokenizer
+    if not path or not Path(path).exists():
+        return None
+    from maata.text.tokenizer import Tokenizer
+
+    return Tokenizer.load(path)
+
+
+def check_shapes(codec: Any, lm: Any) -> None:
+    if codec.n_q != lm.n_q or codec.cfg.quantizer.codebook_size != lm.card:
+        raise ValueError(f"the codec ({codec.n_q} x {codec.cfg.quantizer.codebook_size} codes) does not fit the LM "
+                         f"({lm.n_q} x {lm.card}): serve a matching pair of checkpoints")
+
+
+# -- the stack --------------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """The services this process runs; ``drain`` stops them gracefully in order."""
+
+    role: str
+    gateway: GatewayServer | None = None
+    generation: GenerationServer | None = None
+    codec: CodecServer | None = None
+    session: SessionServer | None = None
+    dev_key: str = ""  # the ephemeral key of a one-process run without configured keys
+    path: str = ""  # "in process" or "loopback gRPC" (the gateway's way to the engines)
+    _stopping: asyncio.Task[None] | None = None
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        out = {name: server.port for name in ("gateway", "codec", "generation", "session")
+               if (server := getattr(self, name)) is not None}
+        return out
+
+    async def drain(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain())
+        await asyncio.shield(self._stopping)
+
+    async def _drain(self) -> None:
+        try:
+            if self.gateway is not None:
+                await self.gateway.drain()
+            if self.generation is not None:
+                await self.generation.drain()
+            if self.codec is not None:
+                await self.codec.drain()
+            if self.session is not None:
+                await self.session.stop()
+        finally:
+            self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def start(config: ServeConfig, role: str = "all", *, inproc: bool = True, untrained: bool = False) -> Stack:
+    """Start ``role``'s services (see the module docstring); returns once they all serve."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    host = config.host
+    stack = Stack(role)
+    try:
+        if role in ("all", "session"):
+            stack.session = await serve_session(config.session, port=config.session_port, host=host)
+        codec_model = lm = None
+        if role in ("all", "codec", "generation"):
+            codec_model = load_codec_model(config, untrained)
+        if role in ("all", "generation"):
+            lm = load_lm_model(config, untrained)
+            check_shapes(codec_model, lm)
+        if role in ("all", "codec"):
+            stack.codec = await serve_codec(config.codec, host=host, codec=codec_model)
+        if role in ("all", "generation"):
+            store = stack.session.store if stack.session is not None else None
+            generation_config = config.generation
+            if store is None:
+                where = generation_config.session_store or f"{host}:{config.session_port}"
+                generation_config = dataclasses.replace(generation_config,
+                                                        session_store="" if where == "memory" else where)
+            stack.generation = await serve_generation(generation_config, store=store, host=host, lm=lm,
+                                                      codec=codec_model, tokenizer=load_tokenizer(config))
+        if role in ("all", "gateway"):
+            stack.gateway, stack.dev_key, stack.path = await _start_gateway(config, stack, inproc)
+    except BaseException:
+        await stack.drain()
+        raise
+    return stack
+
+
+async def _start_gateway(config: ServeConfig, stack: Stack, inproc: bool) -> tuple[GatewayServer, str, str]:
+    gw = config.gateway
+    auth = Authenticator.from_config(gw.auth)
+    dev_key = ""
+    if auth.empty:
+        if stack.role != "all":
+            raise ValueError("no API keys configured for the gateway: add hashed keys to gateway.auth.keys or "
+                             "gateway.auth.keys_file (`maata apikey --id NAME` makes one)")
+        dev_key = new_key()
+        auth.add(ApiKey(id="dev", sha256=hash_key(dev_key), max_calls=gw.max_calls))
+    host = config.host
+    options = channel_options(gw.server)
+    if stack.role == "all" and inproc:
+        assert stack.codec is not None and stack.generation is not None
+        backends: Any = InprocBackends(CodecServicer(stack.codec.batcher, config.codec),
+                                       GenerationServicer(stack.generation.calls))
+        path = "in process"
+    else:
+        codec = gw.codec or f"{host}:{stack.codec.port if stack.codec else config.codec.server.port}"
+        generation = gw.generation or f"{host}:{stack.generation.port if stack.generation else config.generation.server.port}"
+        backends = GrpcBackends(codec, generation, options)
+        path = "loopback gRPC" if stack.role == "all" else "gRPC"
+    if stack.session is not None:
+        store, owns_store = stack.session.store, False
+    else:
+        where = gw.session_store or f"{host}:{config.session_port}"
+        store, owns_store = open_store(where, timeout_s=gw.store_timeout_s, options=options), True
+    try:
+        server = await serve_gateway(gw, backends, store=store, host=host, auth=auth, owns_store=owns_store)
+    except BaseException:
+        await backends.close()
+        if owns_store:
+            await store.close()
+        raise
+    return server, dev_key, path
+
+
+async def serve_forever(config: ServeConfig, role: str = "all", *, inproc: bool = True, untrained: bool = False,
+                        out: Any = sys.stderr) -> None:
+    """Start, print where everything listens, drain on SIGTERM/SIGINT: a process's main coroutine."""
+    stack = await start(config, role, inproc=inproc, untrained=untrained)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stack.drain()))
+    ports = ", ".join(f"{name} {config.host}:{port}" for name, port in stack.ports.items())
+    print(f"maata serve ({role}{', ' + stack.path if stack.path else ''}"
+          f"{', untrained models' if untrained else ''}): {ports}", file=out, flush=True)
+    if stack.dev_key:
+        print(f"no API keys configured: this run accepts the development key {stack.dev_key} "
+              "(configure gateway.auth for anything else)", file=out, flush=True)
+    try:
+        await stack.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    print("maata serve: drained", file=out, flush=True)
+
+
+__all__ = ["ROLES", "ServeConfig", "Stack", "UNTRAINED_CODEC", "UNTRAINED_LM", "load_config", "serve_forever",
+           "start"]
