@@ -556,9 +556,14 @@ class FrameClock:
 
     After each tick ``on_tick(tick, expired)`` is called on the event loop (``expired``: calls
     idle for longer than ``idle_timeout_s``; they stay in the engine until the listener removes
-    them). A tick that ends after the next one was due counts a missed ``tick`` deadline and the
-    schedule restarts from now (no burst of catch-up ticks).
+    them). A tick that ends after the next one was due counts a missed ``tick`` deadline; the
+    schedule keeps its phase and the next ticks run back to back until it has caught up, because
+    callers send frames at exactly the frame rate: a clock that slipped instead would leave one
+    more frame queued per late tick, for good (latency creep). A clock more than
+    ``max_behind`` frames behind (a stall) restarts from now; those frames are the queue's to drop.
     """
+
+    max_behind = 4
 
     def __init__(self, engine: GenerationEngine, frame_s: float = 0.04, *, idle_timeout_s: float | None = None,
                  manual: bool = False, on_tick: Callable[[Tick, list[Call]], None] | None = None) -> None:
@@ -643,7 +648,9 @@ class FrameClock:
                 self.late += 1
                 if self.engine.metrics:
                     self.engine.metrics.base.missed_deadlines.labels(self.engine.metrics.base.service, "tick").inc()
-                due = now
+                if now - due > self.max_behind * self.frame_s:
+                    due = now
+                await asyncio.sleep(0)  # let the streams' readers run between catch-up ticks
             else:
                 await asyncio.sleep(due - now)
 
