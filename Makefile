@@ -21,12 +21,14 @@ venv: .setup-stamp-venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m services.protogen
 	@touch $@
 
 setup: apt venv
 
 run: setup
 	.venv/bin/maata codec demo --checkpoint $(CHECKPOINT) --out out/demo
+	.venv/bin/maata serve
 
 test: setup
 	$(PY) -m pytest -q -ra
