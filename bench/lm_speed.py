@@ -286,7 +286,8 @@ def print_table(r: dict[str, Any]) -> None:
     from rich.table import Table
 
     m = r["lm"]
-    table = Table(title=f"LM step speed: {m['name']} ({m['params'] / 1e6:.1f} M params) on {r['machine']['cpus']} CPUs, "
+    table = Table(title=f"LM step speed: {m['name']} ({m['params'] / 1e6:.1f} M params) on "
+                        f"{r['machine']['cpus']} CPUs, "
                         f"{r['machine']['threads']} threads, load {r['machine']['load_avg_1m']:.1f}; "
                         f"frame {r['frame_ms']:g} ms")
     table.add_column("Variant")

@@ -25,7 +25,9 @@ from maata.lm.evaluate import (Dialogue, LinearProbe, SpeechDetector, TurnStats,
                                markdown_table)
 from maata.lm.model import LM, load_preset
 
-from test_lm_training import CARD, INTENTS, K, VT, write_dialogue_shards
+from maata.data.shards import Record, write_shard
+from maata.lm.model import EMOTIONS, VOICES
+from test_lm_training import CARD, INTENTS, K, VT, answer_codes, write_dialogue_shards
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +69,19 @@ def shards(tmp_path_factory, models) -> Path:
 
     codec = load_codec(models["codec"])
     silence = codec.encode(torch.zeros(1, 1, 20 * HOP))[0, :, -1].numpy()
-    return write_dialogue_shards(tmp_path_factory.mktemp("dialogues"), n_train=9, n_valid=0, n_test=6,
+    root = write_dialogue_shards(tmp_path_factory.mktemp("dialogues"), n_train=9, n_valid=0, n_test=6,
                                  by_folder=True, silence=silence)
+    # the builder's reference/ split: every intent's answer in every voice, single stream, silence around it
+    recs = []
+    for k, intent in enumerate(INTENTS):
+        for voice in VOICES[:2]:
+            codes = answer_codes(intent, voice, silence)
+            pad = np.repeat(silence[:, None], 3, 1)
+            recs.append(Record({"codes": np.concatenate([pad, codes, pad], 1).astype(np.int16)},
+                               {"id": f"ref-{intent}-{voice}", "kind": "reference", "intent": intent, "voice": voice,
+                                "emotion": EMOTIONS[1 + k]}))
+    write_shard(root / "reference" / "shard0.safetensors", recs)
+    return root
 
 
 def _cli(argv: list[str], monkeypatch) -> int:
@@ -131,8 +144,11 @@ def test_speech_detectors(models, shards):
     by_codes = SpeechDetector(codec, "codes")(d.agent)
     a, b = d.agent_turns()[0]
     assert by_codes[a:b].all() and not by_codes[:a].any() and not by_codes[b:].any()
-    by_energy = SpeechDetector(codec, "energy", -200.0)(d.agent)  # everything is louder than -200 dBFS
-    assert by_energy.shape == (d.frames,) and by_energy.all()
+    energy = SpeechDetector(codec, "energy", -200.0)
+    assert energy.effective_dbfs == pytest.approx(energy.floor_dbfs + 6.0)  # the codec's decoded silence + 6 dB
+    assert not energy(np.repeat(codec.encode(torch.zeros(1, 1, 20 * HOP))[0, :, -1:].numpy(), 30, 1))[5:].any()
+    everything = SpeechDetector(codec, "energy", -200.0, margin_db=-1000.0)(d.agent)  # louder than -200 dBFS
+    assert everything.shape == (d.frames,) and everything.all()
     with pytest.raises(ValueError, match="detector"):
         SpeechDetector(codec, "vad")
 
@@ -154,8 +170,10 @@ def test_eval_end_to_end(models, shards, tmp_path, monkeypatch, capsys):
     assert all(_unit(v) for v in tf["acc_per_codebook"]) and _unit(tf["text_acc"]) and _unit(tf["text_acc_words"])
     assert tf["text_ce"] > 0 and tf["frames"] > 0
 
+    assert r["renderings"] == 6 and not r["notes"]  # from the reference split
     ra = r["right_answer"]
-    assert ra["n"] == 6 and ra["n_intents"] == len(INTENTS) and ra["chance"] == pytest.approx(1 / 3)
+    assert ra["references"] == 6 and ra["interrupted_excluded"] == 2
+    assert ra["n"] == 4 and ra["n_intents"] == len(INTENTS) and ra["chance"] == pytest.approx(1 / 3)
     assert _unit(ra["top1"]) and _unit(ra["top3"]) and ra["top1"] <= ra["top3"] and _unit(ra["silent_replies"])
     assert ra["reference_top1"] >= 0.8  # the true replies match their own intent's references
 
@@ -168,11 +186,27 @@ def test_eval_end_to_end(models, shards, tmp_path, monkeypatch, capsys):
         assert gen[key] is None or _unit(gen[key]), key
     assert gen["start_delay_ms"]["n"] == 0 or gen["start_delay_ms"]["median"] >= 0
 
-    for key in ("voice", "emotion"):
+    for key, classes in (("voice", 2), ("emotion", 3)):
         e = r["adherence"][key]
-        assert len(e["classes"]) >= 2 and _unit(e["classifier_accuracy"]) and _unit(e["chance"])
+        assert len(e["classes"]) == classes and _unit(e["classifier_accuracy"]) and _unit(e["chance"])
         assert e["accuracy"] is None or _unit(e["accuracy"])
     assert "method" in r["adherence"] and "DTW" in ra["method"]
+
+
+def test_eval_falls_back_to_dialogue_references(models, shards):
+    from maata.checkpoint import load_codec
+    from maata.lm.checkpoint import load_lm
+    from maata.lm.evaluate import EvalConfig, evaluate
+
+    lm, codec = load_lm(models["lm"]), load_codec(models["codec"])
+    train = evaluate(lm, codec, shards, EvalConfig(reference_split="train", detector="codes", max_reply_s=1.0))
+    assert train["right_answer"]["references"] == 9 and not train["notes"]  # the train dialogues' answers
+    assert train["right_answer"]["reference_top1"] >= 0.75
+    none = evaluate(lm, codec, shards, EvalConfig(reference_split="nosuch", detector="codes", max_reply_s=1.0,
+                                                  max_dialogues=3))
+    assert "serve as references" in none["notes"][0]
+    assert none["right_answer"]["n"] == 2  # test-2 is interrupted (and the only "bank" answer: no reference)
+    assert _unit(none["right_answer"]["reference_top1"])
 
 
 def test_eval_bad_inputs_exit_2(models, shards, tmp_path, monkeypatch, capsys):

@@ -45,6 +45,14 @@ def _speech(rng: np.random.Generator, shape: tuple[int, int], silence: np.ndarra
     return x
 
 
+def answer_codes(intent: str, voice: str, silence: np.ndarray) -> np.ndarray:
+    """The agent's answer to ``intent`` in ``voice``: fixed codes per intent, shifted per voice."""
+    a_len = 12 + 2 * INTENTS.index(intent)
+    pattern = _speech(np.random.default_rng(100 + INTENTS.index(intent)), (K, a_len), silence)
+    pattern[1:] = (pattern[1:] + 5 * VOICES.index(voice)) % CARD
+    return pattern
+
+
 def dialogue_record(i: int, split: str, rng: np.random.Generator, interrupted: bool = False,
                     silence: np.ndarray | None = None) -> Record:
     """A QA dialogue: the user asks (random codes), a pause, the agent answers with codes that
@@ -61,8 +69,7 @@ def dialogue_record(i: int, split: str, rng: np.random.Generator, interrupted: b
     user = np.repeat(silence[:, None], T, 1)
     user[:, :q_end] = _speech(rng, (K, q_end), silence)
     agent = np.repeat(silence[:, None], T, 1)
-    pattern = _speech(np.random.default_rng(100 + INTENTS.index(intent)), (K, a_len), silence)
-    pattern[1:] = (pattern[1:] + 5 * VOICES.index(voice)) % CARD
+    pattern = answer_codes(intent, voice, silence)
     noisy = rng.random((K, a_len)) < 0.1
     noisy[0] = False
     agent[:, a_start:a_start + a_len] = np.where(noisy, rng.integers(0, CARD, (K, a_len)), pattern)

@@ -8,8 +8,9 @@ Shards are the data contract of :mod:`maata.data.shards`. Two kinds of items:
 * :class:`DialogueDataset` (stages 2 and 3): two-stream dialogues. ``user`` and ``agent``
   codes, the agent's inner-monologue ``text`` (EPAD = no text this frame), its ``emotion``
   per frame — *held* from before each agent turn (``maata.lm.evaluate.held_emotion``) so its
-  onset is no cue for when to speak — and its named ``voice`` (record metadata). With ``custom_fraction`` > 0 (stage 3)
-  that share of the items is marked *custom voice* and carries a reference clip: a segment of
+  onset is no cue for when to speak — and its named ``voice`` (record metadata). With
+  ``custom_fraction`` > 0 (stage 3) that share of the items (in every batch, not whole batches)
+  is marked *custom voice* and carries a reference clip: a segment of
   the agent channel of *another* record with the same agent voice (its agent turns when the
   metadata lists them), which the trainer turns into ``lm.speaker_embedding`` — the zero-shot
   speaker encoder learns to stand in for the named voice.

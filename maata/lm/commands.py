@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", required=True, type=Path, help="codec checkpoint (codec.safetensors)")
     p.add_argument("--shards", required=True, type=Path, help="folder of dialogue shards")
     p.add_argument("--split", default="test", help="split to evaluate (default: test, held-out user speakers)")
-    p.add_argument("--reference-split", default="train",
-                   help="split whose agent turns are the reference renderings (default: train)")
+    p.add_argument("--reference-split", default="reference",
+                   help="split of reference renderings: every answer in every voice (the dialogue builder's "
+                        "reference/ shards), or dialogues whose agent turns serve (default: reference)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N dialogues")
     p.add_argument("--max-references", type=int, default=3, help="reference renderings per (intent, voice)")
     p.add_argument("--max-reply-seconds", type=float, default=10.0,

@@ -9,23 +9,28 @@ split whose *user speakers* training never heard) and reports:
 * **right answer** (QA dialogues): the user channel is streamed through ``lm.step`` (greedy by
   default, or the given sampling) and on with user silence up to ``max_reply_s`` after the
   question (so the record's length, set by the true answer, gives nothing away); the generated
-  agent codes in that window are trimmed to their speech and compared by DTW over codec latents (``codec.quantizer.decode(codes)``:
-  one latent per frame, cosine distance, path-length normalised) with the reference renderings
-  of *every* intent's answer (agent turns of QA records of the reference split, preferring the
-  same agent voice); top-1/top-3 accuracy against the dialogue's intent, with chance and the
-  same matching applied to the true agent reply as a ceiling;
+  agent codes in that window are trimmed to their speech and compared by DTW over codec
+  latents (``codec.quantizer.decode(codes)``: one latent per frame, cosine distance,
+  path-length normalised) with the reference renderings of *every* intent's answer (the
+  ``reference`` split the dialogue builder writes — every answer in every voice — or, given a
+  split of dialogues, their QA answers; the same agent voice preferred; never the dialogue's
+  own); top-1/top-3 accuracy against the dialogue's intent, with chance and the same matching
+  applied to the true agent reply as a ceiling. Dialogues whose first answer is interrupted
+  are left out (counted); a reply ends where the user speaks again;
+* conditioning as in a live call: the record's voice, and its emotion *held* from before each
+  agent turn (:func:`held_emotion`) so the emotion's onset does not tell the model when to speak;
 * **turn-taking** on the generated agent channel, next to the same measures on the true one:
   start delay after a user turn ends (ms, in the data's time frame — a served call adds the
   acoustic delay and the codec's frame), the share of user turns left unanswered, overlap
   (share of the agent's speech that talks over the user, and share of the user's speech talked
   over), and the time to stop when interrupted (the agent was speaking when an interruption
   began; stopped = ``stop_frames`` consecutive silent frames). The agent *speaks* in a frame
-  when its decoded audio is louder than ``threshold_dbfs`` (``detector="energy"``) or when its
-  first code differs from the codec's silence code (``detector="codes"``);
+  when its decoded audio is louder than ``threshold_dbfs`` and 6 dB above the codec's decoded
+  silence (``detector="energy"``), or when its first code differs from the codec's silence code
+  (``detector="codes"``);
 * **voice and emotion adherence**: a multinomial logistic regression (standardised mean and
   standard deviation over frames of the codec latents → class; L-BFGS, L2 1e-3) is trained on
-  the reference renderings (agent turns of the reference split, labelled with the record's
-  voice and the turn's majority emotion) and applied to the generated replies; accuracy
+  the reference renderings (labelled with their voice and emotion) and applied to the generated replies; accuracy
   against the voice and emotion the model was asked for. The classifier's own accuracy on the
   true agent turns of the evaluated split is reported as its ceiling.
 
@@ -192,7 +197,8 @@ def load_dialogues(root: str | Path, split: str | None, limit: int | None = None
 @dataclass
 class EvalConfig:
     split: str = "test"  # held-out dialogues (held-out user speakers)
-    reference_split: str = "train"  # reference renderings of every intent / voice / emotion
+    reference_split: str = "reference"  # renderings of every intent's answer in every voice (the dialogue
+    # builder's reference/ shards: field ``codes``), or dialogue records whose agent turns serve as renderings
     max_dialogues: int | None = None  # evaluate at most this many dialogues of the split
     max_references: int = 3  # reference renderings kept per (intent, voice)
     max_classifier_references: int = 400  # reference turns the voice/emotion classifier trains on
@@ -382,16 +388,30 @@ def generate(lm: LM, dialogues: Sequence[Dialogue], sampling: SamplingParams = G
 
 # -- speech detection, latents ------------------------------------------------------------------------
 class SpeechDetector:
-    """Which frames of a channel hold speech: decoded-audio energy, or codes unlike silence's."""
+    """Which frames of a channel hold speech: decoded-audio energy, or codes unlike silence's.
 
-    def __init__(self, codec, mode: str = "energy", threshold_dbfs: float = -40.0):
+    ``energy``: a frame speaks when its decoded audio is louder than ``threshold_dbfs`` *and*
+    ``margin_db`` above the codec's own decoded silence (a codec may decode digital silence to
+    a noise floor near -40 dBFS; ``floor_dbfs`` holds it, ``effective_dbfs`` the threshold used).
+    ``codes``: a frame speaks when its first code differs from the code of digital silence.
+    """
+
+    def __init__(self, codec, mode: str = "energy", threshold_dbfs: float = -40.0, margin_db: float = 6.0):
         if mode not in ("energy", "codes"):
             raise ValueError(f"detector must be 'energy' or 'codes', got {mode!r}")
         self.codec, self.mode, self.threshold = codec, mode, threshold_dbfs
-        self.silence = None
-        if mode == "codes":
-            zeros = torch.zeros(1, 1, codec.hop * 20, device=_device(codec))
-            self.silence = int(codec.encode(zeros)[0, 0, -1])
+        zeros = torch.zeros(1, 1, codec.hop * 20, device=_device(codec))
+        silence = codec.encode(zeros)  # [1, K, 20]
+        self.silence = int(silence[0, 0, -1])
+        self.floor_dbfs = float(np.median(self._frame_db(silence[0].cpu().numpy())[10:]))
+        self.effective_dbfs = max(threshold_dbfs, self.floor_dbfs + margin_db)
+
+    @torch.no_grad()
+    def _frame_db(self, codes: np.ndarray) -> np.ndarray:
+        c = torch.from_numpy(codes).long()[None].to(_device(self.codec))
+        pcm = self.codec.decode(c)[0, 0].float().cpu().numpy()
+        frames = pcm[: codes.shape[-1] * self.codec.hop].reshape(codes.shape[-1], self.codec.hop)
+        return 10 * np.log10(np.maximum((frames.astype(np.float64) ** 2).mean(1), 1e-12))
 
     @torch.no_grad()
     def __call__(self, codes: np.ndarray) -> np.ndarray:
@@ -400,10 +420,7 @@ class SpeechDetector:
             return np.zeros(0, bool)
         if self.mode == "codes":
             return codes[0] != self.silence
-        pcm = self.codec.decode(torch.from_numpy(codes).long()[None].to(_device(self.codec)))[0, 0].float().cpu().numpy()
-        frames = pcm[: codes.shape[-1] * self.codec.hop].reshape(codes.shape[-1], self.codec.hop)
-        db = 10 * np.log10(np.maximum((frames.astype(np.float64) ** 2).mean(1), 1e-12))
-        return db > self.threshold
+        return self._frame_db(codes) > self.effective_dbfs
 
 
 @torch.no_grad()
@@ -517,8 +534,6 @@ class TurnStats:
         self.user_frames += int(user_mask.sum())
         self.overlap_frames += int((speaking & user_mask).sum())
         for k, (s, e) in enumerate(users):
-            if s in interrupts:
-                continue
             nxt = users[k + 1][0] if k + 1 < len(users) else T
             if agent_starts and not any(s <= a < nxt for a in agent_starts):
                 continue  # the reference agent does not answer this turn (e.g. a backchannel pause)
@@ -577,9 +592,13 @@ def _question_end(d: Dialogue) -> int:
 
 def _reply(d: Dialogue, speaking: np.ndarray, window: int | None = None) -> tuple[int, int] | None:
     """The agent's reply to the user's question: speech in the ``window`` frames after it ends
-    (default: to the end of ``speaking``)."""
+    (default: to the end of ``speaking``), and before the user speaks again."""
     start = _question_end(d)
-    return speech_span(speaking, start, len(speaking) if window is None else start + window)
+    end = len(speaking) if window is None else start + window
+    later = [a for a, _ in d.user_turns() if a >= start]
+    if later:
+        end = min(end, later[0])
+    return speech_span(speaking, start, end)
 
 
 def _true_turns(d: Dialogue, speaking: np.ndarray) -> list[tuple[int, int]]:
@@ -605,16 +624,17 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
     check_codes(lm, dialogues, cfg.split)
     notes: list[str] = []
     eval_ids = {d.id for d in dialogues}
-    try:
-        references = load_dialogues(shards, cfg.reference_split, select=_reference_picker(cfg, eval_ids))
-        check_codes(lm, references, cfg.reference_split)
-    except FileNotFoundError:
-        references = []
-    if not references:
-        notes.append(f"no records in reference split {cfg.reference_split!r}: references come from the evaluated "
-                     f"split (other dialogues than the one matched)")
-        references = list(dialogues)
     detector = SpeechDetector(codec, cfg.detector, cfg.threshold_dbfs)
+    try:
+        renderings = load_renderings(shards, cfg.reference_split, detector, _reference_picker(cfg, eval_ids))
+    except FileNotFoundError:
+        renderings = []
+    if not renderings:
+        notes.append(f"no renderings in reference split {cfg.reference_split!r}: the agent turns of the evaluated "
+                     f"split serve as references (never a dialogue's own)")
+        pick = _reference_picker(cfg, set())
+        renderings = [r for d in dialogues if pick(d.meta) for r in dialogue_renderings(d, detector)]
+    check_renderings(lm, renderings)
 
     log.info("teacher forcing over %d dialogues", len(dialogues))
     tf = teacher_forced(lm, dialogues, cfg.tf_batch)
@@ -639,22 +659,19 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
     turn["generated"]["agent_speech_share"] = sum(int(s.sum()) for s in gen_speaking) / max(total, 1)
     turn["reference"]["agent_speech_share"] = sum(int(s.sum()) for s in true_speaking) / max(total, 1)
 
-    # reference renderings: per intent (QA) and per voice/emotion (all agent turns)
+    # reference renderings: per intent (right answer) and per voice/emotion (the classifiers)
     by_intent: dict[str, list[tuple[str | None, str, torch.Tensor]]] = {}
     per_key: Counter = Counter()
     probe_rows: list[tuple[np.ndarray, str | None, str | None]] = []
-    for d in references:
-        turns = d.agent_turns() or _true_turns(d, detector(d.agent.clip(min=0)))
-        if not turns:
+    for r in renderings:
+        if r.codes.shape[-1] < 2:
             continue
-        if d.intent is not None and per_key[(d.intent, d.voice)] < cfg.max_references:
-            a, b = max(turns, key=lambda s: s[1] - s[0])
-            by_intent.setdefault(d.intent, []).append((d.voice, d.id, latents(codec, d.agent[:, a:b].clip(min=0))))
-            per_key[(d.intent, d.voice)] += 1
-        for a, b in turns:
-            if len(probe_rows) < cfg.max_classifier_references and b - a >= 2:
-                probe_rows.append((pooled(latents(codec, d.agent[:, a:b].clip(min=0))), d.voice,
-                                   d.emotion_name(a, b)))
+        z = latents(codec, r.codes)
+        if r.intent is not None and per_key[(r.intent, r.voice)] < cfg.max_references:
+            by_intent.setdefault(r.intent, []).append((r.voice, r.id, z))
+            per_key[(r.intent, r.voice)] += 1
+        if len(probe_rows) < cfg.max_classifier_references:
+            probe_rows.append((pooled(z), r.voice, r.emotion))
 
     right = right_answer(dialogues, extended, extended_speaking, true_speaking, by_intent, codec, reply_frames)
     adherence = voice_emotion_adherence(dialogues, extended, extended_speaking, true_speaking, probe_rows, codec)
@@ -663,13 +680,15 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
     report: dict[str, Any] = {
         "split": cfg.split, "reference_split": cfg.reference_split, "shards": str(shards),
         "dialogues": len(dialogues), "qa_dialogues": sum(d.intent is not None for d in dialogues),
-        "frames": total, "seconds": total / lm.cfg.frame_rate, "references": len(references),
+        "frames": total, "seconds": total / lm.cfg.frame_rate, "renderings": len(renderings),
         "lm": {"name": lm.cfg.name, "params": sum(p.numel() for p in lm.parameters()), "n_q": lm.n_q,
                "codebook_size": lm.card, "acoustic_delay": lm.cfg.acoustic_delay, "text": lm.text_enabled},
         "sampling": {"temperature": cfg.sampling.temperature, "top_k": cfg.sampling.top_k,
                      "text_temperature": cfg.sampling.text_temperature, "text_top_k": cfg.sampling.text_top_k,
                      "seed": cfg.seed},
-        "detector": {"mode": cfg.detector, "threshold_dbfs": cfg.threshold_dbfs, "stop_frames": cfg.stop_frames,
+        "detector": {"mode": cfg.detector, "threshold_dbfs": cfg.threshold_dbfs,
+                     "codec_silence_dbfs": detector.floor_dbfs, "effective_dbfs": detector.effective_dbfs,
+                     "stop_frames": cfg.stop_frames,
                      "frame_ms": frame_ms,
                      "served_latency_add_ms": (lm.cfg.acoustic_delay + 1) * frame_ms},
         "teacher_forced": tf,
@@ -685,6 +704,69 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
     return report
 
 
+@dataclass
+class Rendering:
+    """One spoken agent answer: a reference for right-answer matching and the voice/emotion classifiers."""
+
+    id: str  # the record it comes from
+    intent: str | None  # the intent whose answer it is (None: not a QA answer)
+    voice: str | None
+    emotion: str | None
+    codes: np.ndarray  # int64 [K, F], speech only
+
+
+def dialogue_renderings(d: Dialogue, detector: SpeechDetector) -> list[Rendering]:
+    """A dialogue's agent turns as renderings; the first answers the QA intent (unless cut off)."""
+    turns = d.agent_turns() or _true_turns(d, detector(d.agent.clip(min=0)))
+    answered = d.intent if not d.interruptions() else None
+    return [Rendering(d.id, answered if k == 0 else None, d.voice, d.emotion_name(a, b), d.agent[:, a:b].clip(min=0))
+            for k, (a, b) in enumerate(turns) if b > a]
+
+
+def load_renderings(root: str | Path, split: str, detector: SpeechDetector,
+                    select: Callable[[dict[str, Any]], bool] | None = None) -> list[Rendering]:
+    """Renderings of ``split``: single-stream records (field ``codes``; meta intent, voice, emotion —
+    the dialogue builder's ``reference`` shards) trimmed to their speech, or dialogue records'
+    agent turns."""
+    paths, filter_split = find_shards(root, split)
+    out: list[Rendering] = []
+    for p in paths:
+        reader = ShardReader(p)
+        fields = set(reader.fields)
+        dialogue, single = {"user", "agent"} <= fields, "codes" in fields
+        if not (dialogue or single):
+            continue
+        for i in range(len(reader)):
+            meta = reader.meta(i)
+            if filter_split and record_split(meta) != split:
+                continue
+            if select is not None and not select(meta):
+                continue
+            a = reader[i].arrays
+            if dialogue:
+                d = Dialogue(a["user"].astype(np.int64), a["agent"].astype(np.int64), None,
+                             a["emotion"].astype(np.int64) if "emotion" in a else None, dict(meta))
+                out.extend(dialogue_renderings(d, detector))
+                continue
+            codes = a["codes"].astype(np.int64)
+            span = speech_span(detector(codes.clip(min=0)), 0, codes.shape[-1]) or (0, codes.shape[-1])
+            emotion = meta.get("emotion")
+            out.append(Rendering(str(meta.get("id", f"{p.name}:{i}")),
+                                 str(meta["intent"]) if meta.get("intent") is not None else None,
+                                 meta.get("voice"), emotion if isinstance(emotion, str) else None,
+                                 codes[:, span[0]:span[1]].clip(min=0)))
+    return out
+
+
+def check_renderings(lm: LM, renderings: Sequence[Rendering]) -> None:
+    for r in renderings:
+        c = r.codes
+        if c.ndim != 2 or c.shape[0] != lm.n_q or (c.size and int(c.max()) >= lm.card):
+            raise ValueError(f"reference rendering {r.id!r}: codes shaped {list(c.shape)} with values up to "
+                             f"{int(c.max()) if c.size else 0} do not fit the LM ([{lm.n_q}, T], codebook size "
+                             f"{lm.card})")
+
+
 def _reference_picker(cfg: EvalConfig, exclude: set[str]) -> Callable[[dict[str, Any]], bool]:
     """Keeps the reference records the evaluation uses (arrays of the rest are never read): the first
     ``max_references`` QA records per (intent, voice), and records for the classifier up to its cap."""
@@ -696,7 +778,7 @@ def _reference_picker(cfg: EvalConfig, exclude: set[str]) -> Callable[[dict[str,
             return False
         keep = False
         intent = meta.get("intent")
-        if intent is not None and meta.get("kind", "qa") == "qa":
+        if intent is not None and meta.get("kind", "qa") in ("qa", "reference"):
             key = (str(intent), meta.get("voice"))
             if per_key[key] < cfg.max_references:
                 per_key[key] += 1
@@ -742,18 +824,24 @@ def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray],
                            "references": sum(len(v) for v in by_intent.values())}
     qa = [(d, g, gs, ts) for d, g, gs, ts in zip(dialogues, generated, gen_speaking, true_speaking)
           if d.intent is not None and d.intent in by_intent]
+    res["interrupted_excluded"] = sum(bool(d.interruptions()) for d, *_ in qa)
+    qa = [q for q in qa if not q[0].interruptions()]  # their first answer is cut off by design
     res["n"] = len(qa)
     if not qa or len(intents) < 2:
         res.update(top1=None, top3=None, reference_top1=None, silent_replies=None)
         return res
 
     def ranking(z: torch.Tensor, voice: str | None, own: str) -> list[str]:
-        scores = {}
-        for intent in intents:
-            refs = [(v, r) for v, i, r in by_intent[intent] if i != own]  # never the dialogue's own reply
-            refs = [r for v, r in refs if v == voice] or [r for _, r in refs]
-            scores[intent] = float(dtw_distances(z, refs).min()) if refs else math.inf
-        return sorted(intents, key=scores.get)
+        refs, owner = [], []
+        for k, intent in enumerate(intents):
+            cands = [(v, r) for v, i, r in by_intent[intent] if i != own]  # never the dialogue's own reply
+            cands = [r for v, r in cands if v == voice] or [r for _, r in cands]
+            refs += cands
+            owner += [k] * len(cands)
+        scores = torch.full((len(intents),), math.inf)
+        if refs:  # every intent's references in one batched DTW
+            scores = scores.scatter_reduce(0, torch.tensor(owner), dtw_distances(z, refs), "amin")
+        return [intents[k] for k in torch.argsort(scores, stable=True).tolist()]
 
     top1 = top3 = ref1 = silent = 0
     for d, g, gs, ts in qa:
@@ -851,7 +939,8 @@ def markdown_table(r: dict[str, Any]) -> str:
                      f"{_f(e.get('classifier_accuracy'))} (chance {_f(e.get('chance'))}) |")
     lines += ["", f"Cross-entropy per codebook: {', '.join(f'{v:.3f}' for v in tf['ce_per_codebook'])}.",
               f"Sampling: temperature {r['sampling']['temperature']:g}, top-k {r['sampling']['top_k']}; "
-              f"speech detector: {r['detector']['mode']} ({r['detector']['threshold_dbfs']:g} dBFS). Delays are in "
+              f"speech detector: {r['detector']['mode']} "
+              f"({r['detector'].get('effective_dbfs', r['detector']['threshold_dbfs']):.1f} dBFS). Delays are in "
               f"the data's time frame; a served call adds {r['detector']['served_latency_add_ms']:.0f} ms "
               "(acoustic delay + codec frame)."]
     lines += [f"Note: {n}" for n in r.get("notes", [])]
