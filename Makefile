@@ -3,15 +3,25 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 APT_PACKAGES := espeak-ng libespeak-ng1 festival festvox-te-nsk sox redis-server
+# the tests drive a real headless Chromium (WebRTC) inside a loopback network namespace (iproute2, util-linux)
+APT_TEST_PACKAGES := chromium chromium-driver iproute2 util-linux
 CHECKPOINT ?= checkpoints/codec_default.safetensors
 
-.PHONY: setup run test apt venv clean
+.PHONY: setup run test apt apt-test venv clean
 
 apt: .setup-stamp-apt
 .setup-stamp-apt:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+apt-test: .setup-stamp-apt-test
+.setup-stamp-apt-test: .setup-stamp-apt
+	@if ! dpkg -s $(APT_TEST_PACKAGES) >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_TEST_PACKAGES); \
 	fi
 	@touch $@
 
@@ -30,7 +40,7 @@ run: setup
 	.venv/bin/maata codec demo --checkpoint $(CHECKPOINT) --out out/demo
 	.venv/bin/maata serve
 
-test: setup
+test: setup apt-test
 	$(PY) -m pytest -q -ra
 
 clean:

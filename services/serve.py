@@ -188,7 +188,14 @@ class Stack:
     def ports(self) -> dict[str, int]:
         out = {name: server.port for name in ("gateway", "codec", "generation", "session")
                if (server := getattr(self, name)) is not None}
+        if self.gateway is not None and self.gateway.webrtc is not None:
+            out["webrtc"] = self.gateway.webrtc.port
         return out
+
+    @property
+    def browser_url(self) -> str:
+        """The call page, when the browser front end runs."""
+        return self.gateway.webrtc.url if self.gateway is not None and self.gateway.webrtc is not None else ""
 
     async def drain(self) -> None:
         if self._stopping is None:
@@ -298,6 +305,8 @@ async def serve_forever(config: ServeConfig, role: str = "all", *, inproc: bool 
     ports = ", ".join(f"{name} {config.host}:{port}" for name, port in stack.ports.items())
     print(f"maata serve ({role}{', ' + stack.path if stack.path else ''}"
           f"{', untrained models' if untrained else ''}): {ports}", file=out, flush=True)
+    if stack.browser_url:
+        print(f"talk to Maata from a browser: open {stack.browser_url} and press Call", file=out, flush=True)
     if stack.dev_key:
         print(f"no API keys configured: this run accepts the development key {stack.dev_key} "
               "(configure gateway.auth for anything else)", file=out, flush=True)

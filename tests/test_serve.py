@@ -50,7 +50,8 @@ def serve_env(ports: dict[str, int]) -> dict[str, str]:
            "MAATA_SERVE__GATEWAY__SERVER__PORT": str(ports["gateway"]),
            "MAATA_SERVE__CODEC__SERVER__PORT": str(ports["codec"]),
            "MAATA_SERVE__GENERATION__SERVER__PORT": str(ports["generation"]),
-           "MAATA_SERVE__SESSION_PORT": str(ports["session"])}
+           "MAATA_SERVE__SESSION_PORT": str(ports["session"]),
+           "MAATA_SERVE__GATEWAY__WEBRTC__PORT": str(ports.get("webrtc", 0))}
     env.pop("MAATA_API_KEY", None)
     return env
 

@@ -46,23 +46,21 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 import soxr
 
-from maata import config as cfglib
 from maata.audio import AudioError, float_to_pcm16, pcm16_to_float
-from services.common.config import ServerConfig
 from services.common.metrics import ServiceMetrics
 from services.common.server import GrpcServer, abort
-from services.gateway.auth import AuthConfig, AuthError, Authenticator, ApiKey
+from services.gateway.auth import AuthError, Authenticator, ApiKey
+from services.gateway.config import SAMPLE_RATES, GatewayConfig, load_config
 from services.gateway.pipeline import (RESUME_HINT, SAMPLE_RATE, AgentAudio, Backends, CallSetup, Ended, Latency,
-                                       Pipeline, PipelineConfig, Speaking, SpeechConfig, Text)
+                                       Pipeline, Speaking, Text)
 from services.session.errors import NotFound, SessionError
 from services.session.store import ENDED, SessionStore
 
@@ -75,57 +73,8 @@ log = logging.getLogger("maata.services.gateway")
 
 SERVICE = conversation_pb2.DESCRIPTOR.services_by_name["Conversation"]
 SERVICE_NAME = SERVICE.full_name
-ENV_PREFIX = "MAATA_GATEWAY__"
 Code = grpc.StatusCode
 CALL_ID = re.compile(r"[A-Za-z0-9._-]{1,96}")
-SAMPLE_RATES = (8000, 16000, 24000, 48000)
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """The partner gateway: where the backends are, keys and quotas, formats, speech detection."""
-
-    server: ServerConfig = field(default_factory=ServerConfig)
-    codec: str = ""  # the codec service's host:port (``maata serve`` fills it in)
-    generation: str = ""  # the generation service's host:port
-    session_store: str = ""  # the call histories: SessionStore host:port or redis:// URL ("": no resume check)
-    store_timeout_s: float = 2.0
-    connect_timeout_s: float = 30.0  # how long start-up waits for the backends
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    max_calls: int = 64  # live calls on this gateway, all keys together
-    sample_rates: list[int] = field(default_factory=lambda: list(SAMPLE_RATES))
-    max_chunk_seconds: float = 1.0
-    resample_quality: str = "HQ"  # soxr quality of the per-call streaming resamplers
-    lossless_max_ahead: int = 3  # lossless calls: frames ahead of the agent (< generation max_queued_frames)
-    user_speech: SpeechConfig = field(default_factory=SpeechConfig)
-    agent_speech: SpeechConfig = field(default_factory=SpeechConfig)
-    voices: list[str] = field(default_factory=list)  # known voices (empty: the backends' or unchecked)
-    emotions: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.max_calls < 1:
-            raise ValueError(f"gateway max_calls must be >= 1, got {self.max_calls}")
-        bad = [r for r in self.sample_rates if r not in SAMPLE_RATES]
-        if bad or not self.sample_rates:
-            raise ValueError(f"gateway sample_rates must be a non-empty subset of {SAMPLE_RATES}, got {self.sample_rates}")
-        if not 0 < self.max_chunk_seconds <= 10:
-            raise ValueError(f"gateway max_chunk_seconds must be in (0, 10], got {self.max_chunk_seconds}")
-        if 2 * max(self.sample_rates) * self.max_chunk_seconds + 1024 > self.server.max_message_bytes:
-            raise ValueError("gateway max_chunk_seconds of PCM16 at the highest rate does not fit in "
-                             f"server.max_message_bytes ({self.server.max_message_bytes})")
-        for name in ("store_timeout_s", "connect_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"gateway {name} must be positive, got {getattr(self, name)}")
-
-    def pipeline(self) -> PipelineConfig:
-        return PipelineConfig(max_ahead_frames=self.lossless_max_ahead, user_speech=self.user_speech,
-                              agent_speech=self.agent_speech)
-
-
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
-                **overrides: Any) -> GatewayConfig:
-    """The config from YAML ``path`` (optional), ``overrides``, then ``MAATA_GATEWAY__*`` variables."""
-    return cfglib.load(GatewayConfig, path, env_prefix=ENV_PREFIX, overrides=overrides or None, environ=environ)
 
 
 class Refused(Exception):
@@ -283,16 +232,31 @@ class Gateway:
             raise Refused(Code.FAILED_PRECONDITION, f"call {call.call_id!r} has ended; use a new call_id")
         return True, session.frames
 
-    def admit(self, key: ApiKey) -> None:
+    def admit_call(self) -> None:
+        """The gateway-wide checks every front end makes before a call: not draining, under ``max_calls``."""
         if self.draining:
             raise Refused(Code.UNAVAILABLE, f"the gateway is draining; {RESUME_HINT} (or start it) on another replica")
         if len(self.calls) >= self.config.max_calls:
             raise Refused(Code.RESOURCE_EXHAUSTED, f"the gateway is at its limit of {self.config.max_calls} calls; "
                                                    "retry later or use another replica")
+
+    def admit(self, key: ApiKey) -> None:
+        """A partner call of ``key``: the gateway-wide checks, then the key's quota (acquired here)."""
+        self.admit_call()
         try:
             self.auth.acquire(key)
         except AuthError as err:
             raise Refused(Code.RESOURCE_EXHAUSTED, err.details) from None
+
+    def register(self, pipeline: Pipeline) -> int:
+        """Count ``pipeline`` as a live call (drains end it); returns its slot for ``unregister``."""
+        slot = self._next
+        self._next += 1
+        self.calls[slot] = pipeline
+        return slot
+
+    def unregister(self, slot: int) -> None:
+        self.calls.pop(slot, None)
 
     async def end_calls(self, code: grpc.StatusCode, details: str, timeout_s: float = 10.0) -> None:
         """End every live call with ``code`` (a drain) and wait for them to be gone."""
@@ -345,9 +309,7 @@ class ConversationServicer:
         except Refused as err:
             await abort(context, err.code, err.details)
         pipeline = Pipeline(gateway.backends, call.setup, gateway.config.pipeline(), gateway.metrics)
-        slot = gateway._next
-        gateway._next += 1
-        gateway.calls[slot] = pipeline
+        slot = gateway.register(pipeline)
         reader: asyncio.Task[None] | None = None
         aborted: list[BaseException] = []
         ended: Ended | None = None
@@ -384,7 +346,7 @@ class ConversationServicer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
             await pipeline.close()
-            gateway.calls.pop(slot, None)
+            gateway.unregister(slot)
             end = ended or pipeline.ended
             log.info("call ended", extra={"call_id": call.store_id, "key": key.id,
                                           "code": end.code.name if end else "CANCELLED",
@@ -429,6 +391,7 @@ class GatewayServer:
 
     grpc: GrpcServer
     gateway: Gateway
+    webrtc: Any = None  # the browser front end (services.gateway.webrtc.WebRTCServer), when enabled
     owns_backends: bool = True
     owns_store: bool = False
     _stopping: asyncio.Task[None] | None = None
@@ -454,6 +417,8 @@ class GatewayServer:
         self.gateway.draining = True
         await self.grpc.set_serving(False)
         await self.gateway.end_calls(Code.UNAVAILABLE, f"the gateway is draining; {RESUME_HINT}")
+        if self.webrtc is not None:
+            await self.webrtc.stop()
         await self.grpc.drain(grace_seconds)
         if self.owns_backends:
             await self.gateway.backends.close()
@@ -468,9 +433,12 @@ class GatewayServer:
 
 async def serve_gateway(config: GatewayConfig, backends: Backends, *, store: SessionStore | None = None,
                         port: int | None = None, host: str | None = None, auth: Authenticator | None = None,
-                        owns_backends: bool = True, owns_store: bool = False) -> GatewayServer:
+                        owns_backends: bool = True, owns_store: bool = False,
+                        webrtc_port: int | None = None) -> GatewayServer:
     """Start the partner gateway on ``host:port`` (default: ``config.server``'s; port 0: any free
-    one) over ``backends`` (connected here), reading sessions from ``store`` for resumes."""
+    one) over ``backends`` (connected here), reading sessions from ``store`` for resumes, and
+    its browser front end (``config.webrtc``) on the same host, port ``webrtc_port`` (default
+    ``config.webrtc.port``, or any free one when the gRPC port is 0)."""
     server_config = dataclasses.replace(config.server, port=config.server.port if port is None else port,
                                         host=config.server.host if host is None else host)
     auth = auth or Authenticator.from_config(config.auth)
@@ -480,8 +448,21 @@ async def serve_gateway(config: GatewayConfig, backends: Backends, *, store: Ses
     server = GrpcServer("gateway", server_config, metrics)
     server.add_service(ConversationServicer(gateway), SERVICE)
     await server.start()
-    log.info("gateway ready", extra={"port": server.port, "backends": backends.description})
-    return GatewayServer(server, gateway, owns_backends, owns_store)
+    webrtc = None
+    if webrtc_port is None:  # a gateway on any free port (tests) puts its browser front end on one too
+        webrtc_port = 0 if server_config.port == 0 else config.webrtc.port
+    if config.webrtc.enabled:
+        from services.gateway.webrtc import serve_webrtc  # aiortc loads only when the browser front end runs
+
+        try:
+            webrtc = await serve_webrtc(gateway, config.webrtc, host=server_config.host,
+                                        port=webrtc_port)
+        except BaseException:
+            await server.drain(0)
+            raise
+    log.info("gateway ready", extra={"port": server.port, "backends": backends.description,
+                                     "webrtc": webrtc.url if webrtc else "off"})
+    return GatewayServer(server, gateway, webrtc, owns_backends, owns_store)
 
 
 __all__ = ["ConversationServicer", "Gateway", "GatewayConfig", "GatewayServer", "PartnerCall", "Refused",

@@ -343,6 +343,58 @@ class InprocBackends(Backends):
         return InprocDuplex("decode", self._codec.Decode, call_id)
 
 
+class EchoDuplex(Duplex):
+    """Stands in for the generation stream: each user frame's codes come straight back as the
+    agent's frame (same index), so the caller hears themself through the codec. The echo path
+    measures everything but the model (transport, resampling, encode, decode) and checks a
+    microphone; it never touches the generation service."""
+
+    stage = "generate"
+
+    def __init__(self) -> None:
+        self._replies: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def send(self, message: Any) -> None:
+        if message.HasField("codes"):
+            self._replies.put_nowait(AgentFrame(codes=message.codes, seq=message.seq, frame=message.seq))
+
+    async def done_writing(self) -> None:
+        self._replies.put_nowait(_EOF)
+
+    async def recv(self) -> Any | None:
+        reply = await self._replies.get()
+        if reply is _EOF:
+            self._replies.put_nowait(_EOF)
+            return None
+        if isinstance(reply, StageError):
+            raise reply
+        return reply
+
+    async def cancel(self) -> None:
+        self._replies.put_nowait(StageError(self.stage, Code.CANCELLED, "cancelled"))
+
+
+class EchoBackends(Backends):
+    """``backends``' codec with ``EchoDuplex`` in place of the generation (mode "echo")."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.inner = backends
+        self.description = f"echo (codec only) over {backends.description}"
+
+    @property  # type: ignore[override]
+    def hop(self) -> int:  # the inner backends learn it when they connect
+        return self.inner.hop
+
+    def encoder(self, call_id: str) -> Duplex:
+        return self.inner.encoder(call_id)
+
+    def generator(self, call_id: str) -> Duplex:
+        return EchoDuplex()
+
+    def decoder(self, call_id: str) -> Duplex:
+        return self.inner.decoder(call_id)
+
+
 # -- speech detection ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpeechConfig:
@@ -535,6 +587,7 @@ class Pipeline:
         self.frame_s = self.hop / SAMPLE_RATE
         self.ended: Ended | None = None
         self.frames_in = 0  # user frames sent to the encoder
+        self.voiced_in = 0  # of them, frames with sound (above the user speech detector's off level)
         self.frames_out = 0  # agent frames emitted
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._buffer = np.zeros(0, np.float32)
@@ -742,6 +795,7 @@ class Pipeline:
         dbfs = frame_dbfs(frame)
         if dbfs > self.config.user_speech.off_dbfs:
             self._last_voiced_at = now
+            self.voiced_in += 1
         change = self._user.update(f, dbfs)
         if change is None:
             return
@@ -783,7 +837,7 @@ class Pipeline:
 
 
 __all__ = [
-    "AgentAudio", "Backends", "CallSetup", "Duplex", "Ended", "Event", "GrpcBackends", "GrpcDuplex", "InprocBackends",
+    "AgentAudio", "Backends", "CallSetup", "Duplex", "EchoBackends", "EchoDuplex", "Ended", "Event", "GrpcBackends", "GrpcDuplex", "InprocBackends",
     "InprocContext", "InprocDuplex", "Latency", "Pipeline", "PipelineConfig", "RECONNECT_OPTIONS", "RESUME_HINT",
     "SAMPLE_RATE",
     "Speaking", "SpeechConfig", "SpeechDetector", "StageError", "Text", "Timing", "TurnTracker", "frame_dbfs",

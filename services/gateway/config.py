@@ -1,0 +1,119 @@
+"""The gateway's config: the partner API and the WebRTC front end (``webrtc``), from YAML with
+``MAATA_GATEWAY__*`` overrides (``maata serve`` nests it as ``gateway``: ``MAATA_SERVE__GATEWAY__*``).
+
+Both front ends share the backends, speech detection and the gateway-wide cap on live calls
+(``max_calls``); each adds its own admission (API-key quotas for partners, a per-client cap for
+browsers)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maata import config as cfglib
+from services.common.config import ServerConfig
+from services.gateway.auth import AuthConfig
+from services.gateway.pipeline import PipelineConfig, SpeechConfig
+
+ENV_PREFIX = "MAATA_GATEWAY__"
+SAMPLE_RATES = (8000, 16000, 24000, 48000)
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server offered to both ends of a browser call (``urls`` like
+    ``stun:stun.example.org:3478`` or ``turn:turn.example.org:3478?transport=udp``)."""
+
+    urls: list[str] = field(default_factory=list)
+    username: str = ""
+    credential: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.urls or any(not u.startswith(("stun:", "turn:", "turns:")) for u in self.urls):
+            raise ValueError(f"ice server urls must be stun:, turn: or turns: URLs, got {self.urls}")
+
+
+@dataclass(frozen=True)
+class WebRTCConfig:
+    """The browser front end: an HTTP server (the page and ``POST /api/offer`` signalling) and
+    one aiortc peer connection per call. See ``services.gateway.webrtc``."""
+
+    enabled: bool = True
+    port: int = 7180  # HTTP (page + signalling); 0 = any free port; host: the gateway server's
+    ice_servers: list[IceServer] = field(default_factory=list)  # STUN/TURN for both ends ([] = host candidates)
+    host_addresses: list[str] = field(default_factory=list)  # ICE host candidates ([] = every non-loopback
+    #                                                          interface; ["127.0.0.1"] in a loopback-only netns)
+    max_calls_per_client: int = 2  # live browser calls per client address
+    max_offer_bytes: int = 64 * 1024  # the signalling request body (413 beyond)
+    connect_timeout_s: float = 15.0  # answer -> connected, else the call is dropped
+    out_queue_ms: int = 120  # agent audio buffered for sending at most; older 20 ms frames are dropped
+    in_stale_ms: int = 120  # user audio later than this behind real time is dropped, not queued
+    echo: bool = True  # allow mode "echo" (codec only: the user hears themself through the codec)
+    stats_interval_s: float = 1.0  # data-channel stats events
+    resample_quality: str = "HQ"  # soxr quality of the 48 kHz <-> 16 kHz streams
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"webrtc port must be a TCP port (0 = any free one), got {self.port}")
+        if self.max_calls_per_client < 1:
+            raise ValueError(f"webrtc max_calls_per_client must be >= 1, got {self.max_calls_per_client}")
+        if self.max_offer_bytes < 1024:
+            raise ValueError(f"webrtc max_offer_bytes must be >= 1024, got {self.max_offer_bytes}")
+        if self.out_queue_ms < 40 or self.in_stale_ms < 40:
+            raise ValueError("webrtc out_queue_ms and in_stale_ms must be >= 40 (one frame)")
+        for name in ("connect_timeout_s", "stats_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"webrtc {name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gateway: where the backends are, keys and quotas, formats, speech detection, the browser front end."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    codec: str = ""  # the codec service's host:port (``maata serve`` fills it in)
+    generation: str = ""  # the generation service's host:port
+    session_store: str = ""  # the call histories: SessionStore host:port or redis:// URL ("": no resume check)
+    store_timeout_s: float = 2.0
+    connect_timeout_s: float = 30.0  # how long start-up waits for the backends
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    max_calls: int = 64  # live calls on this gateway, all keys together
+    sample_rates: list[int] = field(default_factory=lambda: list(SAMPLE_RATES))
+    max_chunk_seconds: float = 1.0
+    resample_quality: str = "HQ"  # soxr quality of the per-call streaming resamplers
+    lossless_max_ahead: int = 3  # lossless calls: frames ahead of the agent (< generation max_queued_frames)
+    user_speech: SpeechConfig = field(default_factory=SpeechConfig)
+    agent_speech: SpeechConfig = field(default_factory=SpeechConfig)
+    voices: list[str] = field(default_factory=list)  # known voices (empty: the backends' or unchecked)
+    emotions: list[str] = field(default_factory=list)
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_calls < 1:
+            raise ValueError(f"gateway max_calls must be >= 1, got {self.max_calls}")
+        bad = [r for r in self.sample_rates if r not in SAMPLE_RATES]
+        if bad or not self.sample_rates:
+            raise ValueError(f"gateway sample_rates must be a non-empty subset of {SAMPLE_RATES}, got {self.sample_rates}")
+        if not 0 < self.max_chunk_seconds <= 10:
+            raise ValueError(f"gateway max_chunk_seconds must be in (0, 10], got {self.max_chunk_seconds}")
+        if 2 * max(self.sample_rates) * self.max_chunk_seconds + 1024 > self.server.max_message_bytes:
+            raise ValueError("gateway max_chunk_seconds of PCM16 at the highest rate does not fit in "
+                             f"server.max_message_bytes ({self.server.max_message_bytes})")
+        for name in ("store_timeout_s", "connect_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"gateway {name} must be positive, got {getattr(self, name)}")
+
+    def pipeline(self) -> PipelineConfig:
+        return PipelineConfig(max_ahead_frames=self.lossless_max_ahead, user_speech=self.user_speech,
+                              agent_speech=self.agent_speech)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                **overrides: Any) -> GatewayConfig:
+    """The config from YAML ``path`` (optional), ``overrides``, then ``MAATA_GATEWAY__*`` variables."""
+    return cfglib.load(GatewayConfig, path, env_prefix=ENV_PREFIX, overrides=overrides or None, environ=environ)
+
+
+__all__ = ["ENV_PREFIX", "GatewayConfig", "IceServer", "SAMPLE_RATES", "WebRTCConfig", "load_config"]

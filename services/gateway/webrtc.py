@@ -1,0 +1,617 @@
+"""The browser front end: the call page, WebRTC signalling and one aiortc peer connection per call.
+
+    server = await serve_webrtc(gateway, config.webrtc, host="127.0.0.1")
+    # GET  /             the call page (services/gateway/static)
+    # GET  /api/config   voices, emotions, ICE servers, modes (what the page offers)
+    # POST /api/offer    {"sdp", "type": "offer", "voice", "emotion", "mode": "model"|"echo", "text"}
+    #                    -> {"sdp", "type": "answer", "call_id"} once ICE gathering is complete
+    # GET  /api/calls    live browser calls and their counters (operations, tests)
+    # GET  /healthz
+    await server.stop()
+
+A browser call is the same conversation path as a partner call: the browser's Opus (aiortc
+decodes it to 48 kHz stereo 20 ms frames) is mixed to mono, resampled to 16 kHz by a streaming
+soxr resampler and pushed into a ``services.gateway.pipeline.Pipeline``; the pipeline's agent
+frames are resampled to 48 kHz and sent on an outgoing track; its events go to the page on the
+data channel. Admission is the gateway's (``Gateway.admit_call``: draining, ``max_calls``,
+shared with partner calls) plus a cap per client address; a refused call is a 503 with a message
+(the page shows "server busy"). Mode ``echo`` swaps the model for ``EchoBackends`` (the user's
+codes come straight back): the codec-only path, for latency measurements and microphone checks.
+
+Latency by design, both ways bounded:
+
+* in: each 20 ms frame carries its RTP timestamp; a frame that arrives more than ``in_stale_ms``
+  behind real time (the event loop or the network stalled and frames piled up in aiortc's
+  receiver) is dropped instead of being fed late, so the model always hears the present;
+* out: ``AgentTrack`` paces 20 ms frames on a fixed clock; frames waiting beyond ``out_queue_ms``
+  are dropped oldest first (``dropped_out``), and a standing backlog (the queue's minimum depth
+  over half a second, beyond one 20 ms frame of jitter margin) is trimmed, so neither a burst nor
+  a start-up backlog turns into lasting delay; an empty
+  queue sends silence (the agent is always "on the line", like a phone).
+
+Data channel (label ``events``, JSON text messages). Server -> page: ``ready`` (call id, mode,
+style, frame ms), ``speaking`` (agent started/stopped), ``text`` (inner-monologue pieces),
+``turn`` (turn latency: the user stopped -> the agent started), ``stats`` (every
+``stats_interval_s``: server frame time p50/p99, output queue, frames and voiced frames in/out,
+drops), ``style`` (a style change took effect), ``error`` (a control message was refused; the
+call goes on), ``ended`` (code and reason; the connection closes next). Page -> server:
+``{"type": "style", "voice"?, "emotion"?}``, ``{"type": "hangup"}``, ``{"type": "ping", "t"}``
+(answered with ``pong``).
+
+Clean-up. A call ends on hang-up (data channel or the browser closing the connection), on ICE
+or DTLS failure, when it is not connected within ``connect_timeout_s``, when its pipeline ends
+(e.g. the generation service's idle timeout or a drain), or when the server stops; every path
+closes the peer connection, the pipeline and the slot, once.
+
+UDP. aiortc has no port-range option: each call binds ephemeral UDP ports on the addresses of
+``host_addresses`` (default: every non-loopback interface). Behind NAT or in Kubernetes, either
+give the pods a TURN relay (``ice_servers`` with a ``turn:`` URL; both ends relay through it,
+only the TURN server is exposed) or run the gateway with host networking and a fixed
+``net.ipv4.ip_local_port_range`` whose ports the firewall publishes. See docs/webrtc.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import av
+import grpc
+import numpy as np
+import soxr
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
+
+from services.gateway.config import WebRTCConfig
+from services.gateway.partner import Gateway, Refused
+from services.gateway.pipeline import (SAMPLE_RATE, AgentAudio, CallSetup, EchoBackends, Ended, Latency, Pipeline,
+                                       Speaking, Text, frame_dbfs)
+
+from maata.v1.common_pb2 import Style
+
+log = logging.getLogger("maata.services.gateway.webrtc")
+
+STATIC = Path(__file__).parent / "static"
+RTC_RATE = 48000  # WebRTC's Opus clock
+PACKET = 960  # 20 ms at 48 kHz: one outgoing frame
+PACKET_S = PACKET / RTC_RATE
+MODES = ("model", "echo")
+TRIM_WINDOW = 25  # outgoing frames (0.5 s) over which a standing backlog is measured
+TRIM_KEEP = 1  # frames of standing backlog kept as jitter margin (20 ms)
+MAX_CONTROL_BYTES = 4096  # one data-channel control message
+VOICED_DBFS = -50.0  # a frame counts as voiced above this level (the counters the page and tests read)
+Code = grpc.StatusCode
+HTTP_STATUS = {Code.INVALID_ARGUMENT: 400, Code.RESOURCE_EXHAUSTED: 503, Code.UNAVAILABLE: 503,
+               Code.NOT_FOUND: 404, Code.FAILED_PRECONDITION: 409}
+
+
+def _error(status: int, message: str, code: str = "") -> web.Response:
+    body = {"error": message, "code": code or {400: "BAD_REQUEST", 413: "PAYLOAD_TOO_LARGE", 503: "BUSY"}.get(status, "ERROR")}
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+# -- the outgoing audio -------------------------------------------------------------------------------
+class AgentTrack(MediaStreamTrack):
+    """The agent's audio as an aiortc track: 20 ms mono s16 frames at 48 kHz on a fixed clock.
+    ``put`` queues PCM (int16, 48 kHz); at most ``max_frames`` frames wait, older ones are dropped."""
+
+    kind = "audio"
+
+    def __init__(self, max_frames: int) -> None:
+        super().__init__()
+        self.max_frames = max_frames
+        self._queue: deque[np.ndarray] = deque()
+        self._partial = np.zeros(0, np.int16)
+        self._start: float | None = None
+        self._sent = 0
+        self._window, self._min_depth = 0, 1 << 30
+        self.dropped = 0  # frames dropped: the queue was full, or a standing backlog was trimmed
+        self.voiced = 0  # voiced frames sent
+
+    @property
+    def queued_ms(self) -> float:
+        return len(self._queue) * PACKET_S * 1e3
+
+    def _trim(self) -> None:
+        """Every ``TRIM_WINDOW`` frames: the queue's minimum depth over the window is a standing
+        backlog (audio that only adds delay); drop it down to ``TRIM_KEEP`` frames."""
+        self._min_depth = min(self._min_depth, len(self._queue))
+        self._window += 1
+        if self._window >= TRIM_WINDOW:
+            for _ in range(max(0, self._min_depth - TRIM_KEEP)):
+                self._queue.popleft()
+                self.dropped += 1
+            self._window, self._min_depth = 0, 1 << 30
+
+    def put(self, pcm: np.ndarray) -> None:
+        pcm = np.concatenate([self._partial, pcm]) if self._partial.size else pcm
+        whole = pcm.size // PACKET * PACKET
+        for i in range(0, whole, PACKET):
+            self._queue.append(pcm[i:i + PACKET])
+        self._partial = pcm[whole:].copy()
+        while len(self._queue) > self.max_frames:
+            self._queue.popleft()
+            self.dropped += 1
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            wait = self._start + self._sent * PACKET_S - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -5 * PACKET_S:  # the loop stalled: re-anchor the clock instead of bursting to catch up
+                self._start = now - self._sent * PACKET_S
+        self._trim()
+        pcm = self._queue.popleft() if self._queue else np.zeros(PACKET, np.int16)
+        if self._queue or pcm.any():
+            if frame_dbfs(pcm.astype(np.float32) / 32768.0) > VOICED_DBFS:
+                self.voiced += 1
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RTC_RATE
+        frame.pts = self._sent * PACKET
+        frame.time_base = fractions.Fraction(1, RTC_RATE)
+        self._sent += 1
+        return frame
+
+
+def to_mono_float(frame: av.AudioFrame) -> np.ndarray:
+    """An aiortc audio frame (s16, packed or planar, any channels) as mono float32 [-1, 1]."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        x = data.astype(np.float32).reshape(channels, -1).mean(axis=0)
+    else:
+        x = data.astype(np.float32).reshape(-1, channels).mean(axis=1)
+    scale = 32768.0 if frame.format.name.startswith("s16") else 1.0
+    return x / scale
+
+
+# -- one browser call ------------------------------------------------------------------------------
+@dataclass
+class Counters:
+    frames_in: int = 0  # 20 ms frames received from the browser
+    voiced_in: int = 0  # of them, above VOICED_DBFS
+    stale_in: int = 0  # dropped: later than in_stale_ms behind real time
+    frames_out: int = 0  # 40 ms agent frames from the pipeline
+    voiced_out: int = 0
+    server_ms: deque[float] = field(default_factory=lambda: deque(maxlen=250))  # per agent frame: arrival -> out
+    stages_ms: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=250))  # enc, gen, dec
+
+
+class BrowserCall:
+    """One browser call: its peer connection, pipeline, resamplers, tracks and data channel."""
+
+    def __init__(self, server: WebRTCServer, pc: RTCPeerConnection, client: str, mode: str, style: Style,
+                 text: bool) -> None:
+        self.server = server
+        self.pc = pc
+        self.client = client
+        self.mode = mode
+        self.style = style
+        self.call_id = uuid.uuid4().hex[:16]
+        self.started = time.time()
+        cfg = server.config
+        backends = server.gateway.backends if mode == "model" else EchoBackends(server.gateway.backends)
+        self.pipeline = Pipeline(backends, CallSetup(f"webrtc:{self.call_id}", style, None, text, False, True),
+                                 server.gateway.config.pipeline(), server.gateway.metrics)
+        self.track = AgentTrack(max(2, cfg.out_queue_ms // round(PACKET_S * 1e3)))
+        self.counters = Counters()
+        self.state = "new"
+        self.channel: Any = None
+        self._in: soxr.ResampleStream | None = None
+        self._in_rate = 0
+        self._out = soxr.ResampleStream(SAMPLE_RATE, RTC_RATE, 1, dtype="float32", quality=cfg.resample_quality)
+        self._anchor: float | None = None  # min over frames of (arrival - media time): the real-time reference
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._closed = asyncio.Event()
+        self._closing = False
+        self._ended: Ended | None = None
+        self._slot: int | None = None
+        self._hung_up = False
+
+    # -- set-up -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register with the gateway and open the pipeline (before the answer is sent)."""
+        self._slot = self.server.gateway.register(self.pipeline)
+        await self.pipeline.start()
+        self._spawn(self._events(), "events")
+        self._spawn(self._watchdog(), "watchdog")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(self._guard(coro, name), name=f"webrtc-{name}-{self.call_id}"))
+
+    async def _guard(self, coro: Any, name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a bug in one call: that call ends, the others go on
+            log.exception("browser call %s task failed", name, extra={"call_id": self.call_id})
+            self.pipeline.fail(Code.INTERNAL, f"gateway webrtc {name}: {type(err).__name__}: {err}")
+
+    def on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._listen(track), "listen")
+
+    def on_datachannel(self, channel: Any) -> None:
+        self.channel = channel
+        channel.on("message", lambda message: self._spawn(self._control(message), "control"))
+        if channel.readyState == "open":
+            self._ready()
+        else:
+            channel.on("open", self._ready)
+
+    def on_state(self) -> None:
+        self.state = self.pc.connectionState
+        log.info("browser call connection %s", self.state, extra={"call_id": self.call_id})
+        if self.state in ("failed", "closed"):
+            self.pipeline.fail(Code.CANCELLED, f"the browser connection {self.state}")
+
+    # -- audio in -----------------------------------------------------------------------------------
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        stale_s = self.server.config.in_stale_ms / 1e3
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:  # the browser's track ended: the user hung up
+                break
+            if self._hung_up:
+                return
+            now = time.monotonic()
+            c = self.counters
+            c.frames_in += 1
+            lag = self._lag(frame, now)
+            if lag > stale_s:
+                c.stale_in += 1
+                continue
+            x = to_mono_float(frame)
+            if frame_dbfs(x) > VOICED_DBFS:
+                c.voiced_in += 1
+            if frame.sample_rate != self._in_rate:
+                self._in_rate = frame.sample_rate
+                self._in = (soxr.ResampleStream(self._in_rate, SAMPLE_RATE, 1, dtype="float32",
+                                                quality=self.server.config.resample_quality)
+                            if self._in_rate != SAMPLE_RATE else None)
+            await self.pipeline.push(self._in.resample_chunk(x) if self._in is not None else x)
+        await self.hang_up()
+
+    def _lag(self, frame: av.AudioFrame, now: float) -> float:
+        """How far behind real time ``frame`` arrives (s): arrival minus media time, against the
+        best (smallest) offset seen so far; a gap in the media (DTX, loss) only lowers the anchor."""
+        if frame.pts is None or frame.time_base is None:
+            return 0.0
+        offset = now - float(frame.pts * frame.time_base)
+        if self._anchor is None or offset < self._anchor:
+            self._anchor = offset
+        return offset - self._anchor
+
+    async def hang_up(self) -> None:
+        if self._hung_up:
+            return
+        self._hung_up = True
+        if self._in is not None:
+            await self.pipeline.push(self._in.resample_chunk(np.zeros(0, np.float32), last=True))
+        await self.pipeline.hang_up()
+
+    # -- audio and events out -----------------------------------------------------------------------
+    async def _events(self) -> None:
+        c = self.counters
+        next_stats = time.monotonic() + self.server.config.stats_interval_s
+        async for event in self.pipeline.events():
+            if isinstance(event, AgentAudio):
+                c.frames_out += 1
+                if frame_dbfs(event.pcm) > VOICED_DBFS:
+                    c.voiced_out += 1
+                if event.timing is not None:
+                    t = event.timing
+                    c.server_ms.append(t.total_ms)
+                    c.stages_ms.append((t.encode_ms, t.generate_ms, t.decode_ms))
+                pcm = self._out.resample_chunk(event.pcm)
+                self.track.put(np.clip(np.round(pcm * 32767.0), -32768, 32767).astype(np.int16))
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + self.server.config.stats_interval_s
+                    self.send(self.stats())
+            elif isinstance(event, Speaking):
+                self.send({"type": "speaking", "agent": event.agent_speaking, "frame": event.frame})
+            elif isinstance(event, Text):
+                self.send({"type": "text", "text": event.text, "frame": event.frame})
+            elif isinstance(event, Latency):
+                self.send({"type": "turn", "ms": round(event.ms, 1), "frame_ms": round(event.frame_ms, 1)})
+            elif isinstance(event, Ended):
+                self._ended = event
+                break
+        ended = self._ended or self.pipeline.ended
+        if ended is not None:
+            self.send({"type": "ended", "code": ended.code.name, "reason": ended.details})
+        await asyncio.sleep(0.05)  # let the data channel carry the last message
+        await self.close()
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        ms = sorted(c.server_ms)
+        pick = (lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))], 1)) if ms else (lambda q: None)
+        stages = np.median(np.asarray(c.stages_ms), axis=0).round(1).tolist() if c.stages_ms else [None] * 3
+        return {"type": "stats", "server_ms_p50": pick(0.5), "server_ms_p99": pick(0.99),
+                "encode_ms_p50": stages[0], "generate_ms_p50": stages[1], "decode_ms_p50": stages[2],
+                "out_queue_ms": round(self.track.queued_ms, 1), "frame_ms": round(self.pipeline.frame_s * 1e3),
+                "frames_in": c.frames_in, "voiced_in": c.voiced_in, "stale_in": c.stale_in,
+                "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped}
+
+    def send(self, message: dict[str, Any]) -> None:
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            with contextlib.suppress(Exception):  # a closing channel: the call is ending anyway
+                channel.send(json.dumps(message, ensure_ascii=False))
+
+    def _ready(self) -> None:
+        self.send({"type": "ready", "call_id": self.call_id, "mode": self.mode, "voice": self.style.voice,
+                   "emotion": self.style.emotion, "frame_ms": round(self.pipeline.frame_s * 1e3)})
+
+    # -- control ------------------------------------------------------------------------------------
+    async def _control(self, message: Any) -> None:
+        if not isinstance(message, str) or len(message) > MAX_CONTROL_BYTES:
+            self.send({"type": "error", "code": "INVALID_ARGUMENT",
+                       "message": f"control messages are JSON text of at most {MAX_CONTROL_BYTES} bytes"})
+            return
+        try:
+            data = json.loads(message)
+            kind = data.get("type") if isinstance(data, dict) else None
+        except ValueError:
+            kind, data = None, {}
+        if kind == "ping":
+            self.send({"type": "pong", "t": data.get("t")})
+        elif kind == "hangup":
+            await self.hang_up()
+        elif kind == "style":
+            voice, emotion = str(data.get("voice") or ""), str(data.get("emotion") or "")
+            try:
+                self.server.gateway.check_style(Style(voice=voice, emotion=emotion))
+            except Refused as err:
+                self.send({"type": "error", "code": err.code.name, "message": err.details})
+                return
+            await self.pipeline.set_style(voice, emotion)
+            self.style = Style(voice=voice or self.style.voice, emotion=emotion or self.style.emotion)
+            self.send({"type": "style", "voice": self.style.voice, "emotion": self.style.emotion})
+        else:
+            self.send({"type": "error", "code": "INVALID_ARGUMENT",
+                       "message": "unknown control message; expected JSON with type style, hangup or ping"})
+
+    # -- ending -------------------------------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        await asyncio.sleep(self.server.config.connect_timeout_s)
+        if self.pc.connectionState != "connected" and not self._closing:
+            self.pipeline.fail(Code.DEADLINE_EXCEEDED, f"not connected within {self.server.config.connect_timeout_s:g} s "
+                                                       "(ICE/DTLS); check the network path (TURN?)")
+
+    async def close(self) -> None:
+        """Close everything once (any task may call it; the others are cancelled)."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            self.pipeline.fail(Code.CANCELLED, "the call was closed")
+            self.track.stop()
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+            current = asyncio.current_task()
+            for task in self._tasks:
+                if task is not current:
+                    task.cancel()
+            await self.pipeline.close()
+        finally:
+            if self._slot is not None:
+                self.server.gateway.unregister(self._slot)
+            self.server.calls.pop(self.call_id, None)
+            ended = self._ended or self.pipeline.ended
+            log.info("browser call ended", extra={"call_id": self.call_id, "mode": self.mode,
+                                                   "code": ended.code.name if ended else "CANCELLED",
+                                                   "frames_in": self.counters.frames_in,
+                                                   "frames_out": self.counters.frames_out})
+            self._closed.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {"call_id": self.call_id, "mode": self.mode, "state": self.state, "voice": self.style.voice,
+                "emotion": self.style.emotion, "age_s": round(time.time() - self.started, 1),
+                "model_frames_in": self.pipeline.frames_in, "model_voiced_in": self.pipeline.voiced_in,
+                **{k: v for k, v in self.stats().items() if k != "type"}}
+
+
+# -- the server --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def host_candidates(addresses: list[str]) -> Iterator[None]:
+    """Gather ICE host candidates on exactly ``addresses`` (aioice offers no per-connection
+    option, so its address lookup is swapped while the server runs and restored after)."""
+    if not addresses:
+        yield
+        return
+    original = aioice.ice.get_host_addresses
+
+    def pinned(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = pinned
+    try:
+        yield
+    finally:
+        aioice.ice.get_host_addresses = original
+
+
+class WebRTCServer:
+    """The HTTP app (page + signalling) and the live browser calls of one gateway."""
+
+    def __init__(self, gateway: Gateway, config: WebRTCConfig) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.calls: dict[str, BrowserCall] = {}
+        self._per_client: dict[str, int] = {}
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._pins = contextlib.ExitStack()
+        self.port = 0
+        self.host = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_offer_bytes)
+        app.router.add_get("/", self.index)
+        app.router.add_get("/healthz", self.health)
+        app.router.add_get("/api/config", self.describe_config)
+        app.router.add_post("/api/offer", self.offer)
+        app.router.add_get("/api/calls", self.list_calls)
+        app.router.add_static("/static/", STATIC, show_index=False)
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        self._pins.enter_context(host_candidates(list(self.config.host_addresses)))
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port)
+        await self._site.start()
+        sockets = self._site._server.sockets if self._site._server else []  # type: ignore[union-attr]
+        self.host, self.port = host, (sockets[0].getsockname()[1] if sockets else port)
+        log.info("webrtc front end ready", extra={"url": self.url})
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    async def stop(self) -> None:
+        """End every browser call (closing its connection) and stop the HTTP server."""
+        await asyncio.gather(*(call.close() for call in list(self.calls.values())), return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._pins.close()
+
+    # -- routes -------------------------------------------------------------------------------------
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def health(self, request: web.Request) -> web.Response:
+        status = 503 if self.gateway.draining else 200
+        return web.json_response({"status": "draining" if self.gateway.draining else "serving"}, status=status)
+
+    async def describe_config(self, request: web.Request) -> web.Response:
+        ice = [{"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
+               for s in self.config.ice_servers]
+        return web.json_response({"voices": list(self.gateway.voices), "emotions": list(self.gateway.emotions),
+                                  "modes": [m for m in MODES if m != "echo" or self.config.echo],
+                                  "ice_servers": ice})
+
+    async def list_calls(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": [call.describe() for call in self.calls.values()],
+                                  "gateway_calls": len(self.gateway.calls)})
+
+    async def offer(self, request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > self.config.max_offer_bytes:
+            return _error(413, f"the offer is {request.content_length} bytes; the limit is "
+                               f"{self.config.max_offer_bytes}")
+        try:
+            body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"the offer exceeds the limit of {self.config.max_offer_bytes} bytes")
+        except ValueError as err:
+            return _error(400, f"the body must be JSON ({err})")
+        try:
+            mode, style, text = self._parse(body)
+        except Refused as err:
+            return _error(HTTP_STATUS.get(err.code, 400), err.details, err.code.name)
+        client = request.remote or "unknown"
+        try:
+            self.gateway.admit_call()
+            if self._per_client.get(client, 0) >= self.config.max_calls_per_client:
+                raise Refused(Code.RESOURCE_EXHAUSTED, f"this client already has {self.config.max_calls_per_client} "
+                                                       "live calls (the limit); hang one up first")
+        except Refused as err:
+            return _error(HTTP_STATUS.get(err.code, 503), err.details, err.code.name)
+        ice = [RTCIceServer(urls=s.urls, username=s.username or None, credential=s.credential or None)
+               for s in self.config.ice_servers]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        call = BrowserCall(self, pc, client, mode, style, text)
+        pc.on("track", call.on_track)
+        pc.on("datachannel", call.on_datachannel)
+        pc.on("connectionstatechange", call.on_state)
+        try:
+            audio = [m for m in SessionDescription.parse(body["sdp"]).media if m.kind == "audio"]
+            if not audio:
+                raise ValueError("the offer has no audio section (m=audio)")
+            if audio[0].direction not in ("sendrecv", "sendonly"):
+                raise ValueError(f"the offer's audio is {audio[0].direction}; the call needs the microphone "
+                                 "(sendrecv)")
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+        except Exception as err:  # aiortc raises ValueError and others for unparsable SDP
+            await call.close()
+            return _error(400, f"bad SDP offer: {type(err).__name__}: {err}", "INVALID_ARGUMENT")
+        self.calls[call.call_id] = call
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        try:
+            pc.addTrack(call.track)
+            await call.start()
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)  # aiortc gathers every candidate here (no trickle ICE)
+        except Exception as err:
+            log.exception("browser call set-up failed", extra={"call_id": call.call_id})
+            await call.close()
+            self._release(client)
+            return _error(500, f"the call could not be set up: {type(err).__name__}: {err}", "INTERNAL")
+        asyncio.create_task(self._release_when_closed(call, client))
+        log.info("browser call started", extra={"call_id": call.call_id, "mode": mode, "voice": style.voice,
+                                                "emotion": style.emotion})
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
+                                  "call_id": call.call_id})
+
+    def _parse(self, body: Any) -> tuple[str, Style, bool]:
+        if not isinstance(body, dict):
+            raise Refused(Code.INVALID_ARGUMENT, "the body must be a JSON object {sdp, type, voice, emotion, mode}")
+        if body.get("type") != "offer":
+            raise Refused(Code.INVALID_ARGUMENT, f"type must be \"offer\", got {body.get('type')!r}")
+        if not isinstance(body.get("sdp"), str) or not body["sdp"].strip():
+            raise Refused(Code.INVALID_ARGUMENT, "sdp (the browser's offer, a string) is required")
+        mode = body.get("mode") or "model"
+        if mode not in MODES or (mode == "echo" and not self.config.echo):
+            allowed = [m for m in MODES if m != "echo" or self.config.echo]
+            raise Refused(Code.INVALID_ARGUMENT, f"mode must be one of {allowed}, got {mode!r}")
+        voice, emotion = body.get("voice") or "", body.get("emotion") or ""
+        if not isinstance(voice, str) or not isinstance(emotion, str):
+            raise Refused(Code.INVALID_ARGUMENT, "voice and emotion must be strings")
+        style = Style(voice=voice, emotion=emotion)
+        self.gateway.check_style(style)
+        return mode, style, bool(body.get("text", True))
+
+    async def _release_when_closed(self, call: BrowserCall, client: str) -> None:
+        await call._closed.wait()
+        self._release(client)
+
+    def _release(self, client: str) -> None:
+        left = self._per_client.get(client, 0) - 1
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            self._per_client.pop(client, None)
+
+
+async def serve_webrtc(gateway: Gateway, config: WebRTCConfig, host: str, port: int | None = None) -> WebRTCServer:
+    """Start the browser front end of ``gateway`` on ``host:port`` (default ``config.port``; 0: any free one)."""
+    server = WebRTCServer(gateway, config)
+    await server.start(host, config.port if port is None else port)
+    return server
+
+
+__all__ = ["AgentTrack", "BrowserCall", "WebRTCServer", "serve_webrtc", "to_mono_float"]

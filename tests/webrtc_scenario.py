@@ -1,0 +1,197 @@
+"""One real browser call against the whole system, run by tests/test_webrtc.py inside a loopback
+network namespace (``services.gateway.chromium.loopback_netns_command``):
+
+    python tests/webrtc_scenario.py --out DIR [--untrained]
+
+Starts ``maata serve``'s stack in this process (demo checkpoints, or tiny random models with
+``--untrained``) with the browser front end pinned to 127.0.0.1, opens the call page in headless
+Chromium whose microphone plays a Telugu WAV made with espeak-ng, and records what happened in
+DIR/result.json (plus DIR/webrtc_call.png): server-side counters, browser getStats, data-channel
+events, a mid-call voice change, the 503 of a call over the limit, hang-up freeing the slot, and
+the answers to bad signalling requests. The test asserts on that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from maata.audio import load_audio, resample  # noqa: E402
+from services.gateway.chromium import Browser  # noqa: E402
+from services.serve import load_config, start  # noqa: E402
+
+SENTENCE = "నమస్కారం, మీ పేరు ఏమిటి? ఈ రోజు వాతావరణం ఎలా ఉంది?"
+
+
+def telugu_wav(path: Path) -> Path:
+    """A Telugu question at 48 kHz mono 16-bit, with a second of silence after it (the capture loops)."""
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "te", "-w", str(raw), SENTENCE], check=True)
+    x, rate = load_audio(raw)
+    y = resample(x, rate, 48000)
+    y = np.concatenate([y / max(1e-3, float(np.abs(y).max())) * 0.5, np.zeros(48000, np.float32)])
+    sf.write(path, y, 48000, subtype="PCM_16")
+    return path
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            return reply.status, json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        try:
+            return err.code, json.loads(text)
+        except ValueError:
+            return err.code, {"raw": text.decode(errors="replace")[:300]}
+
+
+class Server:
+    """The stack on its own event loop in a thread."""
+
+    def __init__(self, untrained: bool) -> None:
+        env = {"MAATA_SERVE__SESSION_PORT": "0", "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
+               "MAATA_SERVE__CODEC__SERVER__PORT": "0", "MAATA_SERVE__GENERATION__SERVER__PORT": "0",
+               "MAATA_SERVE__GATEWAY__WEBRTC__PORT": "0",
+               "MAATA_SERVE__GATEWAY__WEBRTC__HOST_ADDRESSES": "['127.0.0.1']",
+               "MAATA_SERVE__GATEWAY__WEBRTC__MAX_CALLS_PER_CLIENT": "1",
+               "MAATA_SERVE__THREADS": "1"}
+        self.config = load_config(environ=env)
+        self.loop = asyncio.new_event_loop()
+        self.stack: Any = None
+        ready = threading.Event()
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.stack = self.loop.run_until_complete(start(self.config, untrained=untrained))
+            except BaseException as err:  # reported to the main thread
+                self.error = err
+            ready.set()
+            if self.error is None:
+                self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(300)
+        if self.error is not None:
+            raise self.error
+        self.url = self.stack.browser_url
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.stack.drain(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def calls(url: str) -> dict[str, Any]:
+    return http("GET", url + "api/calls")[1]
+
+
+def scenario(out: Path, untrained: bool) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    wav = telugu_wav(out / "question.wav")
+    result: dict[str, Any] = {"steps": []}
+    server = Server(untrained)
+    url = server.url
+    result["url"] = url
+    try:
+        with Browser(wav) as browser:
+            browser.open(url + "?mode=model&aec=0&voice=female_1&emotion=NEUTRAL")
+            result["page_title"] = browser.driver.title
+            browser.js("maata.call()")
+            browser.wait("return maata.state === 'connected'", 30)
+            result["steps"].append("connected")
+            # audio both ways for a few seconds
+            browser.wait("return maata.stats.frames_in > 150 && maata.browser.packets_in > 100", 40)
+            time.sleep(1.0)
+            live = calls(url)
+            result["live_calls"] = live
+            result["browser"] = browser.js("return maata.browser")
+            result["levels_max"] = max(browser.js("return maata.levels.agent") for _ in range(5))
+            result["stats_event"] = browser.js("return maata.stats")
+            # a second call from the same client is over the limit: 503 with a message
+            result["over_limit"] = http("POST", url + "api/offer",
+                                        json.dumps({"type": "offer", "sdp": "v=0\r\n"}).encode())
+            # change the voice mid-call
+            browser.js("maata.setStyle('male_1', 'HAPPY')")
+            browser.wait("return maata.events.some(e => e.type === 'style' && e.voice === 'male_1')", 10)
+            time.sleep(0.5)
+            result["after_style"] = calls(url)
+            browser.screenshot(out / "webrtc_call.png")
+            time.sleep(1.5)
+            result["events"] = browser.js("return maata.events.map(e => e.type)")
+            result["text"] = browser.js("return maata.text")
+            result["m2e_estimate_ms"] = browser.js("return maata.m2e_ms")
+            # hang up: the slot is freed
+            browser.js("maata.hangup()")
+            t0 = time.monotonic()
+            while calls(url)["calls"] or calls(url)["gateway_calls"]:
+                if time.monotonic() - t0 > 15:
+                    break
+                time.sleep(0.1)
+            result["after_hangup"] = calls(url)
+            result["hangup_s"] = round(time.monotonic() - t0, 2)
+            result["page_state_after_hangup"] = browser.js("return maata.state")
+            result["console"] = browser.console()[-20:]
+            # a second call, then the page goes away without hanging up (tab closed / navigated)
+            browser.js("maata.call()")
+            browser.wait("return maata.state === 'connected'", 30)
+            browser.wait("return maata.stats.frames_in > 25", 20)
+            result["second_call"] = calls(url)
+            browser.driver.get("about:blank")
+            t0 = time.monotonic()
+            while calls(url)["calls"] or calls(url)["gateway_calls"]:
+                if time.monotonic() - t0 > 40:
+                    break
+                time.sleep(0.2)
+            result["after_tab_close"] = calls(url)
+            result["tab_close_s"] = round(time.monotonic() - t0, 2)
+        # bad signalling requests (the slot is free again, so these reach the SDP check)
+        result["bad_sdp"] = http("POST", url + "api/offer", json.dumps({"type": "offer", "sdp": "not an sdp"}).encode())
+        result["bad_json"] = http("POST", url + "api/offer", b"{nope")
+        result["bad_type"] = http("POST", url + "api/offer", json.dumps({"type": "answer", "sdp": "v=0"}).encode())
+        result["bad_voice"] = http("POST", url + "api/offer", json.dumps({"type": "offer", "sdp": "v=0\r\n",
+                                                                          "voice": "robot"}).encode())
+        result["too_big"] = http("POST", url + "api/offer", json.dumps({"type": "offer", "sdp": "x" * 200_000}).encode())
+        result["config"] = http("GET", url + "api/config")
+        result["calls_at_end"] = calls(url)
+    except BaseException as err:
+        result["error"] = f"{type(err).__name__}: {err}"
+        result["traceback"] = traceback.format_exc()
+    finally:
+        server.stop()
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--untrained", action="store_true")
+    args = p.parse_args()
+    result = scenario(args.out, args.untrained)
+    (args.out / "result.json").write_text(json.dumps(result, ensure_ascii=False, indent=1, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k in ("error", "steps", "hangup_s")}, default=str))
+    return 1 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
