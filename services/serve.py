@@ -294,6 +294,45 @@ async def _start_gateway(config: ServeConfig, stack: Stack, inproc: bool) -> tup
     return server, dev_key, path
 
 
+class BackgroundStack:
+    """A stack on its own event loop in a daemon thread, for drivers that block (a browser under
+    selenium, a benchmark): ``BackgroundStack(config, untrained=...)`` returns once every service
+    serves; ``stop()`` drains it."""
+
+    def __init__(self, config: ServeConfig, role: str = "all", *, inproc: bool = True, untrained: bool = False,
+                 timeout_s: float = 300.0) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.stack: Stack | None = None
+        self._error: BaseException | None = None
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.stack = self.loop.run_until_complete(start(config, role, inproc=inproc, untrained=untrained))
+            except BaseException as err:  # handed to the constructing thread
+                self._error = err
+            ready.set()
+            if self._error is None:
+                self.loop.run_forever()
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, name="maata-stack", daemon=True)
+        self.thread.start()
+        if not ready.wait(timeout_s):
+            raise TimeoutError(f"the stack did not start within {timeout_s:g} s")
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self.stack is not None and self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.stack.drain(), self.loop).result(timeout_s)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
 async def serve_forever(config: ServeConfig, role: str = "all", *, inproc: bool = True, untrained: bool = False,
                         out: Any = sys.stderr) -> None:
     """Start, print where everything listens, drain on SIGTERM/SIGINT: a process's main coroutine."""
@@ -318,5 +357,5 @@ async def serve_forever(config: ServeConfig, role: str = "all", *, inproc: bool 
     print("maata serve: drained", file=out, flush=True)
 
 
-__all__ = ["ROLES", "ServeConfig", "Stack", "UNTRAINED_CODEC", "UNTRAINED_LM", "load_config", "serve_forever",
+__all__ = ["BackgroundStack", "ROLES", "ServeConfig", "Stack", "UNTRAINED_CODEC", "UNTRAINED_LM", "load_config", "serve_forever",
            "start"]

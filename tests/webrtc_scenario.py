@@ -14,11 +14,9 @@ the answers to bad signalling requests. The test asserts on that file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import urllib.error
@@ -33,8 +31,8 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from maata.audio import load_audio, resample  # noqa: E402
-from services.gateway.chromium import Browser  # noqa: E402
-from services.serve import load_config, start  # noqa: E402
+from services.gateway.chromium import Browser, in_netns  # noqa: E402
+from services.serve import BackgroundStack, load_config  # noqa: E402
 
 SENTENCE = "నమస్కారం, మీ పేరు ఏమిటి? ఈ రోజు వాతావరణం ఎలా ఉంది?"
 
@@ -63,43 +61,16 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[st
             return err.code, {"raw": text.decode(errors="replace")[:300]}
 
 
-class Server:
-    """The stack on its own event loop in a thread."""
-
-    def __init__(self, untrained: bool) -> None:
-        env = {"MAATA_SERVE__SESSION_PORT": "0", "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
-               "MAATA_SERVE__CODEC__SERVER__PORT": "0", "MAATA_SERVE__GENERATION__SERVER__PORT": "0",
-               "MAATA_SERVE__GATEWAY__WEBRTC__PORT": "0",
-               "MAATA_SERVE__GATEWAY__WEBRTC__HOST_ADDRESSES": "['127.0.0.1']",
-               "MAATA_SERVE__GATEWAY__WEBRTC__MAX_CALLS_PER_CLIENT": "1",
-               "MAATA_SERVE__THREADS": "1"}
-        self.config = load_config(environ=env)
-        self.loop = asyncio.new_event_loop()
-        self.stack: Any = None
-        ready = threading.Event()
-        self.error: BaseException | None = None
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.stack = self.loop.run_until_complete(start(self.config, untrained=untrained))
-            except BaseException as err:  # reported to the main thread
-                self.error = err
-            ready.set()
-            if self.error is None:
-                self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(300)
-        if self.error is not None:
-            raise self.error
-        self.url = self.stack.browser_url
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.stack.drain(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+def server(untrained: bool) -> BackgroundStack:
+    """The whole system, the browser front end pinned to loopback and one call per client."""
+    env = {"MAATA_SERVE__SESSION_PORT": "0", "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
+           "MAATA_SERVE__CODEC__SERVER__PORT": "0", "MAATA_SERVE__GENERATION__SERVER__PORT": "0",
+           "MAATA_SERVE__GATEWAY__WEBRTC__PORT": "0",
+           "MAATA_SERVE__GATEWAY__WEBRTC__MAX_CALLS_PER_CLIENT": "1",
+           "MAATA_SERVE__THREADS": "1"}
+    if in_netns():  # only loopback exists: both ends must use it
+        env["MAATA_SERVE__GATEWAY__WEBRTC__HOST_ADDRESSES"] = "['127.0.0.1']"
+    return BackgroundStack(load_config(environ=env), untrained=untrained)
 
 
 def calls(url: str) -> dict[str, Any]:
@@ -110,8 +81,8 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     wav = telugu_wav(out / "question.wav")
     result: dict[str, Any] = {"steps": []}
-    server = Server(untrained)
-    url = server.url
+    stack = server(untrained)
+    url = stack.stack.browser_url
     result["url"] = url
     try:
         with Browser(wav) as browser:
@@ -178,7 +149,7 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
         result["error"] = f"{type(err).__name__}: {err}"
         result["traceback"] = traceback.format_exc()
     finally:
-        server.stop()
+        stack.stop()
     return result
 
 

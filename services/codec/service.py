@@ -113,8 +113,8 @@ class FrameBatcher:
     """Runs the engine for all live streams: one batched step per lane per tick, off the loop.
 
     Each stream has at most one ``submit`` outstanding (its handler awaits it). A tick starts
-    when the first input arrives and waits until every open stream has submitted or
-    ``window_s`` passed, then runs in a worker thread over the slots that sent input. Slot
+    when the first input arrives and waits until every open stream of the lanes with input
+    waiting (encode, decode) has submitted or ``window_s`` passed, then runs in a worker thread over the slots that sent input. Slot
     bookkeeping stays on the event loop: a new stream may open a free slot during a tick (the
     tick does not touch it); a slot closed during a tick is reset after the tick.
     """
@@ -174,14 +174,20 @@ class FrameBatcher:
         self.metrics.observe(kind, time.perf_counter() - start, max(frames, 1) * self.engine.frame_seconds)
         return output
 
-    def _live_streams(self) -> int:
-        return self.engine.encoder.open_slots + self.engine.decoder.open_slots
+    def _others_pending(self) -> bool:
+        """Whether a lane that has input waiting has open streams that have not sent theirs yet
+        (worth waiting for, up to the window). A lane with nothing waiting is not waited for: a
+        call's decode input comes a model step after its encode input, never in the same tick."""
+        waiting: dict[str, int] = {}
+        for kind, _ in self._queue:
+            waiting[kind] = waiting.get(kind, 0) + 1
+        return any(n < self._lanes[kind].open_slots for kind, n in waiting.items())
 
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
             deadline = time.perf_counter() + self.window_s
-            while len(self._queue) < self._live_streams() and (left := deadline - time.perf_counter()) > 0:
+            while self._others_pending() and (left := deadline - time.perf_counter()) > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), left)

@@ -50,6 +50,7 @@ class WebRTCConfig:
     connect_timeout_s: float = 15.0  # answer -> connected, else the call is dropped
     out_queue_ms: int = 120  # agent audio buffered for sending at most; older 20 ms frames are dropped
     in_stale_ms: int = 120  # user audio later than this behind real time is dropped, not queued
+    in_jitter_packets: int = 1  # aiortc's receive jitter buffer (its default 4 = 80 ms; 1 = 20 ms)
     echo: bool = True  # allow mode "echo" (codec only: the user hears themself through the codec)
     stats_interval_s: float = 1.0  # data-channel stats events
     resample_quality: str = "HQ"  # soxr quality of the 48 kHz <-> 16 kHz streams
@@ -61,6 +62,8 @@ class WebRTCConfig:
             raise ValueError(f"webrtc max_calls_per_client must be >= 1, got {self.max_calls_per_client}")
         if self.max_offer_bytes < 1024:
             raise ValueError(f"webrtc max_offer_bytes must be >= 1024, got {self.max_offer_bytes}")
+        if not 1 <= self.in_jitter_packets <= 8:
+            raise ValueError(f"webrtc in_jitter_packets must be in [1, 8], got {self.in_jitter_packets}")
         if self.out_queue_ms < 40 or self.in_stale_ms < 40:
             raise ValueError("webrtc out_queue_ms and in_stale_ms must be >= 40 (one frame)")
         for name in ("connect_timeout_s", "stats_interval_s"):

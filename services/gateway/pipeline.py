@@ -29,8 +29,10 @@ Flow of one 40 ms frame (one hop of the codec, 640 samples)::
   codes, so a call behaves the same either way.
 * **Input policy.** Live audio (the default) is forwarded as it comes: frames that arrive faster
   than real time wait in the generation service's short queue and the oldest is dropped when it
-  is full (low latency over completeness). With ``CallSetup.lossless`` (files, tests) the
-  pipeline keeps at most ``max_ahead_frames`` frames ahead of the agent and ``push`` waits
+  is full (low latency over completeness); a backlog that stands for a whole ``backlog_window``
+  (every frame found more than ``backlog_keep`` unanswered ones ahead of it) is cleared by not
+  sending a frame, so a burst cannot leave a lasting 40-120 ms of extra delay. With
+  ``CallSetup.lossless`` (files, tests) the pipeline keeps at most ``max_ahead_frames`` frames ahead of the agent and ``push`` waits
   (flow control back to the sender), so nothing is dropped.
 * **Failures.** A backend stream that ends with an error ends the call with a status
   (``Ended``): UNAVAILABLE ("reconnect with the same call_id to resume") for a backend that went
@@ -485,10 +487,14 @@ class PipelineConfig:
     max_ahead_frames: int = 3  # lossless input: user frames ahead of the agent (< generation's queue, 4)
     user_speech: SpeechConfig = field(default_factory=SpeechConfig)
     agent_speech: SpeechConfig = field(default_factory=SpeechConfig)
+    backlog_window: int = 25  # live input: frames (1 s) over which a standing backlog is measured
+    backlog_keep: int = 1  # live input: unanswered frames that are normal (the one waiting for its tick)
 
     def __post_init__(self) -> None:
         if self.max_ahead_frames < 1:
             raise ValueError(f"max_ahead_frames must be >= 1, got {self.max_ahead_frames}")
+        if self.backlog_window < 2 or self.backlog_keep < 1:
+            raise ValueError("backlog_window must be >= 2 and backlog_keep >= 1")
 
 
 @dataclass(frozen=True)
@@ -588,6 +594,9 @@ class Pipeline:
         self.ended: Ended | None = None
         self.frames_in = 0  # user frames sent to the encoder
         self.voiced_in = 0  # of them, frames with sound (above the user speech detector's off level)
+        self.backlog_dropped = 0  # live input frames not sent, to clear a standing backlog
+        self._backlog_min = 1 << 30
+        self._backlog_seen = 0
         self.frames_out = 0  # agent frames emitted
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._buffer = np.zeros(0, np.float32)
@@ -689,12 +698,29 @@ class Pipeline:
                 await self._answer.wait()
             if self.ended is not None:
                 return
+        elif self._standing_backlog():
+            self.backlog_dropped += 1
+            return
         f = self.frames_in
         self.frames_in += 1
         now = time.perf_counter()
         self._t_in[f] = now
         self._detect_user(f, frame, now)
         await self._enc.send(AudioChunk(pcm16=float_to_pcm16(frame), sample_rate=SAMPLE_RATE, seq=f))
+
+    def _standing_backlog(self) -> bool:
+        """Live input: True when every frame of the last ``backlog_window`` found more than
+        ``backlog_keep`` earlier frames still unanswered -- a queue that never drains (left by a
+        burst or a stall) and only adds delay; then this frame is dropped, which removes one
+        frame (40 ms) of it. Frames that arrive on time never trigger it."""
+        c = self.config
+        self._backlog_min = min(self._backlog_min, self.frames_in - (self._answered + 1))
+        self._backlog_seen += 1
+        if self._backlog_seen < c.backlog_window:
+            return False
+        standing = self._backlog_min > c.backlog_keep
+        self._backlog_min, self._backlog_seen = 1 << 30, 0
+        return standing
 
     async def _guard(self, loop: Any, name: str) -> None:
         try:

@@ -20,7 +20,8 @@ codes come straight back): the codec-only path, for latency measurements and mic
 
 Latency by design, both ways bounded:
 
-* in: each 20 ms frame carries its RTP timestamp; a frame that arrives more than ``in_stale_ms``
+* in: aiortc's receive jitter buffer is cut from 4 packets (80 ms) to ``in_jitter_packets`` (1);
+  each 20 ms frame carries its RTP timestamp; a frame that arrives more than ``in_stale_ms``
   behind real time (the event loop or the network stalled and frames piled up in aiortc's
   receiver) is dropped instead of being fed late, so the model always hears the present;
 * out: ``AgentTrack`` paces 20 ms frames on a fixed clock; frames waiting beyond ``out_queue_ms``
@@ -72,6 +73,7 @@ import numpy as np
 import soxr
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
@@ -193,7 +195,7 @@ class Counters:
     frames_out: int = 0  # 40 ms agent frames from the pipeline
     voiced_out: int = 0
     server_ms: deque[float] = field(default_factory=lambda: deque(maxlen=250))  # per agent frame: arrival -> out
-    stages_ms: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=250))  # enc, gen, dec
+    stages_ms: deque[tuple[float, ...]] = field(default_factory=lambda: deque(maxlen=250))  # enc, gen, step, dec
 
 
 class BrowserCall:
@@ -323,7 +325,7 @@ class BrowserCall:
                 if event.timing is not None:
                     t = event.timing
                     c.server_ms.append(t.total_ms)
-                    c.stages_ms.append((t.encode_ms, t.generate_ms, t.decode_ms))
+                    c.stages_ms.append((t.encode_ms, t.generate_ms, t.step_ms, t.decode_ms))
                 pcm = self._out.resample_chunk(event.pcm)
                 self.track.put(np.clip(np.round(pcm * 32767.0), -32768, 32767).astype(np.int16))
                 if time.monotonic() >= next_stats:
@@ -348,9 +350,10 @@ class BrowserCall:
         c = self.counters
         ms = sorted(c.server_ms)
         pick = (lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))], 1)) if ms else (lambda q: None)
-        stages = np.median(np.asarray(c.stages_ms), axis=0).round(1).tolist() if c.stages_ms else [None] * 3
+        stages = np.median(np.asarray(c.stages_ms), axis=0).round(1).tolist() if c.stages_ms else [None] * 4
         return {"type": "stats", "server_ms_p50": pick(0.5), "server_ms_p99": pick(0.99),
-                "encode_ms_p50": stages[0], "generate_ms_p50": stages[1], "decode_ms_p50": stages[2],
+                "encode_ms_p50": stages[0], "generate_ms_p50": stages[1], "step_ms_p50": stages[2],
+                "decode_ms_p50": stages[3], "backlog_dropped": self.pipeline.backlog_dropped,
                 "out_queue_ms": round(self.track.queued_ms, 1), "frame_ms": round(self.pipeline.frame_s * 1e3),
                 "frames_in": c.frames_in, "voiced_in": c.voiced_in, "stale_in": c.stale_in,
                 "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped}
@@ -436,6 +439,19 @@ class BrowserCall:
 
 
 # -- the server --------------------------------------------------------------------------------------
+def shorten_jitter_buffers(pc: RTCPeerConnection, packets: int) -> None:
+    """aiortc's audio receivers hold back each packet until 4 later ones arrived (80 ms at 20 ms
+    packets); ``packets`` sets that prefetch (1: a packet goes on when the next arrives, 20 ms).
+    aiortc has no option for it, so the receiver's buffer is replaced before media flows."""
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if transceiver.kind == "audio" and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=packets)
+        elif transceiver.kind == "audio":
+            log.warning("this aiortc has no receiver jitter buffer to shorten; audio input keeps its default delay")
+
+
+
 @contextlib.contextmanager
 def host_candidates(addresses: list[str]) -> Iterator[None]:
     """Gather ICE host candidates on exactly ``addresses`` (aioice offers no per-connection
@@ -556,6 +572,7 @@ class WebRTCServer:
                 raise ValueError(f"the offer's audio is {audio[0].direction}; the call needs the microphone "
                                  "(sendrecv)")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+            shorten_jitter_buffers(pc, self.config.in_jitter_packets)
         except Exception as err:  # aiortc raises ValueError and others for unparsable SDP
             await call.close()
             return _error(400, f"bad SDP offer: {type(err).__name__}: {err}", "INVALID_ARGUMENT")
