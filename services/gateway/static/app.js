@@ -63,7 +63,10 @@ async function call() {
   pc.addTransceiver(track, { direction: "sendrecv", streams: [mic] });
   channel = pc.createDataChannel("events");
   channel.onmessage = (e) => onEvent(JSON.parse(e.data));
-  pc.ontrack = (e) => { const el = $("remote"); el.srcObject = e.streams[0] || new MediaStream([e.track]); el.play().catch(() => {}); startMeters(e.track); };
+  pc.ontrack = (e) => {
+    if ("jitterBufferTarget" in e.receiver) e.receiver.jitterBufferTarget = 0;  // ask for the smallest playout delay
+    const el = $("remote"); el.srcObject = e.streams[0] || new MediaStream([e.track]); el.play().catch(() => {}); startMeters(e.track);
+  };
   pc.onconnectionstatechange = () => {
     const s = pc && pc.connectionState;
     if (s === "connected") setState("connected");
