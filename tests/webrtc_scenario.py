@@ -77,6 +77,16 @@ def calls(url: str) -> dict[str, Any]:
     return http("GET", url + "api/calls")[1]
 
 
+def wait_freed(url: str, timeout_s: float) -> tuple[dict[str, Any], float]:
+    """Poll until no call is live (or ``timeout_s``): the last listing and the seconds it took."""
+    t0 = time.monotonic()
+    while (listing := calls(url))["calls"] or listing["gateway_calls"]:
+        if time.monotonic() - t0 > timeout_s:
+            break
+        time.sleep(0.1)
+    return listing, round(time.monotonic() - t0, 2)
+
+
 def scenario(out: Path, untrained: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     wav = telugu_wav(out / "question.wav")
@@ -114,13 +124,7 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
             result["m2e_estimate_ms"] = browser.js("return maata.m2e_ms")
             # hang up: the slot is freed
             browser.js("maata.hangup()")
-            t0 = time.monotonic()
-            while calls(url)["calls"] or calls(url)["gateway_calls"]:
-                if time.monotonic() - t0 > 15:
-                    break
-                time.sleep(0.1)
-            result["after_hangup"] = calls(url)
-            result["hangup_s"] = round(time.monotonic() - t0, 2)
+            result["after_hangup"], result["hangup_s"] = wait_freed(url, 15)
             result["page_state_after_hangup"] = browser.js("return maata.state")
             result["console"] = browser.console()[-20:]
             # a second call, then the page goes away without hanging up (tab closed / navigated)
@@ -129,13 +133,7 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
             browser.wait("return maata.stats.frames_in > 25", 20)
             result["second_call"] = calls(url)
             browser.driver.get("about:blank")
-            t0 = time.monotonic()
-            while calls(url)["calls"] or calls(url)["gateway_calls"]:
-                if time.monotonic() - t0 > 40:
-                    break
-                time.sleep(0.2)
-            result["after_tab_close"] = calls(url)
-            result["tab_close_s"] = round(time.monotonic() - t0, 2)
+            result["after_tab_close"], result["tab_close_s"] = wait_freed(url, 40)
         # bad signalling requests (the slot is free again, so these reach the SDP check)
         result["bad_sdp"] = http("POST", url + "api/offer", json.dumps({"type": "offer", "sdp": "not an sdp"}).encode())
         result["bad_json"] = http("POST", url + "api/offer", b"{nope")

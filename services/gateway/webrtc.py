@@ -96,8 +96,7 @@ TRIM_KEEP = 1  # frames of standing backlog kept as jitter margin (20 ms)
 MAX_CONTROL_BYTES = 4096  # one data-channel control message
 VOICED_DBFS = -50.0  # a frame counts as voiced above this level (the counters the page and tests read)
 Code = grpc.StatusCode
-HTTP_STATUS = {Code.INVALID_ARGUMENT: 400, Code.RESOURCE_EXHAUSTED: 503, Code.UNAVAILABLE: 503,
-               Code.NOT_FOUND: 404, Code.FAILED_PRECONDITION: 409}
+HTTP_STATUS = {Code.INVALID_ARGUMENT: 400, Code.RESOURCE_EXHAUSTED: 503, Code.UNAVAILABLE: 503}
 
 
 def _error(status: int, message: str, code: str = "") -> web.Response:
@@ -163,9 +162,8 @@ class AgentTrack(MediaStreamTrack):
                 self._start = now - self._sent * PACKET_S
         self._trim()
         pcm = self._queue.popleft() if self._queue else np.zeros(PACKET, np.int16)
-        if self._queue or pcm.any():
-            if frame_dbfs(pcm.astype(np.float32) / 32768.0) > VOICED_DBFS:
-                self.voiced += 1
+        if pcm.any() and frame_dbfs(pcm.astype(np.float32) / 32768.0) > VOICED_DBFS:
+            self.voiced += 1
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RTC_RATE
         frame.pts = self._sent * PACKET
@@ -479,6 +477,7 @@ class WebRTCServer:
         self.config = config
         self.calls: dict[str, BrowserCall] = {}
         self._per_client: dict[str, int] = {}
+        self._releasers: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._pins = contextlib.ExitStack()
@@ -588,7 +587,9 @@ class WebRTCServer:
             await call.close()
             self._release(client)
             return _error(500, f"the call could not be set up: {type(err).__name__}: {err}", "INTERNAL")
-        asyncio.create_task(self._release_when_closed(call, client))
+        releaser = asyncio.create_task(self._release_when_closed(call, client))
+        self._releasers.add(releaser)  # the loop keeps only weak references to tasks
+        releaser.add_done_callback(self._releasers.discard)
         log.info("browser call started", extra={"call_id": call.call_id, "mode": mode, "voice": style.voice,
                                                 "emotion": style.emotion})
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
