@@ -45,7 +45,7 @@ async function loadConfig() {
 }
 
 async function call() {
-  if (pc) return;
+  if (pc || maata.state === "connecting") return;
   showError(""); maata.events = []; maata.text = ""; $("text").textContent = ""; setState("connecting");
   const aec = params.get("aec") !== "0";
   try {
@@ -58,37 +58,45 @@ async function call() {
                      : `మైక్రోఫోన్ దొరకలేదు · No microphone: ${err && err.message}`);
     return;
   }
-  pc = new RTCPeerConnection({ iceServers: (maata.config && maata.config.ice_servers) || [] });
+  // Every handler below belongs to this one connection: once it has ended (hang-up timer, server
+  // "ended" event, failure) a late callback must not touch the next call's connection.
+  const conn = pc = new RTCPeerConnection({ iceServers: (maata.config && maata.config.ice_servers) || [] });
+  const current = () => pc === conn;
   const [track] = mic.getAudioTracks();
-  pc.addTransceiver(track, { direction: "sendrecv", streams: [mic] });
-  channel = pc.createDataChannel("events");
-  channel.onmessage = (e) => onEvent(JSON.parse(e.data));
-  pc.ontrack = (e) => {
+  conn.addTransceiver(track, { direction: "sendrecv", streams: [mic] });
+  channel = conn.createDataChannel("events");
+  channel.onmessage = (e) => { if (current()) onEvent(JSON.parse(e.data)); };
+  conn.ontrack = (e) => {
+    if (!current()) return;
     if ("jitterBufferTarget" in e.receiver) e.receiver.jitterBufferTarget = 0;  // ask for the smallest playout delay
     const el = $("remote"); el.srcObject = e.streams[0] || new MediaStream([e.track]); el.play().catch(() => {}); startMeters(e.track);
   };
-  pc.onconnectionstatechange = () => {
-    const s = pc && pc.connectionState;
+  conn.onconnectionstatechange = () => {
+    if (!current()) return;
+    const s = conn.connectionState;
     if (s === "connected") setState("connected");
     if (s === "failed") { showError("కనెక్షన్ విఫలమైంది · The connection failed (network/firewall?)"); end("failed"); }
   };
   $("call").disabled = true; $("hangup").disabled = false;
   try {
-    await pc.setLocalDescription(await pc.createOffer());
-    await iceComplete(pc, 5000);
+    await conn.setLocalDescription(await conn.createOffer());
+    await iceComplete(conn, 5000);
+    if (!current()) return;  // hung up while the offer was being prepared
     const r = await fetch("/api/offer", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", voice: $("voice").value,
+      body: JSON.stringify({ sdp: conn.localDescription.sdp, type: "offer", voice: $("voice").value,
                              emotion: $("emotion").value, mode: $("mode").value, text: true }) });
     const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
+    if (!current()) return;
     if (!r.ok) {
       const busy = r.status === 503;
       showError((busy ? "సర్వర్ బిజీగా ఉంది · Server busy: " : "కాల్ కుదరలేదు · Call refused: ") + (body.error || r.status));
       end("failed"); return;
     }
     maata.callId = body.call_id; $("call-id").textContent = `call ${body.call_id}`;
-    await pc.setRemoteDescription(body);
-    statsTimer = setInterval(pollStats, 1000);
+    await conn.setRemoteDescription(body);
+    if (current()) statsTimer = setInterval(pollStats, 1000);
   } catch (err) {
+    if (!current()) return;
     showError(`కాల్ కుదరలేదు · Call failed: ${err && err.message}`); end("failed");
   }
 }
@@ -180,8 +188,11 @@ function setStyle(voice, emotion) {
 }
 
 function hangup() {
+  if (!pc) return;
   if (channel && channel.readyState === "open") channel.send(JSON.stringify({ type: "hangup" }));
-  setTimeout(() => end("ended"), 300);
+  // give the hang-up message 300 ms to leave, then close this call (not a newer one started since)
+  const conn = pc;
+  setTimeout(() => { if (pc === conn) end("ended"); }, 300);
 }
 
 function end(state) {
