@@ -14,7 +14,7 @@ import services  # noqa: F401  (generates maata.v1)
 from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
 from services.common.metrics import ServiceMetrics
 from services.generation.engine import (CallSpec, EngineFull, FrameClock, GenerationEngine, GenerationMetrics,
-                                        HistoryError, codec_silence, history_from_frames)
+                                        HistoryError, PhaseAligner, codec_silence, history_from_frames)
 
 torch.set_num_threads(1)
 
@@ -332,3 +332,58 @@ def test_frame_clock_ticks_in_real_time(lm: LM) -> None:
         assert clock.ticks == ticks  # stopped: no more ticks
 
     asyncio.run(main())
+
+
+def test_phase_aligner_moves_the_tick_to_the_latest_arrival() -> None:
+    aligner = PhaseAligner(0.04, margin_s=0.005, hysteresis_s=0.005, window=5)
+    # a window of waits: the shortest (the caller whose frame came last) decides; None is no data
+    assert [aligner.observe(w) for w in (0.030, 0.025, None, 0.028, 0.031)] == [0.0] * 5
+    assert aligner.observe(0.026) == pytest.approx(0.020)  # 25 ms shortest wait -> 5 ms
+    # aligned: waits within margin + hysteresis leave the schedule alone
+    assert [aligner.observe(0.008) for _ in range(5)] == [0.0] * 5
+    # a late frame made every frame wait a whole period: the next window heals it
+    assert [aligner.observe(0.039) for _ in range(4)] == [0.0] * 4
+    assert aligner.observe(0.039) == pytest.approx(0.034)
+    assert aligner.shifts == 2 and aligner.shifted_s == pytest.approx(0.054)
+    with pytest.raises(ValueError):
+        PhaseAligner(0.04, margin_s=-1)
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_frame_clock_aligns_its_phase_to_the_caller(lm: LM, align: bool) -> None:
+    """A caller whose frames arrive just after the ticks waits most of a period at a fixed phase;
+    the aligned clock moves its ticks to just after the arrivals."""
+    period, frames = 0.04, 50
+
+    async def main() -> tuple[list[float], int]:
+        engine = GenerationEngine(lm, 1)
+        waits: list[float] = []
+        ticked = asyncio.Event()
+
+        def on_tick(tick, expired) -> None:
+            ticked.set()
+            if tick.min_wait_s is not None:
+                waits.append(tick.min_wait_s)
+
+        aligner = PhaseAligner(period, margin_s=0.005, window=5) if align else None
+        clock = FrameClock(engine, period, on_tick=on_tick, aligner=aligner)
+        clock.start()
+        call = await clock.join(spec("a"))
+        await ticked.wait()
+        due = time.monotonic() + 0.005  # frames land ~5 ms after the ticks: ~35 ms wait at a fixed phase
+        for t, codes in enumerate(user_frames(frames)):
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            engine.push(call, codes, t)
+            due += period
+        await asyncio.sleep(2 * period)
+        await clock.stop()
+        return waits, engine.missed
+
+    waits, missed = asyncio.run(main())
+    late = sorted(waits[-20:])
+    median = late[len(late) // 2]
+    if align:
+        assert median < 0.018, f"aligned clock: frames still wait {median * 1000:.1f} ms (median)"
+        assert missed <= 3  # the shift never makes the caller miss ticks (one miss heals by itself)
+    else:
+        assert median > 0.022, f"fixed phase: frames waited only {median * 1000:.1f} ms (median)"

@@ -246,7 +246,7 @@ class Call:
     frames: int = 0  # steps taken in the call (restored ones included): the next step's index
     stored: int = 0  # steps already in the session store (set by whoever flushes ``history``)
     history: list[StoredFrame] = field(default_factory=list)  # steps not yet stored, from index ``stored``
-    queue: deque[tuple[int, list[int]]] = field(default_factory=deque)  # waiting (seq, codes)
+    queue: deque[tuple[int, list[int], float]] = field(default_factory=deque)  # waiting (seq, codes, pushed at)
     pending_style: tuple[str, str] | None = None  # applies at the next step
     started: bool = False  # got its first user frame (stepped from then on)
     closing: bool = False  # hung up: finishes once its queue is empty
@@ -290,6 +290,7 @@ class Tick:
     step_s: float = 0.0
     batch: int = 0
     finished: list[Call] = field(default_factory=list)
+    min_wait_s: float | None = None  # the shortest wait of a consumed user frame (None: none consumed)
 
 
 @dataclass
@@ -307,6 +308,7 @@ class _Batch:
     filled: list[bool]
     styled: list[bool]  # the style changed at this step
     finished: list[Call]
+    waits: list[float] = field(default_factory=list)  # how long each consumed user frame waited (s)
 
 
 @dataclass
@@ -439,7 +441,7 @@ class GenerationEngine:
             if self.metrics:
                 self.metrics.drop("queue_full")
             kept = False
-        call.queue.append((seq, frame))
+        call.queue.append((seq, frame, self.clock()))
         return kept
 
     def set_style(self, call: Call, voice: str = "", emotion: str = "") -> None:
@@ -479,13 +481,15 @@ class GenerationEngine:
         voice = [self.lm.voices[0]] * n
         emotion = [self.lm.emotions[0]] * n
         sampling: list[SamplingParams | None] = [None] * n
-        seqs, filled, styled = [], [], []
+        seqs, filled, styled, waits = [], [], [], []
+        now = self.clock()
         for call in stepped:
             s = call.slot
             if call.queue:
-                call.last_seq, codes = call.queue.popleft()
+                call.last_seq, codes, pushed = call.queue.popleft()
                 user[s] = torch.tensor(codes)
                 filled.append(False)
+                waits.append(now - pushed)
             else:
                 call.missed += 1
                 filled.append(True)
@@ -497,7 +501,10 @@ class GenerationEngine:
             active[s] = True
             voice[s], emotion[s], sampling[s] = call.voice, call.emotion, call.spec.sampling
             seqs.append(call.last_seq)
-        return _Batch(n, stepped, user, active, voice, emotion, sampling, seqs, filled, styled, finished)
+        if self.metrics:
+            for w in waits:
+                self.metrics.base.observe("frame_wait", w)
+        return _Batch(n, stepped, user, active, voice, emotion, sampling, seqs, filled, styled, finished, waits)
 
     def _view(self, n: int) -> LMState:
         """The state's first ``n`` slots as a state of its own (views: the step writes through)."""
@@ -518,7 +525,7 @@ class GenerationEngine:
 
     def finish(self, batch: _Batch, computed: _Computed | None) -> Tick:
         """Turn the step's output into each call's ``FrameOut`` and history frame."""
-        tick = Tick(finished=list(batch.finished))
+        tick = Tick(finished=list(batch.finished), min_wait_s=min(batch.waits) if batch.waits else None)
         if computed is None:
             return tick
         bos = self.lm.bos
@@ -550,6 +557,51 @@ class GenerationEngine:
 
 
 # -- the clock ----------------------------------------------------------------------------------
+class PhaseAligner:
+    """Moves the frame clock's phase to just after the callers' frames arrive.
+
+    Callers send one frame per period at a phase of their own (when their call started, plus the
+    codec's encode time). With the ticks at a fixed phase, a frame waits ``(tick - arrival) mod
+    period`` before it is stepped: anywhere in 0-40 ms, 20 ms on average, decided by chance at
+    call start. Every ``window`` ticks the aligner looks at the shortest wait of a consumed frame
+    in that window (the caller whose frame arrived last before the tick, jitter included); when it
+    is over ``margin_s + hysteresis_s``, the next tick moves earlier so that this frame would have
+    waited only ``margin_s``. Every waiting frame gains the same, and none is missed: the latest
+    caller still makes the tick. One caller (a browser call) thus waits ~``margin_s`` instead of
+    ~20 ms; with many calls at spread phases the gain shrinks to nothing, never below.
+
+    A frame that arrives late (jitter over the margin) is filled with silence once and then
+    waits a whole period at every tick; the next window's shortest wait is then ~one period, and
+    the tick moves earlier by it: alignment heals itself. ``observe`` returns the shift (s).
+    """
+
+    def __init__(self, frame_s: float, margin_s: float = 0.005, hysteresis_s: float = 0.005,
+                 window: int = 25) -> None:
+        if margin_s < 0 or hysteresis_s < 0 or window < 1:
+            raise ValueError("margin_s and hysteresis_s must be >= 0, window >= 1")
+        self.frame_s, self.margin_s, self.hysteresis_s, self.window = frame_s, margin_s, hysteresis_s, window
+        self._waits: list[float] = []
+        self.shifts = 0
+        self.shifted_s = 0.0
+
+    def observe(self, min_wait_s: float | None) -> float:
+        """One tick's shortest consumed-frame wait (None: it consumed none); the seconds to move
+        the next tick earlier (0: keep the schedule)."""
+        if min_wait_s is None:
+            return 0.0
+        self._waits.append(min_wait_s)
+        if len(self._waits) < self.window:
+            return 0.0
+        shortest = min(self._waits)
+        self._waits.clear()
+        if shortest <= self.margin_s + self.hysteresis_s:
+            return 0.0
+        shift = min(shortest - self.margin_s, self.frame_s)
+        self.shifts += 1
+        self.shifted_s += shift
+        return shift
+
+
 class FrameClock:
     """Runs an engine's ticks from asyncio: every ``frame_s`` seconds, or on ``tick()`` only
     (``manual``). The model step runs in a worker thread; ``join``/``leave`` wait for it.
@@ -566,10 +618,12 @@ class FrameClock:
     max_behind = 4
 
     def __init__(self, engine: GenerationEngine, frame_s: float = 0.04, *, idle_timeout_s: float | None = None,
-                 manual: bool = False, on_tick: Callable[[Tick, list[Call]], None] | None = None) -> None:
+                 manual: bool = False, on_tick: Callable[[Tick, list[Call]], None] | None = None,
+                 aligner: PhaseAligner | None = None) -> None:
         if frame_s <= 0:
             raise ValueError(f"frame_s must be positive, got {frame_s}")
         self.engine = engine
+        self.aligner = aligner  # None: a fixed phase (set at start)
         self.frame_s = frame_s
         self.idle_timeout_s = idle_timeout_s
         self.manual = manual
@@ -639,11 +693,16 @@ class FrameClock:
         due = time.monotonic()
         while True:
             due += self.frame_s
+            tick: Tick | None = None
             try:
-                await self.tick()
+                tick = await self.tick()
             except Exception:  # a bug, not bad input (validated before it reaches the engine)
                 log.exception("generation tick failed")
             now = time.monotonic()
+            if self.aligner is not None and tick is not None:
+                shift = self.aligner.observe(tick.min_wait_s)
+                if shift > 0:  # earlier, but never into the past (that would count as late)
+                    due -= min(shift, max(0.0, due - now))
             if now > due:
                 self.late += 1
                 if self.engine.metrics:
@@ -657,6 +716,6 @@ class FrameClock:
 
 __all__ = [
     "AGENT_LAYOUT", "Call", "CallSpec", "EngineFull", "FrameClock", "FrameOut", "GenerationEngine",
-    "GenerationMetrics", "History", "HistoryError", "Tick", "check_codes", "check_emotion", "check_voice",
+    "GenerationMetrics", "History", "HistoryError", "PhaseAligner", "Tick", "check_codes", "check_emotion", "check_voice",
     "codec_silence", "history_from_frames", "resolve_silence", "resolve_style", "sampling_params", "seed_to_int64",
 ]

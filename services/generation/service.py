@@ -3,7 +3,9 @@
 Every call is one ``Converse`` stream. Its first message carries the ``CallConfig``; the call
 then holds one slot of the ``GenerationEngine`` (``services.generation.engine``), whose
 ``FrameClock`` runs ONE batched LM step over all live calls every ``frame_ms`` and answers each
-with its agent frame. The servicer is a thin adapter: validate a message (config, style,
+with its agent frame; its ``PhaseAligner`` (``align_phase``) moves the ticks to just after the
+callers' frames arrive, so a frame waits ~``phase_margin_ms`` for its step rather than a random
+0-40 ms. The servicer is a thin adapter: validate a message (config, style,
 codes) before anything reaches the engine, so a bad message ends only its own stream
 (INVALID_ARGUMENT) and never touches another call's slot; turn the engine's output into
 ``AgentFrame`` replies. The status codes a stream ends with are listed in generation.proto.
@@ -63,7 +65,7 @@ from services.common.logs import CALL_ID
 from services.common.metrics import ServiceMetrics
 from services.common.server import GrpcServer, abort
 from services.generation.engine import (AGENT_LAYOUT, Call, CallSpec, EngineFull, FrameClock, FrameOut,
-                                        GenerationEngine, GenerationMetrics, History, HistoryError, Tick,
+                                        GenerationEngine, GenerationMetrics, History, HistoryError, PhaseAligner, Tick,
                                         check_emotion, check_voice, history_from_frames, resolve_style,
                                         sampling_params, seed_to_int64)
 from services.session.client import RemoteSessionStore, open_store  # noqa: F401  (RemoteSessionStore: re-exported)
@@ -108,6 +110,8 @@ class GenerationServiceConfig:
     store_timeout_s: float = 2.0  # connect/command timeout of a Redis or remote store
     silence_codes: list[int] = field(default_factory=list)  # the codec's codes of digital silence
     codec_checkpoint: str = ""  # without silence_codes: compute them by encoding zeros with this codec
+    align_phase: bool = True  # move the clock's phase to just after the callers' frames arrive (PhaseAligner)
+    phase_margin_ms: float = 5.0  # how long the latest caller's frame waits once aligned (covers jitter)
 
     def __post_init__(self) -> None:
         for name in ("max_calls", "max_queued_frames", "max_reply_backlog", "history_flush_frames"):
@@ -116,6 +120,8 @@ class GenerationServiceConfig:
         for name in ("frame_ms", "idle_timeout_s", "store_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"generation {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.phase_margin_ms < self.frame_ms:
+            raise ValueError(f"generation phase_margin_ms must be in [0, frame_ms), got {self.phase_margin_ms}")
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
@@ -667,8 +673,10 @@ async def serve_generation(config: GenerationServiceConfig, port: int | None = N
     engine = GenerationEngine(lm, config.max_calls, silence_codes=config.silence_codes,
                               codec=codec if codec is not None else load_silence_codec(config),
                               max_queued_frames=config.max_queued_frames, metrics=gen_metrics)
-    clock = FrameClock(engine, config.frame_ms / 1000.0, idle_timeout_s=config.idle_timeout_s,
-                       manual=config.manual_clock)
+    frame_s = config.frame_ms / 1000.0
+    aligner = PhaseAligner(frame_s, config.phase_margin_ms / 1000.0) if config.align_phase else None
+    clock = FrameClock(engine, frame_s, idle_timeout_s=config.idle_timeout_s, manual=config.manual_clock,
+                       aligner=aligner)
     owns_store = store is None
     store = store if store is not None else make_store(config)
     calls = CallManager(engine, clock, store, config, gen_metrics, tokenizer)
