@@ -12,7 +12,8 @@ per-frame server timings on):
    *microservices* (session, codec, generation and gateway each ``maata serve --role ...``, the
    gateway calling codec and generation over loopback gRPC), *one process* (``maata serve``: the
    gateway calling the engines in process, the default) and *one process, loopback*
-   (``maata serve --loopback``). Columns follow a frame: client -> gateway -> codec encode ->
+   (``maata serve --loopback``), and the baseline *one process, fixed phase* (the generation
+   clock's ``PhaseAligner`` off: the tick's phase is left to chance). Columns follow a frame: client -> gateway -> codec encode ->
    generation (the wait for the frame clock's tick, up to 40 ms, + the batched step) -> codec
    decode -> client. "client<->gateway" is the client's round trip minus the gateway's total
    (both network legs and the client's own work). The ratio of the microservices' and the one
@@ -79,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Deployment:
     """``maata serve`` processes on free loopback ports, with one API key."""
 
-    def __init__(self, roles: list[str], untrained: bool, key: str, loopback: bool = False) -> None:
+    def __init__(self, roles: list[str], untrained: bool, key: str, loopback: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.roles = roles
         self.loopback = loopback
         self.ports = {name: free_port() for name in ("gateway", "codec", "generation", "session")}
@@ -89,7 +91,8 @@ class Deployment:
                     "MAATA_SERVE__CODEC__SERVER__PORT": str(self.ports["codec"]),
                     "MAATA_SERVE__GENERATION__SERVER__PORT": str(self.ports["generation"]),
                     "MAATA_SERVE__SESSION_PORT": str(self.ports["session"]),
-                    "MAATA_SERVE__GENERATION__MAX_CALLS": "64", "MAATA_SERVE__CODEC__MAX_STREAMS": "64"}
+                    "MAATA_SERVE__GENERATION__MAX_CALLS": "64", "MAATA_SERVE__CODEC__MAX_STREAMS": "64",
+                    **(env or {})}
         self.untrained = untrained
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -260,8 +263,9 @@ def report(r: dict[str, Any]) -> None:
     for mode, b in ((m, x["breakdown"]) for m, x in r["latency"].items()):
         t.add_row(mode.replace("_", " "), *(f"{b[k]['p50']:.1f} / {b[k]['p99']:.1f}" for k, _ in cols))
     console.print(t)
-    console.print(f"microservice overhead: client round trip p50 x{r['overhead']['p50_ratio']:.2f}, "
-                  f"p99 x{r['overhead']['p99_ratio']:.2f} (microservices / one process)")
+    console.print(f"microservice overhead: client round trip p50 {r['overhead']['p50_ms']:+.1f} ms, "
+                  f"x{r['overhead']['p50_ratio']:.2f}, p99 x{r['overhead']['p99_ratio']:.2f} "
+                  "(microservices / one process)")
 
     t = Table(title=f"Real-time capacity ({r['target'].replace('_', ' ')}): a stage over {FRAME_MS:.0f} ms or "
                     f"a dropped frame is a miss; <= {MISS_BUDGET:.0%} missed")
@@ -300,11 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         "latency": {},
     }
     r["target"] = args.target
-    deployments = {"microservices": (["session", "codec", "generation", "gateway"], False),
-                   "one_process": (["all"], False), "one_process_loopback": (["all"], True)}
-    for mode, (roles, loopback) in deployments.items():
+    fixed_phase = {"MAATA_SERVE__GENERATION__ALIGN_PHASE": "false"}  # the baseline: a clock at a chance phase
+    deployments = {"microservices": (["session", "codec", "generation", "gateway"], False, None),
+                   "one_process": (["all"], False, None), "one_process_loopback": (["all"], True, None),
+                   "one_process_fixed_phase": (["all"], False, fixed_phase)}
+    for mode, (roles, loopback, env) in deployments.items():
         print(f"bench/e2e: {mode.replace('_', ' ')} ({r['models']} models)", file=sys.stderr)
-        with Deployment(roles, untrained, key, loopback) as d:
+        with Deployment(roles, untrained, key, loopback, env) as d:
             r["latency"][mode] = asyncio.run(run_latency(d.address, key, latency_s))
             if mode == args.target:
                 print("bench/e2e: ramp", file=sys.stderr)
@@ -312,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench/e2e: long call ({long_s:.0f} s)", file=sys.stderr)
                 r["long"] = asyncio.run(run_long(d.address, key, long_s, window))
     micro, one = (r["latency"][m]["breakdown"]["client_rtt"] for m in ("microservices", "one_process"))
-    r["overhead"] = {"p50_ratio": micro["p50"] / one["p50"], "p99_ratio": micro["p99"] / one["p99"]}
+    r["overhead"] = {"p50_ratio": micro["p50"] / one["p50"], "p99_ratio": micro["p99"] / one["p99"],
+                     "p50_ms": micro["p50"] - one["p50"]}
     r["machine"]["load_1m_end"] = os.getloadavg()[0]
     report(r)
     args.json.parent.mkdir(parents=True, exist_ok=True)
