@@ -148,7 +148,7 @@ def test_lagging_call_is_filled_with_silence(lm: LM) -> None:
     assert filled == [[False, False], [False, False], [False, True], [False, False]]
     assert (b.missed, engine.missed, a.missed) == (1, 1, 0)
     assert list(b.history[2].user.codes) == silence and list(b.history[3].user.codes) == frames[3]
-    assert b.queue[0] == (2, frames[2])
+    assert b.queue[0][:2] == (2, frames[2])
     sample = metrics.base.registry.get_sample_value("maata_missed_frame_deadlines_total",
                                                     {"service": "generation", "stage": "user_frame"})
     assert sample == 1.0
@@ -163,7 +163,7 @@ def test_queue_bound_drops_the_oldest(lm: LM) -> None:
     frames = user_frames(5)
     kept = [engine.push(call, codes, seq) for seq, codes in enumerate(frames)]
     assert kept == [True, True, True, False, False]
-    assert [seq for seq, _ in call.queue] == [2, 3, 4] and call.dropped == engine.dropped == 2
+    assert [seq for seq, _, _ in call.queue] == [2, 3, 4] and call.dropped == engine.dropped == 2
     assert [engine.tick().outputs[0].seq for _ in range(3)] == [2, 3, 4]
 
 
