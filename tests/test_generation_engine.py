@@ -13,8 +13,9 @@ import torch
 import services  # noqa: F401  (generates maata.v1)
 from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
 from services.common.metrics import ServiceMetrics
+from services.common.phase import PhaseAligner
 from services.generation.engine import (CallSpec, EngineFull, FrameClock, GenerationEngine, GenerationMetrics,
-                                        HistoryError, PhaseAligner, codec_silence, history_from_frames)
+                                        HistoryError, codec_silence, history_from_frames)
 
 torch.set_num_threads(1)
 

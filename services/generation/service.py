@@ -63,9 +63,10 @@ from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, Unknown
 from services.common.config import ServerConfig
 from services.common.logs import CALL_ID
 from services.common.metrics import ServiceMetrics
+from services.common.phase import PhaseAligner
 from services.common.server import GrpcServer, abort
 from services.generation.engine import (AGENT_LAYOUT, Call, CallSpec, EngineFull, FrameClock, FrameOut,
-                                        GenerationEngine, GenerationMetrics, History, HistoryError, PhaseAligner, Tick,
+                                        GenerationEngine, GenerationMetrics, History, HistoryError, Tick,
                                         check_emotion, check_voice, history_from_frames, resolve_style,
                                         sampling_params, seed_to_int64)
 from services.session.client import RemoteSessionStore, open_store  # noqa: F401  (RemoteSessionStore: re-exported)

@@ -1,0 +1,54 @@
+"""Phase alignment of periodic schedules (see ``PhaseAligner``)."""
+
+from __future__ import annotations
+
+
+class PhaseAligner:
+    """Moves a periodic schedule's phase to just after the work it serves arrives.
+
+    Used by the generation service's frame clock (callers' user frames -> the batched step) and
+    by the WebRTC gateway's outgoing pacer (agent frames -> 20 ms packets). Producers deliver one
+    item per period at a phase of their own (for a call: when it started, plus the codec's time).
+    With the ticks at a fixed phase, an item waits ``(tick - arrival) mod period`` before it is
+    served: anywhere in 0-40 ms for the frame clock, 20 ms on average, decided by chance at call
+    start. Every ``window`` ticks the aligner looks at the shortest wait of a served item in that
+    window (the producer whose item arrived last before its tick, jitter included); when it
+    is over ``margin_s + hysteresis_s``, the next tick moves earlier so that this item would have
+    waited only ``margin_s``. Every waiting item gains the same, and none is missed: the latest
+    producer still makes the tick. One caller (a browser call) thus waits ~``margin_s`` instead of
+    ~20 ms; with many calls at spread phases the gain shrinks to nothing, never below.
+
+    An item that arrives late (jitter over the margin) misses its tick once (the frame clock
+    fills silence) and then every item waits a whole period; the next window's shortest wait is
+    then ~one period, and the tick moves earlier by it: alignment heals itself. ``observe``
+    returns the shift (s); moving the schedule is the caller's.
+    """
+
+    def __init__(self, period_s: float, margin_s: float = 0.005, hysteresis_s: float = 0.005,
+                 window: int = 25) -> None:
+        if margin_s < 0 or hysteresis_s < 0 or window < 1:
+            raise ValueError("margin_s and hysteresis_s must be >= 0, window >= 1")
+        self.period_s, self.margin_s, self.hysteresis_s, self.window = period_s, margin_s, hysteresis_s, window
+        self._waits: list[float] = []
+        self.shifts = 0
+        self.shifted_s = 0.0
+
+    def observe(self, min_wait_s: float | None) -> float:
+        """One tick's shortest wait of an item it served (None: it served none); the seconds to
+        move the next tick earlier (0: keep the schedule)."""
+        if min_wait_s is None:
+            return 0.0
+        self._waits.append(min_wait_s)
+        if len(self._waits) < self.window:
+            return 0.0
+        shortest = min(self._waits)
+        self._waits.clear()
+        if shortest <= self.margin_s + self.hysteresis_s:
+            return 0.0
+        shift = min(shortest - self.margin_s, self.period_s)
+        self.shifts += 1
+        self.shifted_s += shift
+        return shift
+
+
+__all__ = ["PhaseAligner"]
