@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Mouth-to-ear latency of a browser call, measured in a real headless Chromium on loopback.
 
-    python bench/browser_latency.py [--seconds 60] [--quick] [--untrained]
+    python bench/browser_latency.py [--seconds 60] [--quick] [--untrained] [--no-baseline]
                                     [--json out/bench/browser_latency.json] [--png docs/browser_latency.png]
 
 Runs the whole system in this process (``maata serve``'s stack, demo checkpoints) with the
 browser front end, re-executed inside a loopback-only network namespace (``unshare -n``) so
 Chromium and aiortc meet on 127.0.0.1. Chromium's fake microphone plays Telugu sentences with
-pauses between them (espeak-ng). Two calls of ``--seconds`` each:
+pauses between them (espeak-ng). Two calls of ``--seconds`` each, then the same two against the
+**baseline**: the stack with its phase alignment off (the generation frame clock and the
+outgoing 20 ms send clock keep the chance phase they started with; ``--no-baseline`` skips it):
 
 * **(a) echo**: the codec-only path (user codes come straight back: encode -> decode). The page
   records the level envelope of its microphone track and of the agent's track on one AudioContext
@@ -157,6 +159,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if r.get("measured_ms"):
             ax.hist(r["measured_ms"], bins=bins, alpha=0.7, label="measured (envelope xcorr)")
         ax.hist(r["estimates_ms"], bins=bins, alpha=0.6, label="estimate (getStats + server)")
+        base = results.get("baseline", {}).get("calls", {}).get(mode)
+        if base:
+            values, what = (base["measured_ms"], "measured") if base.get("measured_ms") else (base["estimates_ms"], "estimate")
+            ax.hist(values, bins=bins, histtype="step", color="black", lw=1.2, label=f"baseline, fixed phases ({what})")
         ax.axvline(TARGETS_MS[mode], color="red", ls="--", label=f"target {TARGETS_MS[mode]:.0f} ms")
         ax.set_title(f"({'a' if mode == 'echo' else 'b'}) {mode}: mouth-to-ear")
         ax.set_xlabel("ms")
@@ -182,14 +188,13 @@ def print_table(results: dict[str, Any]) -> None:
     def pair(a: Any, b: Any) -> str:
         return "–" if a is None else f"{a:.0f} / {b:.0f}"
 
-    for mode in ("echo", "model"):
-        r = calls.get(mode)
-        if not r:
-            continue
+    rows = [(mode, "", r) for mode, r in calls.items()]
+    rows += [(mode, ", fixed phases (baseline)", r) for mode, r in results.get("baseline", {}).get("calls", {}).items()]
+    for mode, label, r in rows:
         headline = r.get("measured_ms_p50") if mode == "echo" else r.get("calibrated_ms_p50")
         headline99 = r.get("measured_ms_p99") if mode == "echo" else r.get("calibrated_ms_p99")
         met = headline is not None and headline99 is not None and headline <= TARGETS_MS[mode]
-        table.add_row(f"({'a' if mode == 'echo' else 'b'}) {mode}", pair(r.get("measured_ms_p50"), r.get("measured_ms_p99")),
+        table.add_row(f"({'a' if mode == 'echo' else 'b'}) {mode}{label}", pair(r.get("measured_ms_p50"), r.get("measured_ms_p99")),
                       pair(r["estimate_ms_p50"], r["estimate_ms_p99"]),
                       pair(r.get("calibrated_ms_p50"), r.get("calibrated_ms_p99")),
                       pair(r["server_ms_p50"], r["server_ms_p99"]),
@@ -200,7 +205,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.serve import BackgroundStack, load_config
+    from services.serve import load_config
 
     out = Path(args.json).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -211,28 +216,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if in_netns():
         env["MAATA_SERVE__GATEWAY__WEBRTC__HOST_ADDRESSES"] = "['127.0.0.1']"
     untrained = args.untrained or not (ROOT / "checkpoints" / "lm_demo.safetensors").exists()
-    stack = BackgroundStack(load_config(environ=env), untrained=untrained)
     results: dict[str, Any] = {"seconds": args.seconds, "models": "untrained tiny" if untrained else "demo checkpoints",
                                "loadavg": list(os.getloadavg()), "cpu": platform.processor() or platform.machine(),
-                               "cpus": os.cpu_count(), "netns": in_netns(), "targets_ms": TARGETS_MS, "calls": {}}
+                               "cpus": os.cpu_count(), "netns": in_netns(), "targets_ms": TARGETS_MS}
+    results.update(calls_on_a_stack(load_config(environ=env), untrained, wav, args.seconds))
+    if args.baseline:
+        fixed = {**env, "MAATA_SERVE__GENERATION__ALIGN_PHASE": "false",
+                 "MAATA_SERVE__GATEWAY__WEBRTC__OUT_ALIGN_MARGIN_MS": "-1"}
+        print("baseline: phase alignment off", file=sys.stderr, flush=True)
+        results["baseline"] = calls_on_a_stack(load_config(environ=fixed), untrained, wav, args.seconds)
+    results["loadavg_end"] = list(os.getloadavg())
+    return results
+
+
+def calls_on_a_stack(config: Any, untrained: bool, wav: Path, seconds: float) -> dict[str, Any]:
+    """The echo and the model call against one stack built from ``config``; the model call's
+    estimate calibrated by the echo call's measured offset."""
+    from services.serve import BackgroundStack
+
+    stack = BackgroundStack(config, untrained=untrained)
+    calls: dict[str, Any] = {}
+    result: dict[str, Any] = {"calls": calls}
     try:
         url = stack.stack.browser_url
         with Browser(wav) as browser:
             for mode in ("echo", "model"):
-                print(f"{mode} call, {args.seconds:.0f} s ...", file=sys.stderr, flush=True)
-                results["calls"][mode] = one_call(browser, url, mode, args.seconds)
+                print(f"{mode} call, {seconds:.0f} s ...", file=sys.stderr, flush=True)
+                calls[mode] = one_call(browser, url, mode, seconds)
     finally:
         stack.stop()
-    echo, model = results["calls"]["echo"], results["calls"]["model"]
+    echo = calls["echo"]
     if echo.get("measured_ms_p50") is not None and echo["estimate_ms_p50"] is not None:
         offset = echo["measured_ms_p50"] - echo["estimate_ms_p50"]
-        results["estimate_offset_ms"] = round(offset, 1)
-        for r in (echo, model):
+        result["estimate_offset_ms"] = round(offset, 1)
+        for r in calls.values():
             if r["estimate_ms_p50"] is not None:
                 r["calibrated_ms_p50"] = round(r["estimate_ms_p50"] + offset, 1)
                 r["calibrated_ms_p99"] = round(r["estimate_ms_p99"] + offset, 1)
-    results["loadavg_end"] = list(os.getloadavg())
-    return results
+    return result
 
 
 def main() -> int:
@@ -244,6 +265,8 @@ def main() -> int:
     p.add_argument("--json", default="out/bench/browser_latency.json")
     p.add_argument("--png", default="out/bench/browser_latency.png")
     p.add_argument("--no-netns", action="store_true", help="do not re-run inside a loopback network namespace")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the baseline calls (phase alignment off)")
     args = p.parse_args()
     if args.quick:
         args.seconds = 15.0
