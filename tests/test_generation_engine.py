@@ -336,16 +336,16 @@ def test_frame_clock_ticks_in_real_time(lm: LM) -> None:
 
 
 def test_phase_aligner_moves_the_tick_to_the_latest_arrival() -> None:
-    aligner = PhaseAligner(0.04, margin_s=0.005, hysteresis_s=0.005, window=5)
+    aligner = PhaseAligner(0.04, margin_s=0.005, hysteresis_s=0.005, window=5, heal_ticks=3)
     # a window of waits: the shortest (the caller whose frame came last) decides; None is no data
-    assert [aligner.observe(w) for w in (0.030, 0.025, None, 0.028, 0.031)] == [0.0] * 5
-    assert aligner.observe(0.026) == pytest.approx(0.020)  # 25 ms shortest wait -> 5 ms
+    assert [aligner.observe(w) for w in (0.018, 0.015, None, 0.030, 0.016)] == [0.0] * 5
+    assert aligner.observe(0.019) == pytest.approx(0.010)  # 15 ms shortest wait -> 5 ms
     # aligned: waits within margin + hysteresis leave the schedule alone
     assert [aligner.observe(0.008) for _ in range(5)] == [0.0] * 5
-    # a late frame made every frame wait a whole period: the next window heals it
-    assert [aligner.observe(0.039) for _ in range(4)] == [0.0] * 4
-    assert aligner.observe(0.039) == pytest.approx(0.034)
-    assert aligner.shifts == 2 and aligner.shifted_s == pytest.approx(0.054)
+    # a late frame made every frame wait a whole period: three such ticks in a row heal it at once
+    assert [aligner.observe(w) for w in (0.039, 0.009, 0.039, 0.038)] == [0.0] * 4
+    assert aligner.observe(0.039) == pytest.approx(0.033)
+    assert aligner.shifts == 2 and aligner.shifted_s == pytest.approx(0.043)
     with pytest.raises(ValueError):
         PhaseAligner(0.04, margin_s=-1)
 

@@ -19,17 +19,21 @@ class PhaseAligner:
     ~20 ms; with many calls at spread phases the gain shrinks to nothing, never below.
 
     An item that arrives late (jitter over the margin) misses its tick once (the frame clock
-    fills silence) and then every item waits a whole period; the next window's shortest wait is
-    then ~one period, and the tick moves earlier by it: alignment heals itself. ``observe``
-    returns the shift (s); moving the schedule is the caller's.
+    fills silence) and then every item waits a whole period behind it. That is told apart from a
+    window's ordinary spread quickly: ``heal_ticks`` ticks in a row whose shortest wait is over
+    half a period (every producer backlogged) move the tick at once, by their shortest wait
+    less the margin, instead of waiting for the window's end; a new call's chance phase is
+    aligned the same way. ``observe`` returns the shift (s); moving the schedule is the caller's.
     """
 
     def __init__(self, period_s: float, margin_s: float = 0.005, hysteresis_s: float = 0.005,
-                 window: int = 25) -> None:
-        if margin_s < 0 or hysteresis_s < 0 or window < 1:
-            raise ValueError("margin_s and hysteresis_s must be >= 0, window >= 1")
+                 window: int = 25, heal_ticks: int = 3) -> None:
+        if margin_s < 0 or hysteresis_s < 0 or window < 1 or heal_ticks < 1:
+            raise ValueError("margin_s and hysteresis_s must be >= 0, window and heal_ticks >= 1")
         self.period_s, self.margin_s, self.hysteresis_s, self.window = period_s, margin_s, hysteresis_s, window
+        self.heal_ticks = heal_ticks
         self._waits: list[float] = []
+        self._backlogged = 0  # ticks in a row whose shortest wait was over half a period
         self.shifts = 0
         self.shifted_s = 0.0
 
@@ -39,10 +43,15 @@ class PhaseAligner:
         if min_wait_s is None:
             return 0.0
         self._waits.append(min_wait_s)
-        if len(self._waits) < self.window:
+        self._backlogged = self._backlogged + 1 if min_wait_s > self.period_s / 2 else 0
+        if self._backlogged >= self.heal_ticks:
+            shortest = min(self._waits[-self.heal_ticks:])
+        elif len(self._waits) >= self.window:
+            shortest = min(self._waits)
+        else:
             return 0.0
-        shortest = min(self._waits)
         self._waits.clear()
+        self._backlogged = 0
         if shortest <= self.margin_s + self.hysteresis_s:
             return 0.0
         shift = min(shortest - self.margin_s, self.period_s)
