@@ -153,6 +153,9 @@ def test_lagging_call_is_filled_with_silence(lm: LM) -> None:
     sample = metrics.base.registry.get_sample_value("maata_missed_frame_deadlines_total",
                                                     {"service": "generation", "stage": "user_frame"})
     assert sample == 1.0
+    waited = metrics.base.registry.get_sample_value("maata_stage_latency_seconds_count",
+                                                    {"service": "generation", "stage": "frame_wait"})
+    assert waited == 7  # every consumed user frame's queue wait is observed (a: 4, b: 3)
     # a call is not stepped before its first frame (the agent starts with the user)
     c = engine.join(spec("c")) if engine.free_slots else None
     assert c is None and engine.tick().batch == 2
