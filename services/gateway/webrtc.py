@@ -25,11 +25,11 @@ Latency by design, both ways bounded:
   behind real time (the event loop or the network stalled and frames piled up in aiortc's
   receiver) is dropped instead of being fed late, so the model always hears the present;
 * out: ``AgentTrack`` paces 20 ms frames on a steady clock whose phase follows the agent frames
-  (a frame's first packet leaves ``out_align_margin_ms`` after it arrives); frames waiting beyond ``out_queue_ms``
-  are dropped oldest first (``dropped_out``), and a standing backlog (the queue's minimum depth
-  over half a second, beyond one 20 ms frame of jitter margin) is trimmed, so neither a burst nor
-  a start-up backlog turns into lasting delay; an empty
-  queue sends silence (the agent is always "on the line", like a phone).
+  (a frame's first packet leaves ``out_align_margin_ms`` after it arrives); frames waiting
+  beyond ``out_queue_ms`` are dropped oldest first (``dropped_out``), and a standing backlog (the
+  queue's minimum depth over half a second, beyond one 20 ms frame of jitter margin) is trimmed,
+  so neither a burst nor a start-up backlog turns into lasting delay; an empty queue sends
+  silence (the agent is always "on the line", like a phone).
 
 Data channel (label ``events``, JSON text messages). Server -> page: ``ready`` (call id, mode,
 style, frame ms), ``speaking`` (agent started/stopped), ``text`` (inner-monologue pieces),
