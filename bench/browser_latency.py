@@ -8,8 +8,8 @@ Runs the whole system in this process (``maata serve``'s stack, demo checkpoints
 browser front end, re-executed inside a loopback-only network namespace (``unshare -n``) so
 Chromium and aiortc meet on 127.0.0.1. Chromium's fake microphone plays Telugu sentences with
 pauses between them (espeak-ng). Two calls of ``--seconds`` each, then the same two against the
-**baseline**: the stack with its phase alignment off (the generation frame clock and the
-outgoing 20 ms send clock keep the chance phase they started with; ``--no-baseline`` skips it):
+**baseline**: the stack with the generation frame clock's phase alignment off (its ticks keep
+the chance phase they started with; ``--no-baseline`` skips it):
 
 * **(a) echo**: the codec-only path (user codes come straight back: encode -> decode). The page
   records the level envelope of its microphone track and of the agent's track on one AudioContext
@@ -162,7 +162,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         base = results.get("baseline", {}).get("calls", {}).get(mode)
         if base:
             values, what = (base["measured_ms"], "measured") if base.get("measured_ms") else (base["estimates_ms"], "estimate")
-            ax.hist(values, bins=bins, histtype="step", color="black", lw=1.2, label=f"baseline, fixed phases ({what})")
+            ax.hist(values, bins=bins, histtype="step", color="black", lw=1.2, label=f"baseline, fixed phase ({what})")
         ax.axvline(TARGETS_MS[mode], color="red", ls="--", label=f"target {TARGETS_MS[mode]:.0f} ms")
         ax.set_title(f"({'a' if mode == 'echo' else 'b'}) {mode}: mouth-to-ear")
         ax.set_xlabel("ms")
@@ -189,7 +189,7 @@ def print_table(results: dict[str, Any]) -> None:
         return "–" if a is None else f"{a:.0f} / {b:.0f}"
 
     rows = [(mode, "", r) for mode, r in calls.items()]
-    rows += [(mode, ", fixed phases (baseline)", r) for mode, r in results.get("baseline", {}).get("calls", {}).items()]
+    rows += [(mode, ", fixed phase (baseline)", r) for mode, r in results.get("baseline", {}).get("calls", {}).items()]
     for mode, label, r in rows:
         headline = r.get("measured_ms_p50") if mode == "echo" else r.get("calibrated_ms_p50")
         headline99 = r.get("measured_ms_p99") if mode == "echo" else r.get("calibrated_ms_p99")
@@ -221,9 +221,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "cpus": os.cpu_count(), "netns": in_netns(), "targets_ms": TARGETS_MS}
     results.update(calls_on_a_stack(load_config(environ=env), untrained, wav, args.seconds))
     if args.baseline:
-        fixed = {**env, "MAATA_SERVE__GENERATION__ALIGN_PHASE": "false",
-                 "MAATA_SERVE__GATEWAY__WEBRTC__OUT_ALIGN_MARGIN_MS": "-1"}
-        print("baseline: phase alignment off", file=sys.stderr, flush=True)
+        fixed = {**env, "MAATA_SERVE__GENERATION__ALIGN_PHASE": "false"}
+        print("baseline: the generation clock's phase alignment off", file=sys.stderr, flush=True)
         results["baseline"] = calls_on_a_stack(load_config(environ=fixed), untrained, wav, args.seconds)
     results["loadavg_end"] = list(os.getloadavg())
     return results
@@ -266,7 +265,7 @@ def main() -> int:
     p.add_argument("--png", default="out/bench/browser_latency.png")
     p.add_argument("--no-netns", action="store_true", help="do not re-run inside a loopback network namespace")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
-                   help="skip the baseline calls (phase alignment off)")
+                   help="skip the baseline calls (generation phase alignment off)")
     args = p.parse_args()
     if args.quick:
         args.seconds = 15.0

@@ -6,9 +6,9 @@ from __future__ import annotations
 class PhaseAligner:
     """Moves a periodic schedule's phase to just after the work it serves arrives.
 
-    Used by the generation service's frame clock (callers' user frames -> the batched step) and
-    by the WebRTC gateway's outgoing pacer (agent frames -> 20 ms packets). Producers deliver one
-    item per period at a phase of their own (for a call: when it started, plus the codec's time).
+    Used by the generation service's frame clock (callers' user frames -> the batched step).
+    Producers deliver one item per period at a phase of their own (for a call: when it started,
+    plus the codec's time).
     With the ticks at a fixed phase, an item waits ``(tick - arrival) mod period`` before it is
     served: anywhere in 0-40 ms for the frame clock, 20 ms on average, decided by chance at call
     start. Every ``window`` ticks the aligner looks at the shortest wait of a served item in that

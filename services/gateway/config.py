@@ -54,8 +54,6 @@ class WebRTCConfig:
     echo: bool = True  # allow mode "echo" (codec only: the user hears themself through the codec)
     stats_interval_s: float = 1.0  # data-channel stats events
     resample_quality: str = "HQ"  # soxr quality of the 48 kHz <-> 16 kHz streams
-    out_align_margin_ms: float = 3.0  # the pacer sends an agent frame's first packet this long after it
-    #                                   arrives (PhaseAligner); negative: a pacer at a chance phase
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -66,8 +64,6 @@ class WebRTCConfig:
             raise ValueError(f"webrtc max_offer_bytes must be >= 1024, got {self.max_offer_bytes}")
         if not 1 <= self.in_jitter_packets <= 8:
             raise ValueError(f"webrtc in_jitter_packets must be in [1, 8], got {self.in_jitter_packets}")
-        if self.out_align_margin_ms >= 20:
-            raise ValueError(f"webrtc out_align_margin_ms must be < 20 (one packet), got {self.out_align_margin_ms}")
         if self.out_queue_ms < 40 or self.in_stale_ms < 40:
             raise ValueError("webrtc out_queue_ms and in_stale_ms must be >= 40 (one frame)")
         for name in ("connect_timeout_s", "stats_interval_s"):

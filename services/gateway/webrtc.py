@@ -24,12 +24,14 @@ Latency by design, both ways bounded:
   each 20 ms frame carries its RTP timestamp; a frame that arrives more than ``in_stale_ms``
   behind real time (the event loop or the network stalled and frames piled up in aiortc's
   receiver) is dropped instead of being fed late, so the model always hears the present;
-* out: ``AgentTrack`` paces 20 ms frames on a steady clock whose phase follows the agent frames
-  (a frame's first packet leaves ``out_align_margin_ms`` after it arrives); frames waiting
-  beyond ``out_queue_ms`` are dropped oldest first (``dropped_out``), and a standing backlog (the
+* out: ``AgentTrack`` paces 20 ms frames on a fixed clock; frames waiting beyond
+  ``out_queue_ms`` are dropped oldest first (``dropped_out``), and a standing backlog (the
   queue's minimum depth over half a second, beyond one 20 ms frame of jitter margin) is trimmed,
   so neither a burst nor a start-up backlog turns into lasting delay; an empty queue sends
-  silence (the agent is always "on the line", like a phone).
+  silence (the agent is always "on the line", like a phone). The clock's phase stays where the
+  call started: moving it to follow the agent frames (as the generation clock follows its
+  callers) saved the queue wait but Chrome's jitter buffer read the moved packets as network
+  jitter and grew from 30 to 40-74 ms (``bench/browser_latency.py``), a net loss.
 
 Data channel (label ``events``, JSON text messages). Server -> page: ``ready`` (call id, mode,
 style, frame ms), ``speaking`` (agent started/stopped), ``text`` (inner-monologue pieces),
@@ -78,7 +80,6 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from services.common.phase import PhaseAligner
 from services.gateway.config import WebRTCConfig
 from services.gateway.partner import Gateway, Refused
 from services.gateway.pipeline import (SAMPLE_RATE, AgentAudio, CallSetup, EchoBackends, Ended, Latency, Pipeline,
@@ -109,20 +110,14 @@ def _error(status: int, message: str, code: str = "") -> web.Response:
 
 # -- the outgoing audio -------------------------------------------------------------------------------
 class AgentTrack(MediaStreamTrack):
-    """The agent's audio as an aiortc track: 20 ms mono s16 frames at 48 kHz on a steady clock.
-    ``put`` queues PCM (int16, 48 kHz); at most ``max_frames`` frames wait, older ones are dropped.
-
-    The pacer's phase follows the agent frames (``align_margin_s``, a ``PhaseAligner``): a 40 ms
-    frame's first packet leaves ~``align_margin_s`` after the frame arrives instead of waiting a
-    chance 0-20 ms for the next 20 ms slot (``None``: the phase stays where the call started)."""
+    """The agent's audio as an aiortc track: 20 ms mono s16 frames at 48 kHz on a fixed clock.
+    ``put`` queues PCM (int16, 48 kHz); at most ``max_frames`` frames wait, older ones are dropped."""
 
     kind = "audio"
 
-    def __init__(self, max_frames: int, align_margin_s: float | None = 0.003) -> None:
+    def __init__(self, max_frames: int) -> None:
         super().__init__()
         self.max_frames = max_frames
-        self.aligner = (PhaseAligner(PACKET_S, margin_s=align_margin_s, hysteresis_s=0.003)
-                        if align_margin_s is not None and align_margin_s >= 0 else None)
         self._queue: deque[np.ndarray] = deque()
         self._partial = np.zeros(0, np.int16)
         self._start: float | None = None
@@ -146,18 +141,7 @@ class AgentTrack(MediaStreamTrack):
                 self.dropped += 1
             self._window, self._min_depth = 0, 1 << 30
 
-    def _align(self) -> None:
-        """How long the first packet of the audio being put will wait (for the pending send, and
-        behind what is queued): the aligner's input; its shift moves the pacer earlier."""
-        if self.aligner is None or self._start is None:
-            return
-        ahead = self._start + self._sent * PACKET_S - time.monotonic()  # until the pending send
-        shift = self.aligner.observe(max(0.0, ahead) + len(self._queue) * PACKET_S)
-        if shift > 0:  # earlier, never into the past (that would read as a stall)
-            self._start -= min(shift, max(0.0, ahead))
-
     def put(self, pcm: np.ndarray) -> None:
-        self._align()
         pcm = np.concatenate([self._partial, pcm]) if self._partial.size else pcm
         whole = pcm.size // PACKET * PACKET
         for i in range(0, whole, PACKET):
@@ -231,7 +215,7 @@ class BrowserCall:
         backends = server.gateway.backends if mode == "model" else EchoBackends(server.gateway.backends)
         self.pipeline = Pipeline(backends, CallSetup(f"webrtc:{self.call_id}", style, None, text, False, True),
                                  server.gateway.config.pipeline(), server.gateway.metrics)
-        self.track = AgentTrack(max(2, cfg.out_queue_ms // round(PACKET_S * 1e3)), cfg.out_align_margin_ms / 1e3)
+        self.track = AgentTrack(max(2, cfg.out_queue_ms // round(PACKET_S * 1e3)))
         self.counters = Counters()
         self.state = "new"
         self.channel: Any = None
@@ -373,8 +357,7 @@ class BrowserCall:
                 "decode_ms_p50": stages[3], "backlog_dropped": self.pipeline.backlog_dropped,
                 "out_queue_ms": round(self.track.queued_ms, 1), "frame_ms": round(self.pipeline.frame_s * 1e3),
                 "frames_in": c.frames_in, "voiced_in": c.voiced_in, "stale_in": c.stale_in,
-                "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped,
-                "out_phase_shifts": self.track.aligner.shifts if self.track.aligner else 0}
+                "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped}
 
     def send(self, message: dict[str, Any]) -> None:
         channel = self.channel
