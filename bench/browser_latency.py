@@ -151,18 +151,27 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    def shown(run: dict[str, Any], mode: str) -> tuple[list[float], str]:
+        """The echo call's measured delays; the model call's estimates, calibrated when possible."""
+        r = run["calls"][mode]
+        if r.get("measured_ms"):
+            return r["measured_ms"], "measured"
+        offset = run.get("estimate_offset_ms")
+        if offset is None:
+            return r["estimates_ms"], "estimate"
+        return [e + offset for e in r["estimates_ms"]], f"calibrated estimate ({offset:+.0f} ms)"
+
     for ax, mode in zip(axes, ("echo", "model")):
-        r = results["calls"].get(mode)
-        if not r:
+        if mode not in results["calls"]:
             continue
         bins = np.arange(0, 500, 10)
-        if r.get("measured_ms"):
-            ax.hist(r["measured_ms"], bins=bins, alpha=0.7, label="measured (envelope xcorr)")
-        ax.hist(r["estimates_ms"], bins=bins, alpha=0.6, label="estimate (getStats + server)")
-        base = results.get("baseline", {}).get("calls", {}).get(mode)
-        if base:
-            values, what = (base["measured_ms"], "measured") if base.get("measured_ms") else (base["estimates_ms"], "estimate")
-            ax.hist(values, bins=bins, histtype="step", color="black", lw=1.2, label=f"baseline, fixed phase ({what})")
+        values, what = shown(results, mode)
+        ax.hist(values, bins=bins, alpha=0.7, label=f"envelope xcorr: {what}" if what == "measured" else what)
+        if mode == "echo":
+            ax.hist(results["calls"][mode]["estimates_ms"], bins=bins, alpha=0.5, label="estimate (getStats + server)")
+        if mode in results.get("baseline", {}).get("calls", {}):
+            values, what = shown(results["baseline"], mode)
+            ax.hist(values, bins=bins, histtype="step", color="black", lw=1.2, label=f"baseline, fixed phase: {what}")
         ax.axvline(TARGETS_MS[mode], color="red", ls="--", label=f"target {TARGETS_MS[mode]:.0f} ms")
         ax.set_title(f"({'a' if mode == 'echo' else 'b'}) {mode}: mouth-to-ear")
         ax.set_xlabel("ms")
