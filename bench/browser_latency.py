@@ -151,6 +151,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+
     def shown(run: dict[str, Any], mode: str) -> tuple[list[float], str]:
         """The echo call's measured delays; the model call's estimates, calibrated when possible."""
         r = run["calls"][mode]

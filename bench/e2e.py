@@ -13,9 +13,9 @@ per-frame server timings on):
    gateway calling codec and generation over loopback gRPC), *one process* (``maata serve``: the
    gateway calling the engines in process, the default) and *one process, loopback*
    (``maata serve --loopback``), and the baseline *one process, fixed phase* (the generation
-   clock's ``PhaseAligner`` off: the tick's phase is left to chance). Columns follow a frame: client -> gateway -> codec encode ->
-   generation (the wait for the frame clock's tick, up to 40 ms, + the batched step) -> codec
-   decode -> client. "client<->gateway" is the client's round trip minus the gateway's total
+   clock's ``PhaseAligner`` off: the tick's phase is left to chance). Columns follow a frame:
+   client -> gateway -> codec encode -> generation (the wait for the frame clock's tick + the
+   batched step) -> codec decode -> client. "client<->gateway" is the client's round trip minus the gateway's total
    (both network legs and the client's own work). The ratio of the microservices' and the one
    process's round trips is the microservice overhead (below 1: the split processes win).
 2. **Real-time capacity** (``--target``, default microservices): 1, 2, 4, 8 ... concurrent live
