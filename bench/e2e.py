@@ -8,16 +8,17 @@ Runs the services as real processes (``maata serve``) and drives calls through t
 from this process with ``services.client.converse`` (40 ms chunks of 16 kHz PCM16 in real time,
 per-frame server timings on):
 
-1. **Per-frame latency breakdown**, p50 / p99 (ms), for one live call, in three deployments:
+1. **Per-frame latency breakdown**, p50 / p99 (ms), for one live call, in four deployments:
    *microservices* (session, codec, generation and gateway each ``maata serve --role ...``, the
    gateway calling codec and generation over loopback gRPC), *one process* (``maata serve``: the
    gateway calling the engines in process, the default) and *one process, loopback*
    (``maata serve --loopback``), and the baseline *one process, fixed phase* (the generation
    clock's ``PhaseAligner`` off: the tick's phase is left to chance). Columns follow a frame:
    client -> gateway -> codec encode -> generation (the wait for the frame clock's tick + the
-   batched step) -> codec decode -> client. "client<->gateway" is the client's round trip minus the gateway's total
-   (both network legs and the client's own work). The ratio of the microservices' and the one
-   process's round trips is the microservice overhead (below 1: the split processes win).
+   batched step) -> codec decode -> client. "client<->gateway" is the client's round trip minus
+   the gateway's total (both network legs and the client's own work). The difference (ms) and
+   ratio of the microservices' and the one process's round trips are the microservice overhead
+   (below 1: the split processes win).
 2. **Real-time capacity** (``--target``, default microservices): 1, 2, 4, 8 ... concurrent live
    calls for a few seconds each (every level up to ``--max-calls``, unless over half the frames
    missed), to see where frames miss the 40 ms deadline. A user frame misses it
