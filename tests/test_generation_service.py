@@ -569,3 +569,36 @@ def test_text_pieces() -> None:
     piece = next(i for i in range(N_BASE, tok.vocab_size) if tok.decode([i]))
     assert text_piece(tok, piece) == tok.decode([piece]) and text_piece(tok, EPAD_ID) == ""  # EPAD: no text
     assert text_piece(tok, BYTE_OFFSET + 0xE0) == ""  # a lone UTF-8 byte is not decodable alone
+
+
+def test_concurrent_writes_through_the_gateways_duplex_keep_the_stream_ok() -> None:
+    """The gateway writes one generation stream from several tasks (user frames, a mid-call style
+    change, keep-alives). Two grpc.aio writes in flight at once fail the whole RPC with INTERNAL
+    ("Internal error from Core"); ``GrpcDuplex`` serialises them, so the call goes on."""
+    from services.gateway.pipeline import GrpcDuplex
+
+    async def main() -> None:
+        server = await start(max_queued_frames=64)
+        try:
+            async with channel_to(server) as channel:
+                duplex = GrpcDuplex("generate", GenerationStub(channel).Converse, "busy")
+                await duplex.send(config("busy"))
+                await until(lambda: server.engine.get("busy") is not None)
+                frames = frames_of(40)
+                sends = [duplex.send(codes(f, t)) for t, f in enumerate(frames)]
+                sends += [duplex.send(UserFrame(style=Style(emotion="HAPPY"))) for _ in range(20)]
+                sends += [duplex.send(UserFrame()) for _ in range(20)]  # keep-alives
+                await asyncio.gather(*sends)
+                await until(lambda: server.engine.get("busy").received == len(frames))
+                for _ in range(len(frames)):
+                    await server.tick()
+                await duplex.done_writing()
+                replies = []
+                while (reply := await asyncio.wait_for(duplex.recv(), TIMEOUT)) is not None:
+                    replies.append(reply)
+                assert [r.seq for r in replies] == list(range(len(frames)))  # every frame, in order, none lost
+                assert not any(r.filled for r in replies)
+        finally:
+            await server.drain()
+
+    asyncio.run(main())

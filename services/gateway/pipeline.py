@@ -119,19 +119,27 @@ class Duplex(ABC):
 
 
 class GrpcDuplex(Duplex):
-    """A stream-stream RPC over a grpc.aio channel."""
+    """A stream-stream RPC over a grpc.aio channel.
+
+    Writes are serialised: a call takes one send operation at a time, and the pipeline writes
+    from more than one task (user frames, a mid-call style change, keep-alives). Two writes in
+    flight at once make gRPC core refuse the second batch, and grpc.aio then fails the whole
+    RPC with INTERNAL "Internal error from Core" (the call would end, resumable, for nothing)."""
 
     def __init__(self, stage: str, method: grpc.aio.StreamStreamMultiCallable, call_id: str) -> None:
         self.stage = stage
         self._call = method(metadata=((CALL_ID_METADATA, call_id),))
+        self._writing = asyncio.Lock()
 
     async def send(self, message: Any) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await self._call.write(message)  # a failed RPC reports its status through recv
+        async with self._writing:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await self._call.write(message)  # a failed RPC reports its status through recv
 
     async def done_writing(self) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await self._call.done_writing()
+        async with self._writing:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await self._call.done_writing()
 
     async def recv(self) -> Any | None:
         try:
