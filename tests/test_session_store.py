@@ -228,6 +228,26 @@ def test_list(make_store: MakeStore) -> None:
     run(make_store, body)
 
 
+def test_list_limit_keeps_write_order_when_writes_share_a_millisecond(make_store: MakeStore) -> None:
+    """Sessions written back to back land in the same millisecond of the Redis clock; a limited
+    list must still be a prefix of the full, newest-first list (ids sort against write order, so
+    a tie broken by id would put older sessions first: the CI flake of test_list)."""
+
+    async def body(store: SessionStore) -> None:
+        created = [f"s{99 - i:02d}" for i in range(40)]  # later = smaller id
+        for call_id in created:
+            await store.create(session(call_id))
+        for call_id in created[:10]:  # the oldest ten become the newest, again smaller-id-last
+            await store.append(call_id, 0, frames(0, 1))
+        newest_first = created[:10][::-1] + created[10:][::-1]
+        full = [s.call_id for s in await store.list("live")]
+        assert full == newest_first
+        for limit in range(1, len(created) + 1):
+            assert [s.call_id for s in await store.list("live", limit=limit)] == newest_first[:limit]
+
+    run(make_store, body)
+
+
 def test_ttl_expiry(make_store: MakeStore) -> None:
     async def body(store: SessionStore) -> None:
         await store.create(session("idle"))

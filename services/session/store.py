@@ -480,12 +480,23 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
 # KEYS: live, ended. ARGV: want_live (0|1), want_ended (0|1), limit. Newest deadline first.
+# Deadlines are in milliseconds, so writes inside one millisecond tie and ZREVRANGE would break the
+# tie by call id: every entry tied with the last one kept is returned too, and the caller's sort by
+# updated_at (microseconds) decides.
 _LUA_LIST = """
 local _, now_ms = clock()
 prune(KEYS[1], KEYS[2], now_ms)
+local limit = tonumber(ARGV[3])
 local out = {{}, {}}
 for i = 1, 2 do
-  if ARGV[i] == '1' then out[i] = redis.call('ZREVRANGE', KEYS[i], 0, tonumber(ARGV[3]) - 1) end
+  if ARGV[i] == '1' then
+    local last = redis.call('ZREVRANGE', KEYS[i], limit - 1, limit - 1, 'WITHSCORES')
+    if #last == 0 then
+      out[i] = redis.call('ZREVRANGE', KEYS[i], 0, -1)
+    else
+      out[i] = redis.call('ZREVRANGEBYSCORE', KEYS[i], '+inf', last[2])
+    end
+  end
 end
 return {'OK', out[1], out[2]}
 """
