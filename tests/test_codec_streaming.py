@@ -232,3 +232,49 @@ def test_reset_state_zeroes_only_masked_rows():
     s = [torch.ones(3, 2), (torch.ones(3, 4), torch.ones(3, dtype=torch.long))]
     reset_state(s, torch.tensor([False, True, False]))
     assert s[0][1].sum() == 0 and s[0][0].sum() == 2 and s[1][1][1] == 0 and s[1][1][0] == 1
+
+
+def _reference_rvq(rvq, x):
+    """The training-time formulas level by level (project, normalise, nearest, project out)."""
+    residual, codes, out = x, [], torch.zeros_like(x)
+    for vq in rvq.levels:
+        c = vq._nearest(vq._project(residual))
+        q = vq.proj_out(torch.nn.functional.embedding(c, vq._codebook())).transpose(1, 2)
+        residual, out = residual - q, out + q
+        codes.append(c)
+    return torch.stack(codes, 1), out
+
+
+@pytest.mark.parametrize("l2norm", [True, False])
+def test_inference_lookup_quantizer_equals_the_training_formulas(l2norm):
+    """Inference encodes with one affine map per level and decodes by one table gather; in float64
+    the codes and vectors equal the projected, normalised nearest-neighbour search exactly."""
+    codec = small_codec(0, quantizer={"n_q": 4, "codebook_size": 64, "codebook_dim": 4, "l2norm": l2norm}).double()
+    x = torch.randn(3, codec.cfg.latent_dim, 9, dtype=torch.float64)
+    ref_codes, ref_out = _reference_rvq(codec.quantizer, x)
+    codes = codec.quantizer.encode(x)
+    assert torch.equal(codes, ref_codes)
+    with torch.no_grad():
+        torch.testing.assert_close(codec.quantizer.decode(codes), ref_out, atol=1e-12, rtol=0)
+
+
+def test_inference_tables_follow_the_weights():
+    """The cached lookup tables are rebuilt when training or a weight load changes the codebooks."""
+    codec = small_codec(1)
+    x = torch.randn(2, codec.cfg.latent_dim, 7)
+    before = codec.quantizer.encode(x)
+    codec.train()
+    codec(torch.randn(2, 1, 640 * 12) * 0.3)  # EMA updates every codebook in place
+    codec.eval()
+    assert torch.equal(codec.quantizer.encode(x), _reference_rvq(codec.quantizer, x)[0])
+    fresh = small_codec(2)
+    fresh.load_state_dict(codec.state_dict())
+    assert torch.equal(fresh.quantizer.encode(x), codec.quantizer.encode(x))
+    with torch.no_grad():
+        codec.quantizer.levels[0].proj_out.weight.mul_(2)  # the decode table must follow
+        torch.testing.assert_close(codec.quantizer.decode(before), _reference_rvq_decode(codec.quantizer, before))
+
+
+def _reference_rvq_decode(rvq, codes):
+    return sum(vq.proj_out(torch.nn.functional.embedding(codes[:, i], vq._codebook())).transpose(1, 2)
+               for i, vq in enumerate(rvq.levels))

@@ -31,7 +31,16 @@ class Snake(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.alpha
-        return x + (a + 1e-9).reciprocal() * torch.sin(a * x).pow(2)
+        return torch.addcmul(x, self._inverse_alpha(), torch.sin(a * x).square())
+
+    def _inverse_alpha(self) -> torch.Tensor:
+        """1/α, cached at inference (streaming calls this every 40 ms step)."""
+        if torch.is_grad_enabled():
+            return (self.alpha + 1e-9).reciprocal()
+        key = (self.alpha.data_ptr(), self.alpha._version, self.alpha.dtype)
+        if getattr(self, "_inv_key", None) != key:
+            self._inv, self._inv_key = (self.alpha + 1e-9).reciprocal(), key
+        return self._inv
 
 
 class CausalConv1d(nn.Module):
@@ -132,15 +141,21 @@ class ResidualUnit(nn.Module):
         return x + self.conv2(self.act2(h)), state
 
 
-def _rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary embedding. x: [B, H, T, Dh]; pos: [B, T] absolute positions (float)."""
-    dh = x.shape[-1]
-    freqs = torch.exp(-math.log(base) * torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh)
-    ang = pos[:, None, :, None].float() * freqs  # [B,1,T,Dh/2]
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+def rope_tables(pos: torch.Tensor, head_dim: int, dtype: torch.dtype, base: float = 10000.0):
+    """cos, sin [B, 1, T, Dh/2] of rotary embeddings at absolute positions ``pos`` (long [B, T]).
+
+    Angles in float64: a call is hours of frames, and float32 angles at positions ~1e5 would be
+    off by ~1e-2 rad. Computed once per step and shared by every layer of a transformer.
+    """
+    inv = torch.exp(-math.log(base) * torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float64) / head_dim)
+    ang = pos[:, None, :, None].double() * inv
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [..., T, Dh] by the angles of ``cos``/``sin``."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
 class LocalAttentionLayer(nn.Module):
@@ -154,7 +169,7 @@ class LocalAttentionLayer(nn.Module):
         super().__init__()
         if dim % heads:
             raise ValueError("dim must be divisible by heads")
-        self.heads, self.window = heads, window
+        self.heads, self.window, self.head_dim = heads, window, dim // heads
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
@@ -164,50 +179,58 @@ class LocalAttentionLayer(nn.Module):
         self.scale1 = nn.Parameter(torch.full((dim,), 0.01))
         self.scale2 = nn.Parameter(torch.full((dim,), 0.01))
 
-    def _qkv(self, x: torch.Tensor, pos: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
         B, T, D = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        return _rope(q, pos), _rope(k, pos), v
+        qkv = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qk = apply_rope(qkv[:2], *rope)  # q and k rotated together
+        return qk[0], qk[1], qkv[2]
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Residual + projection of the attention output a [B, H, T, Dh], then the feed-forward."""
+        B, T, D = x.shape
+        x = torch.addcmul(x, self.scale1, self.proj(a.transpose(1, 2).reshape(B, T, D)))
+        return torch.addcmul(x, self.scale2, self.ff(self.norm2(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         pos = torch.arange(T, device=x.device)[None].expand(B, T)
-        q, k, v = self._qkv(x, pos)
+        q, k, v = self._qkv(x, rope_tables(pos, self.head_dim, x.dtype))
         i = torch.arange(T, device=x.device)
         mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.scale1 * self.proj(a.transpose(1, 2).reshape(B, T, D))
-        return x + self.scale2 * self.ff(self.norm2(x))
+        return self._finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
     def init_state(self, batch: int, device=None, dtype=torch.float32):
-        dh = self.qkv.in_features // self.heads
-        k = torch.zeros(batch, self.heads, self.window, dh, device=device, dtype=dtype)
+        k = torch.zeros(batch, self.heads, self.window, self.head_dim, device=device, dtype=dtype)
         pos = torch.zeros(batch, dtype=torch.long, device=device)  # frames seen so far
         return k, torch.zeros_like(k), pos
 
+    def frame_step(self, state, xt: torch.Tensor, rope, slot: torch.Tensor, valid: torch.Tensor):
+        """One frame xt [B, 1, D]; ``rope``, ``slot`` (ring index [B]) and ``valid`` (bool [B, W])
+        come from :meth:`StreamingTransformer.frame_inputs`, shared by all layers."""
+        kc, vc, pos = state
+        q, k, v = self._qkv(xt, rope)
+        index = slot[:, None, None, None].expand(-1, self.heads, 1, self.head_dim)
+        kc, vc = kc.scatter(2, index, k), vc.scatter(2, index, v)
+        a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=valid[:, None, None, :])
+        return self._finish(xt, a), (kc, vc, pos + 1)
+
     def step(self, state, x: torch.Tensor):
         """x: [B, T, D] new frames (any T ≥ 1)."""
-        kc, vc, pos = state
-        B, T, D = x.shape
-        W = self.window
         outs = []
-        for t in range(T):  # frame by frame: exact ring-buffer semantics for any chunk
-            xt = x[:, t: t + 1]
-            q, k, v = self._qkv(xt, pos[:, None])
-            slot = (pos % W)  # [B]
-            b = torch.arange(B, device=x.device)
-            kc, vc = kc.clone(), vc.clone()
-            kc[b, :, slot] = k[:, :, 0]
-            vc[b, :, slot] = v[:, :, 0]
-            # valid cache entries: those written within the last W frames (incl. this one)
-            j = torch.arange(W, device=x.device)
-            age = (slot[:, None] - j[None, :]) % W  # how many frames ago slot j was written
-            valid = age <= pos[:, None]  # entries never written in this stream are invalid
-            a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=valid[:, None, None, :])
-            xt = xt + self.scale1 * self.proj(a.transpose(1, 2).reshape(B, 1, D))
-            outs.append(xt + self.scale2 * self.ff(self.norm2(xt)))
-            pos = pos + 1
-        return torch.cat(outs, dim=1), (kc, vc, pos)
+        for t in range(x.shape[1]):  # frame by frame: exact ring-buffer semantics for any chunk
+            y, state = self.frame_step(state, x[:, t: t + 1], *frame_inputs(state[2], self.window, self.head_dim, x.dtype))
+            outs.append(y)
+        return torch.cat(outs, dim=1), state
+
+
+def frame_inputs(pos: torch.Tensor, window: int, head_dim: int, dtype: torch.dtype):
+    """What every layer needs for the next frame, given frames seen so far ``pos`` (long [B]):
+    RoPE tables at ``pos``, the ring slot it writes, and which ring entries it may attend to
+    (those written within the last ``window`` frames, this one included)."""
+    slot = pos % window
+    age = (slot[:, None] - torch.arange(window, device=pos.device)) % window  # frames since slot j was written
+    valid = age <= pos[:, None]  # entries never written in this stream are invalid
+    return rope_tables(pos[:, None], head_dim, dtype), slot, valid
 
 
 class StreamingTransformer(nn.Module):
@@ -215,6 +238,7 @@ class StreamingTransformer(nn.Module):
 
     def __init__(self, dim: int, layers: int, heads: int, window: int, ff_mult: int = 4):
         super().__init__()
+        self.window, self.head_dim = window, dim // heads
         self.layers = nn.ModuleList(LocalAttentionLayer(dim, heads, window, ff_mult) for _ in range(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,12 +251,19 @@ class StreamingTransformer(nn.Module):
         return [layer.init_state(batch, device, dtype) for layer in self.layers]
 
     def step(self, state, x: torch.Tensor):
+        if not self.layers:
+            return x, state
         h = x.transpose(1, 2)
-        new = []
-        for layer, s in zip(self.layers, state):
-            h, s = layer.step(s, h)
-            new.append(s)
-        return h.transpose(1, 2), new
+        outs = []
+        for t in range(h.shape[1]):  # every layer sees the same positions: one set of inputs per frame
+            shared = frame_inputs(state[0][2], self.window, self.head_dim, h.dtype)
+            ht, new = h[:, t: t + 1], []
+            for layer, s in zip(self.layers, state):
+                ht, s = layer.frame_step(s, ht, *shared)
+                new.append(s)
+            outs.append(ht)
+            state = new
+        return torch.cat(outs, dim=1).transpose(1, 2), state
 
 
 def reset_state(state, mask: torch.Tensor):

@@ -78,6 +78,29 @@ class VectorQuantizer(nn.Module):
         """codes [B, T] -> [B, D, T]."""
         return self.proj_out(F.embedding(codes, self._codebook())).transpose(1, 2)
 
+    def sources(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the inference maps are computed from (their versions key a cache)."""
+        linears = [m for m in (self.proj_in, self.proj_out) if isinstance(m, nn.Linear)]
+        return (self.embed, *(t for m in linears for t in (m.weight, m.bias)))
+
+    @torch.no_grad()
+    def inference_maps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A [K, D], c [K], table [K, D]) for lookup-only inference on residuals r [.., D]:
+        the nearest code is argmax(A r + c) and its quantised vector is table[code].
+
+        The projection in is affine and L2 normalisation only rescales a vector, so
+        argmax(cb · normalize(W r + b)) = argmax((cb W) r + cb b); without normalisation the
+        nearest code maximises 2 cb · z - |cb|². The table is every code already projected out.
+        """
+        cb = self._codebook()
+        if isinstance(self.proj_in, nn.Linear):
+            a, c = cb @ self.proj_in.weight, cb @ self.proj_in.bias
+        else:
+            a, c = cb, cb.new_zeros(cb.shape[0])
+        if not self.l2norm:
+            a, c = 2 * a, 2 * c - cb.pow(2).sum(-1)
+        return a, c, self.proj_out(cb)
+
     # -- training -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
         """x [B, D, T]; ``active`` bool [B] (quantizer dropout: rows whose level is off).
@@ -203,6 +226,13 @@ class ResidualVQ(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """[B, D, T] -> codes [B, n_q, T]."""
+        if not self.training:  # lookup tables: a few ops per level (streaming runs this every frame)
+            residual, codes = x.transpose(1, 2), []
+            for a, c, table in self._inference()[0][: n_q or self.n_q]:
+                code = F.linear(residual, a, c).argmax(-1)
+                residual = residual - F.embedding(code, table)
+                codes.append(code)
+            return torch.stack(codes, 1)
         residual, codes = x, []
         for vq in self.levels[: n_q or self.n_q]:
             c = vq.encode(residual)
@@ -212,6 +242,8 @@ class ResidualVQ(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, k, T] (k ≤ n_q; DROPPED entries contribute nothing) -> [B, D, T]."""
+        if not (self.training or torch.is_grad_enabled()):
+            return self._decode_by_lookup(codes)
         out = None
         for i in range(codes.shape[1]):
             c = codes[:, i]
@@ -220,6 +252,24 @@ class ResidualVQ(nn.Module):
             q = q * keep[:, None, :].to(q.dtype)
             out = q if out is None else out + q
         return out
+
+    @torch.no_grad()
+    def _inference(self) -> tuple[list, torch.Tensor]:
+        """Every level's inference maps, and their decode tables stacked [n_q * K, D]; rebuilt
+        when any codebook or projection changes (training step, load_state_dict, .to())."""
+        key = tuple((t.data_ptr(), t._version, t.dtype) for vq in self.levels for t in vq.sources())
+        if getattr(self, "_inference_key", None) != key:
+            maps = [vq.inference_maps() for vq in self.levels]
+            self._inference_cache = maps, torch.cat([table for _, _, table in maps])
+            self._inference_key = key
+        return self._inference_cache
+
+    def _decode_by_lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Inference decode in a few ops: one gather from the levels' stacked decode tables."""
+        offsets = torch.arange(codes.shape[1], device=codes.device)[:, None] * self.codebook_size
+        q = F.embedding(codes.clamp(min=0) + offsets, self._inference()[1])  # [B, k, T, D]
+        q = q * (codes != DROPPED)[..., None].to(q.dtype)
+        return q.sum(1).transpose(1, 2)
 
     def first_level(self, codes: torch.Tensor) -> torch.Tensor:
         return self.levels[0].decode(codes[:, 0])
