@@ -3,8 +3,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 APT_PACKAGES := espeak-ng libespeak-ng1 festival festvox-te-nsk sox redis-server
-# the tests drive a real headless Chromium (WebRTC) inside a loopback network namespace (iproute2, util-linux)
-APT_TEST_PACKAGES := chromium chromium-driver fonts-lohit-telu iproute2 util-linux
+# the tests drive a real headless Chromium (WebRTC) inside a loopback network namespace (iproute2, util-linux);
+# torch.compile (inductor) needs a C++ compiler (g++)
+APT_TEST_PACKAGES := chromium chromium-driver fonts-lohit-telu iproute2 util-linux g++
 CHECKPOINT ?= checkpoints/codec_default.safetensors
 
 .PHONY: setup run test apt apt-test venv clean

@@ -14,7 +14,8 @@ Measures, on one synthetic speech-like signal:
   allocations are invisible to tracemalloc);
 * algorithmic latency (one frame, no look-ahead);
 * baselines in the same run: Opus 6 kbps encode+decode through PyAV/libopus, and the codec
-  under torch.compile (offline; skipped with a note where it fails, or with --quick).
+  under torch.compile, offline and streaming (``Codec.compile_streaming``; skipped with a note
+  where it fails, or with --quick / --no-compile).
 
 Prints a rich table and writes JSON. On a shared machine the timings move with the load;
 the JSON records the load average at the start.
@@ -223,7 +224,26 @@ def compiled_baseline(codec: Codec, wav: torch.Tensor, repeats: int, eager_rtf: 
         return {"status": "failed", "note": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     return {"status": "ok", "compile_s": compile_s, "rtf": rtf, "x_realtime": 1 / rtf,
             "speedup_vs_eager": eager_rtf / rtf, "max_abs_diff": err,
-            "note": "offline encode+decode, 1 thread, inductor; streaming steps stay eager"}
+            "note": "offline encode+decode, 1 thread, inductor"}
+
+
+def compiled_streaming(codec: Codec, batches: tuple[int, ...], frames: int, warmup: int,
+                       eager: dict[str, Any]) -> dict[str, Any]:
+    """Per-frame streaming latency with ``Codec.compile_streaming`` (inductor), one thread."""
+    out: dict[str, Any] = {"note": "encode_step + decode_step cores under torch.compile (dynamic=False): "
+                                   "one compile per batch size, timed as compile_s"}
+    try:
+        compiled = copy.deepcopy(codec).compile_streaming()
+        for b in batches:
+            t = time.perf_counter()
+            frame_latency(compiled, b, 1, 0)  # the compile
+            compile_s = time.perf_counter() - t
+            e = frame_latency(compiled, b, frames, warmup)
+            out[f"batch_{b}"] = {"threads": 1, "compile_s": compile_s, **e,
+                                 "speedup_vs_eager": eager[f"batch_{b}"]["p50_ms"] / e["p50_ms"]}
+    except Exception as e:  # no compiler, unsupported op, ...: a variant we do not have here
+        return {"status": "failed", "note": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    return {"status": "ok", **out}
 
 
 # -- run -----------------------------------------------------------------------------------------
@@ -258,10 +278,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["memory"] = memory(codec, wav, batch)
         result["opus_6kbps"] = opus_baseline(x, sr, 6.0, max(repeats, 3))
         if args.quick or args.no_compile:
-            result["torch_compile"] = {"status": "skipped", "note": "--quick" if args.quick else "--no-compile"}
+            skipped = {"status": "skipped", "note": "--quick" if args.quick else "--no-compile"}
+            result["torch_compile"] = result["frame_latency_compiled"] = skipped
         else:
             result["torch_compile"] = compiled_baseline(codec, wav[None, None], repeats,
                                                         result["offline"]["threads_1"]["rtf"])
+            result["frame_latency_compiled"] = compiled_streaming(codec, (1, batch), frames, warmup,
+                                                                  result["frame_latency"])
     return result
 
 
@@ -286,6 +309,15 @@ def print_table(r: dict[str, Any]) -> None:
         table.add_row(f"Frame latency {key.replace('_', ' ')} p50 / p99",
                       f"{e['p50_ms']:.2f} / {e['p99_ms']:.2f} ms", "")
         table.add_row(f"  streams per core ({key.replace('_', ' ')})", f"{e['streams_per_core']:.0f}", "")
+    fc = r["frame_latency_compiled"]
+    for key, e in fc.items() if fc["status"] == "ok" else ():
+        if key.startswith("batch_"):
+            table.add_row(f"Frame latency {key.replace('_', ' ')}, torch.compile p50 / p99",
+                          f"{e['p50_ms']:.2f} / {e['p99_ms']:.2f} ms",
+                          f"{e['speedup_vs_eager']:.2f}x eager; compile {e['compile_s']:.0f} s")
+            table.add_row(f"  streams per core ({key.replace('_', ' ')}, compiled)", f"{e['streams_per_core']:.0f}", "")
+    if fc["status"] != "ok":
+        table.add_row("Frame latency, torch.compile", fc["status"], fc["note"][:40])
     m = r["memory"]
     table.add_row("Weights", f"{m['weights_mb']:.1f} MB", "")
     for key, v in m["state_bytes_per_call"].items():
@@ -301,7 +333,7 @@ def print_table(r: dict[str, Any]) -> None:
                       f"{tc['rtf']:.4f} ({tc['speedup_vs_eager']:.2f}x eager)", f"compile {tc['compile_s']:.0f} s")
     else:
         table.add_row("Baseline: torch.compile", tc["status"], tc["note"][:40])
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -261,11 +261,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry["speedup_vs_baseline"] = {bb: base["batch"][bb]["mean_ms"] / r["mean_ms"]
                                             for bb, r in entry["batch"].items()}
         _checkpoint(args, result)
+    compiled_lm = next((model for name, model, _ in todo if name == "torch.compile"), None)
+    if compiled_lm is not None and result["variants"]["torch.compile"]["status"] == "ok" \
+            and result["codec_in_loop"].get("status") == "ok":
+        result["codec_in_loop_compiled"] = codec_in_loop(args, compiled_lm, batches, frames, warmup, sampling,
+                                                         compiled=True, eager=result["codec_in_loop"])
+    else:
+        result["codec_in_loop_compiled"] = {"status": "skipped",
+                                            "note": "needs the torch.compile variant and the codec-in-the-loop rows"}
+    _checkpoint(args, result)
     return result
 
 
 def codec_in_loop(args: argparse.Namespace, lm, batches: list[int], frames: int, warmup: int,
-                  sampling) -> dict[str, Any]:
+                  sampling, compiled: bool = False, eager: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Codec + LM per frame; ``compiled``: the compiled LM variant with ``Codec.compile_streaming``
+    (each batch size compiles first, in an untimed warm-up), compared with the ``eager`` rows."""
     if args.no_codec:
         return {"status": "skipped", "note": "--no-codec"}
     codec = load_codec_for_bench(args)
@@ -273,12 +284,23 @@ def codec_in_loop(args: argparse.Namespace, lm, batches: list[int], frames: int,
     if (q.n_q, q.codebook_size) != (lm.n_q, lm.card):
         return {"status": "skipped", "note": f"codec codes {q.n_q}x{q.codebook_size} do not fit the LM's "
                                             f"{lm.n_q}x{lm.card}"}
-    print(f"codec in the loop ({codec.cfg.name})", file=sys.stderr, flush=True)
-    rows = {str(bb): step_latency(lm, bb, frames, warmup, sampling, codec=codec) for bb in batches}
-    return {"status": "ok", "codec": codec.cfg.name, "batch": rows,
-            "max_realtime_calls": max_realtime_calls(None, {int(k): v for k, v in rows.items()}, frames, warmup,
-                                                     sampling, bisect=False),
-            "note": "encode_step(user frame) + lm.step + decode_step(agent frame), fp32 eager"}
+    if compiled:
+        codec.compile_streaming()
+    print(f"codec in the loop ({codec.cfg.name}{', torch.compile' if compiled else ''})", file=sys.stderr, flush=True)
+    rows = {}
+    for bb in batches:
+        if compiled:  # compile this batch size's graphs before timing (the LM's decode waits for the delay)
+            step_latency(lm, bb, 2, warmup + lm.max_delay + 2, sampling, codec=codec)
+        rows[str(bb)] = step_latency(lm, bb, frames, warmup, sampling, codec=codec)
+    out = {"status": "ok", "codec": codec.cfg.name, "batch": rows,
+           "max_realtime_calls": max_realtime_calls(None, {int(k): v for k, v in rows.items()}, frames, warmup,
+                                                    sampling, bisect=False),
+           "note": "encode_step(user frame) + lm.step + decode_step(agent frame), "
+                   + ("torch.compile: the LM's temporal step and the codec's streaming cores" if compiled
+                      else "fp32 eager")}
+    if eager is not None:
+        out["speedup_vs_eager"] = {bb: eager["batch"][bb]["mean_ms"] / r["mean_ms"] for bb, r in rows.items()}
+    return out
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -300,12 +322,14 @@ def print_table(r: dict[str, Any]) -> None:
     rows = list(r["variants"].items())
     if r["codec_in_loop"].get("status") == "ok":
         rows.append(("codec + LM (fp32)", r["codec_in_loop"]))
+    if r.get("codec_in_loop_compiled", {}).get("status") == "ok":
+        rows.append(("codec + LM (torch.compile)", r["codec_in_loop_compiled"]))
     for name, e in rows:
         if e.get("status") != "ok":
             table.add_row(name, "–", "–", "–", "–", "–", e.get("note", "")[:40])
             continue
         for b, s in e["batch"].items():
-            sp = e.get("speedup_vs_baseline", {}).get(b)
+            sp = e.get("speedup_vs_baseline", e.get("speedup_vs_eager", {})).get(b)
             table.add_row(name, b, f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", "yes" if s["realtime"] else "no",
                           f"{s['calls_per_core_estimate']:.1f}", "baseline" if name.startswith("fp32") else
                           ("" if sp is None else f"{sp:.2f}x"))

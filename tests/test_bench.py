@@ -39,3 +39,4 @@ def test_codec_speed_quick(tmp_path):
     opus = res["opus_6kbps"]
     assert opus["rtf"] > 0 and 4.5 < opus["kbps_measured"] < 7.0
     assert res["torch_compile"]["status"] == "skipped"
+    assert res["frame_latency_compiled"]["status"] == "skipped"

@@ -278,3 +278,18 @@ def test_inference_tables_follow_the_weights():
 def _reference_rvq_decode(rvq, codes):
     return sum(vq.proj_out(torch.nn.functional.embedding(codes[:, i], vq._codebook())).transpose(1, 2)
                for i, vq in enumerate(rvq.levels))
+
+
+def test_compiled_streaming_equals_eager():
+    """``compile_streaming`` (torch.compile of the two streaming cores) changes speed, not output
+    (float64, so that a reordered sum cannot flip a nearest-code choice)."""
+    eager, compiled = small_codec(3).double(), small_codec(3).double().compile_streaming()
+    g = torch.Generator().manual_seed(3)
+    wav = torch.randn(2, 1, eager.hop * 6, generator=g, dtype=torch.float64) * 0.3
+    states = eager.init_state(2), compiled.init_state(2)
+    for t in range(6):  # whole frames: one shape, one compile
+        pcm = wav[:, 0, t * eager.hop:(t + 1) * eager.hop]
+        codes = [m.encode_step(s, pcm) for m, s in zip((eager, compiled), states)]
+        assert torch.equal(codes[0], codes[1])
+        audio = [m.decode_step(s, codes[0]) for m, s in zip((eager, compiled), states)]
+        torch.testing.assert_close(audio[1], audio[0], atol=1e-9, rtol=0)

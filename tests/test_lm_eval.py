@@ -329,3 +329,4 @@ def test_bench_quick_writes_every_field(models, tmp_path):
     assert mem["base_preset_kv_cache_mb_per_call"] > 100
     loop = res["codec_in_loop"]
     assert loop["status"] == "ok" and loop["batch"]["1"]["p50_ms"] > 0
+    assert res["codec_in_loop_compiled"]["status"] == "skipped"  # --quick compiles nothing

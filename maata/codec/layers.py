@@ -35,7 +35,7 @@ class Snake(nn.Module):
 
     def _inverse_alpha(self) -> torch.Tensor:
         """1/α, cached at inference (streaming calls this every 40 ms step)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return (self.alpha + 1e-9).reciprocal()
         key = (self.alpha.data_ptr(), self.alpha._version, self.alpha.dtype)
         if getattr(self, "_inv_key", None) != key:

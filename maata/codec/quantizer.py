@@ -26,6 +26,12 @@ def _dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def eager_inference(module: nn.Module) -> bool:
+    """Whether cached inference tables may be used: eval mode, no autograd, not being traced by
+    torch.compile (which fuses the plain formulas itself and cannot guard on the caches)."""
+    return not (module.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
+
+
 class VectorQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_size: int, codebook_dim: int, *, l2norm: bool = True,
                  ema: bool = True, decay: float = 0.99, dead_code_threshold: float = 0.5, eps: float = 1e-5):
@@ -50,7 +56,7 @@ class VectorQuantizer(nn.Module):
     def _codebook(self) -> torch.Tensor:
         if not self.l2norm:
             return self.embed
-        if self.training or torch.is_grad_enabled():
+        if not eager_inference(self):
             return F.normalize(self.embed, dim=-1)
         # inference: normalise once per codebook version, not once per call
         key = (self.embed.data_ptr(), self.embed._version)
@@ -226,7 +232,7 @@ class ResidualVQ(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """[B, D, T] -> codes [B, n_q, T]."""
-        if not self.training:  # lookup tables: a few ops per level (streaming runs this every frame)
+        if eager_inference(self):  # lookup tables: a few ops per level (streaming runs this every frame)
             residual, codes = x.transpose(1, 2), []
             for a, c, table in self._inference()[0][: n_q or self.n_q]:
                 code = F.linear(residual, a, c).argmax(-1)
@@ -242,7 +248,7 @@ class ResidualVQ(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, k, T] (k ≤ n_q; DROPPED entries contribute nothing) -> [B, D, T]."""
-        if not (self.training or torch.is_grad_enabled()):
+        if eager_inference(self):
             return self._decode_by_lookup(codes)
         out = None
         for i in range(codes.shape[1]):
