@@ -276,6 +276,23 @@ def test_talk_writes_mono_and_stereo(models, tmp_path, monkeypatch, capsys):
     assert sf.info(str(tmp_path / "c.wav")).frames == -(-8000 // HOP) * HOP
 
 
+def test_talk_defaults_to_the_committed_models(tmp_path, monkeypatch, capsys):
+    """The README's front-door command: ``maata talk --in q.wav --out r.wav`` from the repo root
+    uses the committed demo checkpoints; elsewhere it says which checkpoint is missing."""
+    q = tmp_path / "q.wav"
+    write_wav(q, 0.2 * np.sin(2 * np.pi * 180 * np.arange(SR // 2) / SR).astype(np.float32), SR)
+    monkeypatch.chdir(REPO)
+    assert _cli(["talk", "--in", str(q), "--out", str(tmp_path / "r.wav"), "--silence", "0.2", "--threads", "1"],
+                monkeypatch) == 0, capsys.readouterr().err
+    import soundfile as sf
+
+    assert sf.info(str(tmp_path / "r.wav")).frames == -(-(SR // 2 + int(0.2 * SR)) // HOP) * HOP
+    assert "per frame" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert _cli(["talk", "--in", str(q), "--out", str(tmp_path / "r2.wav")], monkeypatch) == 2
+    assert "LM checkpoint (--lm) not found: checkpoints/lm_demo.safetensors" in capsys.readouterr().err
+
+
 def test_talk_bad_inputs_exit_2(models, tmp_path, monkeypatch, capsys):
     q = tmp_path / "q.wav"
     write_wav(q, np.zeros(1600, np.float32), SR)

@@ -66,8 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in", dest="input", required=True, type=Path, help="the user's audio (wav, flac, mp3, ...)")
     p.add_argument("--out", required=True, type=Path, help="the agent's channel (mono WAV)")
     p.add_argument("--stereo", type=Path, default=None, help="both channels (default: <out>_stereo.wav)")
-    p.add_argument("--lm", required=True, type=Path, help="LM export (lm.safetensors)")
-    p.add_argument("--codec", required=True, type=Path, help="codec checkpoint (codec.safetensors)")
+    p.add_argument("--lm", type=Path, default=Path("checkpoints/lm_demo.safetensors"),
+                   help="LM export (default: the committed demo model, checkpoints/lm_demo.safetensors)")
+    p.add_argument("--codec", type=Path, default=Path("checkpoints/codec_default.safetensors"),
+                   help="codec checkpoint (default: the committed codec, checkpoints/codec_default.safetensors)")
     p.add_argument("--voice", default=None, help="named voice (e.g. female_1), or 'custom' with --reference")
     p.add_argument("--emotion", default="NEUTRAL", help="speaking style (e.g. HAPPY; default NEUTRAL)")
     p.add_argument("--reference", type=Path, default=None, help="reference clip for --voice custom (≥ 1 s)")
@@ -200,6 +202,8 @@ def cmd_talk(args: argparse.Namespace) -> int:
         raise CommandError(f"--silence must be ≥ 0 seconds, got {args.silence}")
     if args.reference is not None:
         _existing(args.reference, "reference clip")
+    _existing(args.lm, "LM checkpoint (--lm)")
+    _existing(args.codec, "codec checkpoint (--codec)")
     _threads(args.threads)
     lm = load_lm_checkpoint(args.lm)
     voice = args.voice if args.voice is not None else lm.voices[0]
