@@ -22,6 +22,12 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
+def version_key(*tensors: torch.Tensor) -> tuple:
+    """Identity and in-place version of ``tensors``: a cache of something computed from them is
+    stale once this changes (an optimiser step, ``load_state_dict``, ``.to()``)."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+
 class Snake(nn.Module):
     """Snake activation x + sin²(αx)/α with a learned per-channel α (BigVGAN/DAC)."""
 
@@ -37,7 +43,7 @@ class Snake(nn.Module):
         """1/α, cached at inference (streaming calls this every 40 ms step)."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return (self.alpha + 1e-9).reciprocal()
-        key = (self.alpha.data_ptr(), self.alpha._version, self.alpha.dtype)
+        key = version_key(self.alpha)
         if getattr(self, "_inv_key", None) != key:
             self._inv, self._inv_key = (self.alpha + 1e-9).reciprocal(), key
         return self._inv
@@ -206,7 +212,7 @@ class LocalAttentionLayer(nn.Module):
 
     def frame_step(self, state, xt: torch.Tensor, rope, slot: torch.Tensor, valid: torch.Tensor):
         """One frame xt [B, 1, D]; ``rope``, ``slot`` (ring index [B]) and ``valid`` (bool [B, W])
-        come from :meth:`StreamingTransformer.frame_inputs`, shared by all layers."""
+        come from :func:`frame_inputs`, shared by all layers of a transformer."""
         kc, vc, pos = state
         q, k, v = self._qkv(xt, rope)
         index = slot[:, None, None, None].expand(-1, self.heads, 1, self.head_dim)

@@ -18,6 +18,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from maata.codec.layers import version_key
+
 # A code value meaning "not transmitted" (adaptive bitrate drops upper levels in silence).
 DROPPED = -1
 
@@ -59,7 +61,7 @@ class VectorQuantizer(nn.Module):
         if not eager_inference(self):
             return F.normalize(self.embed, dim=-1)
         # inference: normalise once per codebook version, not once per call
-        key = (self.embed.data_ptr(), self.embed._version)
+        key = version_key(self.embed)
         if getattr(self, "_cb_key", None) != key:
             self._cb_cache, self._cb_key = F.normalize(self.embed, dim=-1), key
         return self._cb_cache
@@ -263,7 +265,7 @@ class ResidualVQ(nn.Module):
     def _inference(self) -> tuple[list, torch.Tensor]:
         """Every level's inference maps, and their decode tables stacked [n_q * K, D]; rebuilt
         when any codebook or projection changes (training step, load_state_dict, .to())."""
-        key = tuple((t.data_ptr(), t._version, t.dtype) for vq in self.levels for t in vq.sources())
+        key = version_key(*(t for vq in self.levels for t in vq.sources()))
         if getattr(self, "_inference_key", None) != key:
             maps = [vq.inference_maps() for vq in self.levels]
             self._inference_cache = maps, torch.cat([table for _, _, table in maps])
