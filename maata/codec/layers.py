@@ -244,7 +244,6 @@ class StreamingTransformer(nn.Module):
 
     def __init__(self, dim: int, layers: int, heads: int, window: int, ff_mult: int = 4):
         super().__init__()
-        self.window, self.head_dim = window, dim // heads
         self.layers = nn.ModuleList(LocalAttentionLayer(dim, heads, window, ff_mult) for _ in range(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,10 +258,10 @@ class StreamingTransformer(nn.Module):
     def step(self, state, x: torch.Tensor):
         if not self.layers:
             return x, state
-        h = x.transpose(1, 2)
+        h, first = x.transpose(1, 2), self.layers[0]
         outs = []
         for t in range(h.shape[1]):  # every layer sees the same positions: one set of inputs per frame
-            shared = frame_inputs(state[0][2], self.window, self.head_dim, h.dtype)
+            shared = frame_inputs(state[0][2], first.window, first.head_dim, h.dtype)
             ht, new = h[:, t: t + 1], []
             for layer, s in zip(self.layers, state):
                 ht, s = layer.frame_step(s, ht, *shared)

@@ -10,10 +10,10 @@ class PhaseAligner:
     Producers deliver one item per period at a phase of their own (for a call: when it started,
     plus the codec's time). With the ticks at a fixed phase, an item waits ``(tick - arrival) mod
     period`` before it is served: anywhere in 0-40 ms for the frame clock, 20 ms on average,
-    decided by chance at call start. Every ``window`` ticks the aligner looks at the shortest wait of a served item in that
-    window (the producer whose item arrived last before its tick, jitter included); when it
-    is over ``margin_s + hysteresis_s``, the next tick moves earlier so that this item would have
-    waited only ``margin_s``. Every waiting item gains the same, and none is missed: the latest
+    decided by chance at call start. Every ``window`` ticks the aligner looks at the shortest
+    wait of a served item in that window (the producer whose item arrived last before its tick,
+    jitter included); when it is over ``margin_s + hysteresis_s``, the next tick moves earlier so
+    that this item would have waited only ``margin_s``. Every waiting item gains the same, and none is missed: the latest
     producer still makes the tick. One caller (a browser call) thus waits ~``margin_s`` instead of
     ~20 ms; with many calls at spread phases the gain shrinks to nothing, never below.
 
