@@ -8,7 +8,7 @@ APT_PACKAGES := espeak-ng libespeak-ng1 festival festvox-te-nsk sox redis-server
 APT_TEST_PACKAGES := chromium chromium-driver fonts-lohit-telu iproute2 util-linux g++
 CHECKPOINT ?= checkpoints/codec_default.safetensors
 
-.PHONY: setup run test apt apt-test venv clean
+.PHONY: setup run test apt apt-test venv k8s-tools clean
 
 apt: .setup-stamp-apt
 .setup-stamp-apt:
@@ -37,12 +37,17 @@ venv: .setup-stamp-venv
 
 setup: apt venv
 
+# real helm + kubectl for the deployment tests (tests/test_deploy_*.py), cached under .tools/
+k8s-tools: .tools/k8s-tools-2.2.2
+.tools/k8s-tools-2.2.2: tools/get_k8s_tools.sh .setup-stamp-venv
+	tools/get_k8s_tools.sh $(PY)
+
 run: setup
 	.venv/bin/maata codec demo --checkpoint $(CHECKPOINT) --out out/demo
 	.venv/bin/maata serve
 
-test: setup apt-test
+test: setup apt-test k8s-tools
 	$(PY) -m pytest -q -ra
 
 clean:
-	rm -rf .venv .setup-stamp-* out runs
+	rm -rf .venv .setup-stamp-* out runs .tools
