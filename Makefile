@@ -31,7 +31,7 @@ venv: .setup-stamp-venv
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,data]'
 	$(PY) -m services.protogen
 	@touch $@
 

@@ -4,9 +4,13 @@
   Telugu corpus (espeak-ng variants + festival NSK) with phoneme alignments.
 * ``maata data import --format FMT --src DIR --out DIR``: a public dataset (OpenSLR 66,
   Kathbath, Common Voice, IndicTTS, RESPIN) converted into the same manifest format.
+* ``maata data piper --out DIR --sentences N``: natural-sounding English from the bundled
+  Piper (VITS) voice, in several speaking styles, for codec training.
+* ``maata data merge --out M.jsonl A.jsonl B.jsonl ...``: several manifests as one.
 
-Only argparse is imported here; the work happens in :mod:`maata.data.synth` and
-:mod:`maata.data.loaders`, imported by the handlers.
+Only argparse is imported here; the work happens in :mod:`maata.data.synth`,
+:mod:`maata.data.loaders`, :mod:`maata.data.piper` and :mod:`maata.data.manifest`, imported
+by the handlers.
 """
 
 from __future__ import annotations
@@ -53,6 +57,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
     imp.set_defaults(func=_import)
 
+    piper = sub.add_parser(
+        "piper", help="synthesise natural-sounding English with the bundled Piper voice",
+        description="Generate varied English sentences and speak them with the Piper (VITS) "
+                    "voice en_US-joe-medium in nine styles (speed x expressiveness); writes "
+                    "16 kHz WAVs and manifest.jsonl. One real speaker, so a few sentences are "
+                    "held out as 'valid' (not speaker-disjoint); no test split. Rerunning the "
+                    "same command resumes: WAVs already written are kept.")
+    piper.add_argument("--out", required=True, help="output folder")
+    piper.add_argument("--sentences", type=int, default=3000, help="number of clips (default 3000)")
+    piper.add_argument("--workers", type=int, default=1,
+                       help="processes, one ONNX thread each (default 1)")
+    piper.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    piper.add_argument("--valid-fraction", type=float, default=0.05,
+                       help="share of sentences held out as valid (default 0.05)")
+    piper.add_argument("--overwrite", action="store_true",
+                       help="plan afresh and synthesise every clip again")
+    piper.set_defaults(func=_piper)
+
+    merge = sub.add_parser(
+        "merge", help="join several manifests into one",
+        description="Write one manifest listing the rows of all inputs, with paths rewritten "
+                    "relative to the output's folder (or absolute), splits kept, and the "
+                    "phoneme vocabulary rebuilt beside it. Speaker names must be unique "
+                    "across inputs.")
+    merge.add_argument("--out", required=True, help="the merged manifest (.jsonl)")
+    merge.add_argument("inputs", nargs="+", help="manifests to merge")
+    merge.add_argument("--absolute", action="store_true",
+                       help="write absolute audio paths (default: relative to --out's folder)")
+    merge.add_argument("--no-check-audio", action="store_true",
+                       help="do not check that every audio file exists")
+    merge.set_defaults(func=_merge)
+
 
 def _workers(n: int) -> int:
     from maata.data.synth import default_workers
@@ -87,5 +123,33 @@ def _import(args: argparse.Namespace) -> int:
                             seed=args.seed, max_seconds=args.max_seconds,
                             overwrite=args.overwrite)
     print(f"wrote {report.manifest} ({len(report.skipped)} lines skipped)")
+    _print_stats(report.stats)
+    return 0
+
+
+def _piper(args: argparse.Namespace) -> int:
+    from maata.data.piper import synthesize_piper_corpus
+
+    report = synthesize_piper_corpus(args.out, args.sentences, workers=args.workers,
+                                     seed=args.seed, valid_fraction=args.valid_fraction,
+                                     overwrite=args.overwrite)
+    print(f"wrote {report.manifest} in {report.seconds:.1f} s: {report.made} clips made, "
+          f"{report.kept} kept from an earlier run, {len(report.failures)} failed")
+    if report.made:
+        print(f"synthesis speed: {report.made_audio_seconds / 3600:.2f} h of audio in "
+              f"{report.synth_seconds:.0f} s = {report.realtime_factor:.1f}x real time "
+              f"({args.workers} worker(s))")
+    _print_stats(report.stats)
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from maata.data.manifest import merge_manifests
+
+    report = merge_manifests(args.out, args.inputs, absolute=args.absolute,
+                             check_audio=not args.no_check_audio)
+    for src, n in report.rows_per_input.items():
+        print(f"  {n:6d} rows from {src}")
+    print(f"wrote {report.manifest}" + (f" and {report.vocab}" if report.vocab else ""))
     _print_stats(report.stats)
     return 0

@@ -10,8 +10,13 @@ described by the same rows, so training reads them all the same way::
 ``path`` is relative to the manifest's folder (so a corpus folder can be moved or copied
 as a whole); ``phonemes`` is an optional time alignment ``[start_s, end_s, symbol]`` (``null``
 when the source has none); ``meta`` optionally carries source-specific string fields
-(gender, dialect). Splits are speaker-disjoint: no speaker's voice is in two splits, so
-valid/test measure generalisation to unseen voices.
+(gender, dialect). Splits are speaker-disjoint where a source has several voices: no
+speaker's voice is in two splits, so valid/test measure generalisation to unseen voices. A
+single-voice source (the Piper English voice) can only hold out sentences, so its speakers
+appear in train and valid.
+
+:func:`merge_manifests` joins several manifests into one (``maata data merge``), so a trainer
+that reads one manifest can learn from several corpora.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ __all__ = [
     "check_speaker_disjoint",
     "summarize",
     "SplitStats",
+    "merge_manifests",
+    "MergeReport",
 ]
 
 SPLITS = ("train", "valid", "test")
@@ -249,3 +256,72 @@ def summarize(rows: Iterable[ManifestRow]) -> dict[str, SplitStats]:
         )
         for name, rs in sorted(groups.items())
     }
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What :func:`merge_manifests` wrote: the manifest, the phoneme vocabulary built from
+    the merged alignments (None when no row has one), rows per input, per-split statistics."""
+
+    manifest: Path
+    vocab: Path | None
+    rows_per_input: dict[str, int]
+    stats: dict[str, SplitStats]
+
+
+def merge_manifests(out: str | Path, inputs: Sequence[str | Path], *, absolute: bool = False,
+                    check_audio: bool = True) -> MergeReport:
+    """Join ``inputs`` into one manifest at ``out``, rewriting every ``path`` so that it
+    still points at the same audio file: relative to ``out``'s folder (the default; the
+    merged manifest then moves with the corpora as long as their relative places stay),
+    or absolute with ``absolute=True``.
+
+    Rows keep their splits and fields. Refused with :class:`ManifestError`: no inputs, the
+    output among the inputs, a speaker name in two inputs (two different voices would be
+    counted as one, and a held-out voice could leak into train), the same audio file twice,
+    and, with ``check_audio``, rows whose audio file is missing. The phoneme vocabulary is
+    rebuilt from all the merged alignments and saved as ``phoneme_vocab.json`` beside
+    ``out`` (when only one input has alignments it equals that input's own vocabulary).
+    """
+    from maata.data.phonemes import PhonemeVocab
+
+    out = Path(out)
+    if not inputs:
+        raise ManifestError("nothing to merge: give at least one input manifest")
+    out_abs = Path(os.path.abspath(out))
+    srcs = [Path(os.path.abspath(p)) for p in inputs]
+    if out_abs in srcs:
+        raise ManifestError(f"the output {out} is also an input; write the merge elsewhere")
+    merged: list[ManifestRow] = []
+    speaker_home: dict[str, Path] = {}
+    seen_audio: dict[Path, Path] = {}
+    missing: list[str] = []
+    per_input: dict[str, int] = {}
+    for src in srcs:
+        rows = read_manifest(src)
+        per_input[str(src)] = len(rows)
+        for row in rows:
+            home = speaker_home.setdefault(row.speaker, src)
+            if home != src:
+                raise ManifestError(f"speaker {row.speaker!r} is in both {home} and {src}; "
+                                    "speaker names must be unique across merged corpora")
+            audio = Path(os.path.abspath(src.parent / row.path))
+            if audio in seen_audio:
+                raise ManifestError(f"{audio} is listed twice (in {seen_audio[audio]} and {src})")
+            seen_audio[audio] = src
+            if check_audio and not audio.is_file():
+                missing.append(str(audio))
+            path = str(audio) if absolute else os.path.relpath(audio, out_abs.parent)
+            merged.append(replace(row, path=path))
+    if missing:
+        raise ManifestError(f"{len(missing)} audio file(s) listed in the inputs do not exist, "
+                            f"e.g. {missing[0]}")
+    manifest = write_manifest(out, merged)
+    vocab_path = PhonemeVocab.path_for(out)
+    if any(r.phonemes is not None for r in merged):
+        PhonemeVocab.from_manifest(merged).save(vocab_path)
+    else:  # a vocabulary left from an earlier merge would no longer describe these rows
+        vocab_path.unlink(missing_ok=True)
+        vocab_path = None
+    return MergeReport(manifest=manifest, vocab=vocab_path, rows_per_input=per_input,
+                       stats=summarize(merged))
