@@ -251,3 +251,104 @@ def test_invalid_yaml_and_non_mapping(tmp_path):
         load_conversations(bad)
     with pytest.raises(ValueError, match="mapping at the top level"):
         parse_conversations(["not", "a", "mapping"])
+
+
+# ----------------------------------------------------------------------------- paraphrases
+
+
+def test_every_intent_has_at_least_eight_phrasings_and_held_out_families(cs):
+    rules = cs.paraphrase
+    assert rules is not None and rules.per_question * 3 >= 8
+    owner, mixed = {}, []
+    for intent in cs.intents:
+        ps = intent.phrasings
+        assert len(ps) == 3 * rules.per_question, intent.id
+        seen = [p for p in ps if not p.heldout]
+        assert len(seen) >= 8, intent.id  # training sees at least eight phrasings
+        assert len({p.question for p in ps if p.heldout}) == rules.heldout_questions
+        for q_n, question in enumerate(intent.questions):  # each family starts with its question
+            family = [p for p in ps if p.question == q_n]
+            assert family[0] == type(family[0])(question, q_n, "written", family[0].heldout)
+            assert len({p.heldout for p in family}) == 1  # a family is held out whole
+            mixed.append(len({p.rule for p in family[1:]}) >= 2)
+        for p in ps:
+            assert TELUGU_LINE.match(p.text) and p.text == " ".join(p.text.split()), p.text
+            key = text_key(p.text)
+            assert owner.setdefault(key, intent.id) == intent.id, (p.text, owner[key])
+    assert sum(mixed) > 0.9 * len(mixed)  # families mix rule kinds (a greeting may take openers only)
+    pairs = cs.phrasing_pairs()
+    assert len(pairs) == len(cs.phrasing_pairs(False)) + len(cs.phrasing_pairs(True))
+    assert {p.heldout for p in cs.phrasing_pairs(True)} == {True}
+
+
+def test_phrasings_are_deterministic_and_follow_the_rules(cs):
+    again = load_conversations()
+    assert [i.phrasings for i in again.intents] == [i.phrasings for i in cs.intents]
+    rules = cs.paraphrase
+    for intent in cs.intents:
+        for p in intent.phrasings:
+            base = intent.questions[p.question]
+            if "opener" in p.rule:
+                assert any(p.text.startswith(o + ", ") for o in rules.openers), p
+            if "closer" in p.rule:
+                assert any(p.text.endswith(" " + c) for c in rules.question_closers), p
+            if "polite" in p.rule:
+                assert f" {rules.polite}" in p.text and f" {rules.polite}" not in base, p
+            if p.rule == "written":
+                assert p.text == base
+
+
+def test_swap_replaces_whole_words_only():
+    from maata.data.conversations import Intent, ParaphraseRules, paraphrase_intent
+
+    rules = ParaphraseRules(per_question=2, substitutions=(("ఏంటి", "ఏమిటి"), ("ఈ రోజు", "ఇవాళ")))
+    intent = Intent("x", "t", ("మీ పేరు ఏంటి?", "ఈ రోజు ఏంటి విశేషం?", "ఏంటికో తెలియదు?"), "సరే.", "NEUTRAL")
+    with pytest.raises(ValueError, match=r"'x' question 3.*only 1 phrasings"):
+        paraphrase_intent(intent, rules)  # "ఏంటికో" is not the word "ఏంటి"
+    ps = paraphrase_intent(intent.__class__(**{**intent.__dict__, "questions": intent.questions[:2]}), rules)
+    assert [p.text for p in ps] == ["మీ పేరు ఏంటి?", "మీ పేరు ఏమిటి?", "ఈ రోజు ఏంటి విశేషం?",
+                                    "ఇవాళ ఏమిటి విశేషం?"]
+
+
+def test_phrasings_never_collide_with_another_intent(tmp_path):
+    data = _valid()
+    # a's "టైం ఎంత?" with the opener హలో would be b's hand-written question
+    data["intents"][0]["questions"][2] = "టైం ఎంత?"
+    data["intents"][1]["questions"] = ["హలో, టైం ఎంత?", "ఎన్ని గంటలు?", "ఇప్పుడు టైం ఎంత అయింది?"]
+    data["paraphrase"] = {"per_question": 2, "openers": ["హలో", "ఏమండీ"], "polite": "అండి"}
+    cs = load_conversations(_write(tmp_path, data))
+    keys = {}
+    for intent in cs.intents:
+        for p in intent.phrasings:
+            assert keys.setdefault(text_key(p.text), intent.id) == intent.id
+    a_texts = [p.text for p in cs.intent("a").phrasings]
+    assert "హలో, టైం ఎంత?" not in a_texts  # b owns it
+
+
+BAD_RULES = {
+    "per_question zero": ({"per_question": 0}, r"per_question must be an integer"),
+    "held out everything": ({"per_question": 1, "heldout_questions": 3}, r"heldout_questions"),
+    "english opener": ({"per_question": 1, "openers": ["hey"]}, r"paraphrase.openers\[0\].*Telugu"),
+    "closer without stop": ({"per_question": 1, "question_closers": ["చెప్పండి"]}, r"must end in"),
+    "one-form group": ({"per_question": 1, "substitutions": [["ఏంటి"]]}, r"at least two forms"),
+    "unknown key": ({"per_question": 1, "prefixes": ["ఏమండీ"]}, r"paraphrase.*unknown field"),
+    "cannot reach per_question": ({"per_question": 6, "openers": ["ఏమండీ"]}, r"paraphrase rules make only"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RULES))
+def test_bad_paraphrase_rules(tmp_path, case):
+    rules, pattern = BAD_RULES[case]
+    data = copy.deepcopy(_valid())
+    data["paraphrase"] = rules
+    path = _write(tmp_path, data)
+    with pytest.raises(ValueError, match=pattern) as info:
+        load_conversations(path)
+    assert path in str(info.value)
+
+
+def test_a_file_without_rules_has_only_its_written_phrasings(tmp_path):
+    cs = load_conversations(_write(tmp_path, _valid()))
+    assert cs.paraphrase is None and all(not i.phrasings for i in cs.intents)
+    assert [p.question for p in cs.phrasing_pairs()] == [q for i in cs.intents for q in i.questions]
+    assert not cs.phrasing_pairs(True)

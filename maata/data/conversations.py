@@ -4,14 +4,27 @@ The scripts live in ``conversations.yaml`` next to this module (the schema is do
 the top of that file). :func:`load_conversations` reads and validates them into frozen
 dataclasses:
 
-* :class:`Intent`: one agent answer with three user phrasings of the question;
+* :class:`Intent`: one agent answer with three hand-written user phrasings of the question,
+  and its :class:`Phrasing` list: those three plus the variants the paraphrase rules make;
 * :class:`Exchange`: a short multi-turn conversation (user first, alternating);
 * backchannels (ఆ, హ్మ్, సరే ...) the agent says while listening, and interruptions
   (ఆగండి, ఒక్క నిమిషం ...) a user says to cut the agent off.
 
-:meth:`ConversationSet.qa_pairs` flattens the intents into question -> answer pairs. There is
-deliberately no train/test split of the questions: evaluation holds out *speakers*, not
-questions, so every pair is used on both sides with different voices.
+**Paraphrases.** The optional ``paraphrase`` section of the file holds rules (openers such as
+ఏమండీ, a closing ``చెప్పండి.``, the polite అండి, and groups of interchangeable colloquial,
+formal and regional forms such as ఏంటి/ఏమిటి/ఏంది or ఎలా/ఎట్లా). :func:`paraphrase_intent`
+applies them to each hand-written question and keeps ``per_question`` phrasings per question
+(the question itself first), chosen deterministically from the intent's id, never equal
+(ignoring punctuation and spacing) to a phrasing of another intent. A phrasing *family* is one
+hand-written question with its variants.
+
+**Held-out phrasings.** ``heldout_questions`` families per intent (chosen from the intent's id)
+are marked ``heldout``: the dialogue builder puts them only into the valid and test splits, so
+an evaluation can report the right-answer rate on phrasings training never saw, next to the
+seen ones (which are also held out by *speaker*).
+
+:meth:`ConversationSet.qa_pairs` flattens the intents into hand-written question -> answer
+pairs; :meth:`ConversationSet.phrasing_pairs` does the same over every phrasing.
 
 Every answer is distinct (also ignoring punctuation and spacing), so an evaluation that
 transcribes the model's spoken reply can tell which intent's answer was given.
@@ -20,9 +33,11 @@ transcribes the model's spoken reply can tell which intent's answer was given.
 from __future__ import annotations
 
 import os
+import random
 import unicodedata
+import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,7 +52,10 @@ __all__ = [
     "Turn",
     "Exchange",
     "QAPair",
+    "Phrasing",
+    "ParaphraseRules",
     "ConversationSet",
+    "paraphrase_intent",
     "load_conversations",
     "parse_conversations",
     "qa_pairs",
@@ -77,14 +95,33 @@ def _is_telugu(ch: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Phrasing:
+    """One way a user asks an intent's question. ``question`` is the index of the hand-written
+    question it derives from (its family), ``rule`` how it was made (``written``, ``opener``,
+    ``closer``, ``polite``, ``swap`` or combinations joined by ``+``), ``heldout`` whether the
+    family is kept out of training."""
+
+    text: str
+    question: int
+    rule: str
+    heldout: bool = False
+
+
+@dataclass(frozen=True)
 class Intent:
-    """One thing a user asks, in three phrasings, and the agent's single answer."""
+    """One thing a user asks, in three hand-written questions (plus derived phrasings), and the
+    agent's single answer."""
 
     id: str
     topic: str
     questions: tuple[str, ...]
     answer: str
     emotion: str
+    phrasings: tuple[Phrasing, ...] = ()
+
+    def all_phrasings(self) -> tuple[Phrasing, ...]:
+        """The phrasings, or the hand-written questions (none held out) when none were made."""
+        return self.phrasings or tuple(Phrasing(q, n, "written") for n, q in enumerate(self.questions))
 
 
 @dataclass(frozen=True)
@@ -117,6 +154,29 @@ class QAPair:
 
 
 @dataclass(frozen=True)
+class PhrasingPair(QAPair):
+    """A question -> answer pair over a (possibly derived) phrasing."""
+
+    question_index: int = 0
+    rule: str = "written"
+    heldout: bool = False
+
+
+@dataclass(frozen=True)
+class ParaphraseRules:
+    """How to make more phrasings of a question (the ``paraphrase`` section of the file)."""
+
+    per_question: int = 1
+    heldout_questions: int = 0
+    openers: tuple[str, ...] = ()
+    no_opener_after: tuple[str, ...] = ()
+    question_closers: tuple[str, ...] = ()
+    polite: str | None = None
+    informal: tuple[str, ...] = ()
+    substitutions: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class ConversationSet:
     """All scripted conversations: intents, exchanges, backchannels and interruptions."""
 
@@ -124,6 +184,17 @@ class ConversationSet:
     exchanges: tuple[Exchange, ...]
     backchannels: tuple[str, ...]
     interruptions: tuple[str, ...]
+    paraphrase: ParaphraseRules | None = None
+
+    def phrasing_pairs(self, heldout: bool | None = None) -> list[PhrasingPair]:
+        """Every phrasing -> answer pair (only held-out or only seen ones with ``heldout``)."""
+        return [
+            PhrasingPair(intent.id, intent.topic, p.text, intent.answer, intent.emotion,
+                         p.question, p.rule, p.heldout)
+            for intent in self.intents
+            for p in intent.all_phrasings()
+            if heldout is None or p.heldout == heldout
+        ]
 
     def qa_pairs(self) -> list[QAPair]:
         """Every question -> answer pair, in file order (intent by intent, question by question)."""
@@ -319,16 +390,18 @@ def parse_conversations(data: Any, source: str = "<conversations>") -> Conversat
     Raises ``ValueError`` naming ``source`` and the offending id (or list position) on any
     violation: duplicate ids, not exactly three distinct questions, a question used by two
     intents, a repeated answer, an unknown emotion, empty or non-Telugu text, speakers that do
-    not alternate starting with the user, an agent turn without an emotion, unknown fields.
+    not alternate starting with the user, an agent turn without an emotion, unknown fields,
+    bad paraphrase rules, or rules that cannot make ``per_question`` phrasings of a question.
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a mapping at the top level, "
                          f"got {type(data).__name__}")
     sections = {"intents", "exchanges", "backchannels", "interruptions"}
+    optional = {"paraphrase"}
     missing = sections - data.keys()
     if missing:
         raise ValueError(f"{source}: missing section(s) {', '.join(sorted(missing))}")
-    unknown = data.keys() - sections
+    unknown = data.keys() - sections - optional
     if unknown:
         raise ValueError(f"{source}: unknown section(s) {', '.join(sorted(map(str, unknown)))}")
     seen_ids: set[str] = set()
@@ -336,7 +409,227 @@ def parse_conversations(data: Any, source: str = "<conversations>") -> Conversat
     exchanges = _parse_exchanges(source, data["exchanges"], seen_ids)
     backchannels = _parse_phrases(source, "backchannels", data["backchannels"])
     interruptions = _parse_phrases(source, "interruptions", data["interruptions"])
-    return ConversationSet(intents, exchanges, backchannels, interruptions)
+    rules = _parse_paraphrase(source, data["paraphrase"]) if "paraphrase" in data else None
+    if rules is not None:
+        intents = _paraphrase_all(source, intents, rules)
+    return ConversationSet(intents, exchanges, backchannels, interruptions, rules)
+
+
+# ----------------------------------------------------------------------------- paraphrases
+
+_RULE_KINDS = ("swap", "opener", "closer", "polite", "opener+swap", "swap+closer", "swap+polite", "opener+polite")
+
+
+def _core(word: str) -> str:
+    return word.rstrip(_PUNCT)
+
+
+def _seed(*parts: object) -> int:
+    """A seed that is the same on every machine and Python run (unlike ``hash``)."""
+    return zlib.crc32("/".join(map(str, parts)).encode("utf-8"))
+
+
+def _swaps(line: str, rules: ParaphraseRules, rng: random.Random) -> list[str]:
+    """Up to two variants of ``line`` with every substitution-group member in it replaced by
+    another member of its group (whole words; a multi-word member must match whole words with
+    punctuation only after its last word)."""
+    words = line.split()
+    found: list[tuple[int, int, tuple[str, ...], str]] = []  # (start, length, group, member)
+    i = 0
+    while i < len(words):
+        hit = None
+        for group in rules.substitutions:
+            for member in group:
+                m = member.split()
+                seg = words[i:i + len(m)]
+                if (len(seg) == len(m) and [_core(w) for w in seg] == m
+                        and all(w == _core(w) for w in seg[:-1])):
+                    hit = (i, len(m), group, member)
+                    break
+            if hit:
+                break
+        if hit:
+            found.append(hit)
+            i += hit[1]
+        else:
+            i += 1
+    if not found:
+        return []
+    out: list[str] = []
+    for _ in range(2):
+        new = list(words)
+        for start, length, group, member in reversed(found):
+            alt = rng.choice([g for g in group if g != member])
+            tail = words[start + length - 1][len(_core(words[start + length - 1])):]
+            new[start:start + length] = (alt + tail).split()
+        text = " ".join(new)
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def _opened(line: str, rules: ParaphraseRules, opener: str, relaxed: bool = False) -> str | None:
+    first = _core(line.split()[0])
+    if first == opener.split()[0] or (first in rules.no_opener_after and not relaxed):
+        return None
+    return f"{opener}, {line}"
+
+
+def _closed(line: str, closer: str) -> str | None:
+    return f"{line} {closer}" if line.endswith("?") else None
+
+
+def _polite(line: str, rules: ParaphraseRules) -> str | None:
+    if not rules.polite:
+        return None
+    cores = [_core(w) for w in line.split()]
+    if rules.polite in cores or any(w in rules.informal for w in cores):
+        return None
+    words = line.split()
+    last = words[-1]
+    tail = last[len(_core(last)):]
+    if not _core(last):
+        return None
+    words[-1] = f"{_core(last)} {rules.polite}{tail}"
+    return " ".join(words)
+
+
+def _candidates(line: str, rules: ParaphraseRules, rng: random.Random) -> dict[str, list[str]]:
+    """Every variant of one line, by rule kind, each list in a seeded order."""
+    swaps = _swaps(line, rules, rng)
+    openers = list(rules.openers)
+    closers = list(rules.question_closers)
+    rng.shuffle(openers)
+    rng.shuffle(closers)
+    out: dict[str, list[str]] = {
+        "swap": swaps,
+        "opener": [t for o in openers if (t := _opened(line, rules, o))],
+        "closer": [t for c in closers if (t := _closed(line, c))],
+        "polite": [t] if (t := _polite(line, rules)) else [],
+        "opener+swap": [t for sw in swaps for o in openers[:2] if (t := _opened(sw, rules, o))],
+        "swap+closer": [t for sw in swaps for c in closers[:2] if (t := _closed(sw, c))],
+        "swap+polite": [t for sw in swaps if (t := _polite(sw, rules))],
+        "opener+polite": [t for o in openers[:2] if (p := _polite(line, rules)) and (t := _opened(p, rules, o))],
+    }
+    return out
+
+
+def _fallback(line: str, rules: ParaphraseRules, rng: random.Random) -> list[str]:
+    """Last resort for a line the other rules barely touch (``సరే, ఇక ఉంటాను.``): openers even
+    after an opener-like first word, plain and polite."""
+    openers = list(rules.openers)
+    rng.shuffle(openers)
+    polite = _polite(line, rules)
+    return [t for o in openers for base in (line, polite) if base and (t := _opened(base, rules, o, True))]
+
+
+def paraphrase_intent(intent: Intent, rules: ParaphraseRules,
+                      taken: Mapping[str, str] | None = None) -> tuple[Phrasing, ...]:
+    """The phrasings of ``intent``: per hand-written question, the question itself and then
+    ``per_question - 1`` variants, taking rule kinds in turn (in an order seeded by the intent
+    id and question) so each family mixes kinds. Variants whose :func:`text_key` is in
+    ``taken`` under another intent, or already made, are skipped. Families numbered in
+    ``heldout`` (``heldout_questions`` of them, seeded by the intent id) are marked held out.
+
+    Raises ``ValueError`` when the rules cannot make ``per_question`` phrasings of a question.
+    """
+    taken = taken or {}
+    n = len(intent.questions)
+    heldout = set(random.Random(_seed(intent.id, "heldout")).sample(range(n), min(rules.heldout_questions, n)))
+    seen = {text_key(q) for q in intent.questions}
+    out: list[Phrasing] = []
+    for qi, question in enumerate(intent.questions):
+        rng = random.Random(_seed(intent.id, qi))
+        family = [Phrasing(question, qi, "written", qi in heldout)]
+        pools = _candidates(question, rules, rng)
+        kinds = list(_RULE_KINDS)
+        rng.shuffle(kinds)
+
+        def take(pool: list[str], kind: str) -> None:
+            while pool:
+                text = pool.pop(0)
+                key = text_key(text)
+                if key in seen or taken.get(key, intent.id) != intent.id:
+                    continue
+                seen.add(key)
+                family.append(Phrasing(text, qi, kind, qi in heldout))
+                return
+
+        while len(family) < rules.per_question and any(pools[k] for k in kinds):
+            for kind in kinds:
+                if len(family) < rules.per_question:
+                    take(pools[kind], kind)
+        fallback = _fallback(question, rules, rng)  # only once every other kind has run dry
+        while len(family) < rules.per_question and fallback:
+            take(fallback, "opener")
+        if len(family) < rules.per_question:
+            raise ValueError(f"intent {intent.id!r} question {qi + 1} ({question!r}): the paraphrase rules "
+                             f"make only {len(family)} phrasings, {rules.per_question} are needed; add "
+                             f"openers or substitutions, or lower per_question")
+        out.extend(family)
+    return tuple(out)
+
+
+def _paraphrase_all(source: str, intents: tuple[Intent, ...], rules: ParaphraseRules) -> tuple[Intent, ...]:
+    taken = {text_key(q): i.id for i in intents for q in i.questions}
+    out = []
+    for intent in intents:
+        try:
+            phrasings = paraphrase_intent(intent, rules, taken)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+        for p in phrasings:
+            _check_text(source, f"intent {intent.id!r} phrasing {p.text!r}", p.text)
+            taken.setdefault(text_key(p.text), intent.id)
+        out.append(replace(intent, phrasings=phrasings))
+    return tuple(out)
+
+
+def _parse_paraphrase(source: str, raw: Any) -> ParaphraseRules:
+    where = "paraphrase"
+    fields = {"per_question", "heldout_questions", "openers", "no_opener_after", "question_closers",
+              "polite", "informal", "substitutions"}
+    _check_keys(source, where, raw, {"per_question"}, fields - {"per_question"})
+    per = raw["per_question"]
+    if not isinstance(per, int) or isinstance(per, bool) or per < 1:
+        raise _fail(source, where, f"per_question must be an integer >= 1, got {per!r}")
+    held = raw.get("heldout_questions", 0)
+    if not isinstance(held, int) or isinstance(held, bool) or not 0 <= held < QUESTIONS_PER_INTENT:
+        raise _fail(source, where, f"heldout_questions must be an integer in [0, "
+                                   f"{QUESTIONS_PER_INTENT - 1}], got {held!r}")
+
+    def words(name: str, punct: bool = False) -> tuple[str, ...]:
+        if name not in raw:
+            return ()
+        out = []
+        for n, w in enumerate(_list(source, f"{where}.{name}", raw[name])):
+            _check_text(source, f"{where}.{name}[{n}]", w)
+            if not punct and any(ch in _PUNCT for ch in w):
+                raise _fail(source, f"{where}.{name}[{n}]", f"no punctuation here, got {w!r}")
+            if punct and w[-1] not in _PUNCT:
+                raise _fail(source, f"{where}.{name}[{n}]", f"must end in one of {_PUNCT!r}, got {w!r}")
+            out.append(w)
+        return tuple(out)
+
+    polite = raw.get("polite")
+    if polite is not None:
+        _check_text(source, f"{where}.polite", polite)
+        if len(polite.split()) != 1 or any(ch in _PUNCT for ch in polite):
+            raise _fail(source, f"{where}.polite", f"must be one word without punctuation, got {polite!r}")
+    groups = []
+    for n, group in enumerate(raw.get("substitutions") or []):
+        gw = f"{where}.substitutions[{n}]"
+        if not isinstance(group, list) or len(group) < 2:
+            raise _fail(source, gw, f"expected a list of at least two forms, got {group!r}")
+        for m in group:
+            _check_text(source, gw, m)
+            if any(ch in _PUNCT for ch in m):
+                raise _fail(source, gw, f"no punctuation in substitutions, got {m!r}")
+        if len({text_key(m) for m in group}) != len(group):
+            raise _fail(source, gw, f"the forms must differ (ignoring spaces), got {group!r}")
+        groups.append(tuple(group))
+    return ParaphraseRules(per, held, words("openers"), words("no_opener_after"), words("question_closers", True),
+                           polite, words("informal"), tuple(groups))
 
 
 # ----------------------------------------------------------------------------- loading
