@@ -40,8 +40,12 @@ def codec_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scripts():
+    """Two intents (two phrasings of each hand-written question: one family held out) and an exchange."""
     cs = load_conversations()
-    return dataclasses.replace(cs, intents=cs.intents[:2], exchanges=cs.exchanges[:1])
+    intents = tuple(dataclasses.replace(i, phrasings=tuple(p for p in i.phrasings if p.rule == "written")
+                                        + tuple(p for p in i.phrasings if p.rule == "opener")[:1])
+                    for i in cs.intents[:2])
+    return dataclasses.replace(cs, intents=intents, exchanges=cs.exchanges[:1])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,8 @@ def built(tmp_path_factory, codec_path, scripts):
     out = tmp_path_factory.mktemp("dialogues")
     report = build_dialogues(out, codec_path, conversations=scripts, repeats=1, seed=0,
                              timing=TimingConfig(interrupt_prob=0.5, backchannel_min_turn=1.2),
-                             tokenizer_sentences=0, vocab_size=600, shard_size=5, progress=False)
+                             tokenizer_sentences=0, vocab_size=600, shard_size=5, progress=False,
+                             reference_emotion_intents=1)
     return out, report
 
 
@@ -130,7 +135,12 @@ def test_user_speakers_are_split_disjointly_and_never_agents():
 def test_plan_covers_intents_voices_and_splits(scripts):
     plans = plan_dialogues(scripts, repeats=4, seed=1)
     qa = [p for p in plans if p.kind == "qa"]
-    assert len(qa) == len(scripts.intents) * 3 * 4
+    assert len(qa) == sum(len(i.all_phrasings()) for i in scripts.intents) * 4
+    assert all(p.phrasing.text == p.turns[0].text for p in qa)
+    held = [p for p in qa if p.phrasing.heldout]
+    assert held and {p.split for p in held} == {"valid", "test"}  # never trained on
+    train_texts = {t.text for p in plans if p.split == "train" for t in p.turns if t.speaker == "user"}
+    assert not train_texts & {p.text for i in scripts.intents for p in i.phrasings if p.heldout}
     assert len([p for p in plans if p.kind == "exchange"]) == len(scripts.exchanges) * 4
     for intent in scripts.intents:
         mine = [p for p in qa if p.intents[0] == intent.id]
@@ -153,7 +163,7 @@ def _spec():
 
 
 def test_render_timing_backchannel_and_interruption(tokenizer):
-    timing = TimingConfig(backchannel_min_turn=1.0, overlap_prob=0.0)
+    timing = TimingConfig(backchannel_min_turn=1.0, overlap_prob=0.0, response_gap=(0.2, 0.6), early_start_prob=0.0)
     r = render_dialogue(_spec(), timing, SR, HOP)
     assert r.user.shape == r.agent.shape and len(r.user) % HOP == 0 and r.frames * HOP == len(r.user)
     assert len(r.user_turns) == 2 and len(r.agent_turns) == 2
@@ -242,7 +252,7 @@ def test_timing_config_is_checked():
 def test_build_writes_consistent_shards(built, scripts):
     out, report = built
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
-    assert stats["dialogues"] == len(scripts.intents) * 3 + len(scripts.exchanges)
+    assert stats["dialogues"] == sum(len(i.all_phrasings()) for i in scripts.intents) + len(scripts.exchanges)
     assert all(stats["splits"][s]["records"] for s in SPLITS)
     assert not report.failures
     tok = Tokenizer.load(out / "tokenizer.json")
@@ -252,7 +262,7 @@ def test_build_writes_consistent_shards(built, scripts):
         speakers[split] = set()
         for path in shard_paths(out, split):
             reader = ShardReader(path)
-            assert sorted(reader.fields) == ["agent", "emotion", "text", "user"]
+            assert sorted(reader.fields) == ["agent", "emotion", "text", "user", "user_text"]
             for rec in reader:
                 seen += 1
                 m = rec.meta
@@ -267,7 +277,18 @@ def test_build_writes_consistent_shards(built, scripts):
                 for s, e in m["agent_turns"] + m["user_turns"]:
                     assert 0 <= s < e <= T
                 for (us, ue), (as_, ae) in zip(m["user_turns"], m["agent_turns"]):
-                    assert ue <= as_  # the agent answers after the user's turn
+                    assert ue - 4 <= as_  # the agent answers after the user's turn (or ≤ 150 ms early)
+                # the user's words, each once its end has been heard
+                user_text = rec.arrays["user_text"]
+                said = " ".join(t["text"] for t in m["turns"] if t["speaker"] == "user")
+                assert tok.decode(user_text).split() == said.split()
+                first_user = min(s for s, _ in m["user_turns"])
+                assert np.all(user_text[:first_user + 1] == EPAD_ID)
+                assert [w for _, w in m["user_words"]] == said.split()
+                if m["kind"] == "qa":
+                    assert m["phrasing"]["text"] == m["turns"][0]["text"]
+                    assert m["heldout_phrasing"] == m["phrasing"]["heldout"]
+                    assert split != "train" or not m["heldout_phrasing"]
                 text = rec.arrays["text"]
                 assert (text != EPAD_ID).any()
                 inside = np.zeros(T, bool)
@@ -330,10 +351,13 @@ def test_cli(tmp_path, codec_path, capsys):
     out = tmp_path / "d"
     assert run_cli(["data", "dialogues", "--out", str(out), "--codec", str(codec_path), "--workers", "1",
                     "--repeats", "1", "--max-intents", "1", "--max-exchanges", "0",
-                    "--tokenizer-sentences", "0", "--vocab-size", "600", "--keep-audio"]) == 0
+                    "--tokenizer-sentences", "0", "--vocab-size", "600", "--keep-audio",
+                    "--reference-emotion-intents", "0"]) == 0
     printed = capsys.readouterr().out
-    assert "wrote 3 dialogues" in printed and "per dialogue in a worker" in printed
-    assert len(list((out / "audio").rglob("*.wav"))) == 3 + len(VOICES)
+    n = len(load_conversations().intents[0].all_phrasings())
+    assert f"wrote {n} dialogues" in printed and "per dialogue in a worker" in printed
+    assert "throughput" in printed and "held-out phrasings" in printed
+    assert len(list((out / "audio").rglob("*.wav"))) == n + len(VOICES)
     with pytest.raises(FileNotFoundError):
         run_cli(["data", "dialogues", "--out", str(tmp_path / "e"), "--codec", str(tmp_path / "nope")])
     with pytest.raises(ValueError, match="--gap-ms"):
@@ -373,3 +397,87 @@ def test_speech_shards(tmp_path, codec_path):
     assert total == 4
     with pytest.raises(FileNotFoundError):
         build_speech_shards(tmp_path / "manifest.jsonl", tmp_path / "nope.safetensors", tmp_path / "x")
+
+
+# ---------------------------------------------------------------------------------------
+# data x50: natural gaps, user channels, emotions, resumable builds
+
+
+def test_response_gaps_follow_natural_conversation():
+    timing = TimingConfig()
+    rng = np.random.default_rng(0)
+    gaps = np.array([timing.draw_gap(rng) for _ in range(20000)])
+    early = gaps < 0
+    assert 0.04 < early.mean() < 0.06 and np.all(gaps[early] >= -0.15)
+    assert abs(np.median(gaps) - 0.2) < 0.015  # ~200 ms, as between human turns
+    assert np.percentile(gaps[~early], 90) > 0.3 and gaps.max() <= 1.0 and gaps[~early].min() >= 0.06
+    with pytest.raises(DialogueError, match="response_gap_median"):
+        TimingConfig(response_gap_median=0.0)
+    with pytest.raises(DialogueError, match="early_start_prob"):
+        TimingConfig(early_start_prob=2.0)
+
+
+def test_user_channel_effects():
+    from maata.data.dialogue import UserChannel, UserChannelConfig
+
+    clean = render_dialogue(_spec())
+    phone = render_dialogue(dataclasses.replace(_spec(), channel=UserChannel(telephone=True)))
+    noisy = render_dialogue(dataclasses.replace(_spec(), channel=UserChannel(snr_db=15.0)))
+    assert np.array_equal(clean.agent, phone.agent) and clean.user_turns == phone.user_turns
+
+    def high_band(x):  # share of energy above 3.8 kHz
+        spec = np.abs(np.fft.rfft(x)) ** 2
+        f = np.fft.rfftfreq(len(x), 1 / SR)
+        return spec[f > 3800].sum() / spec.sum()
+
+    assert high_band(phone.user) < 0.1 * high_band(clean.user)
+    gap = slice(0, clean.user_turns[0][0])  # before the user speaks: silence, unless noisy
+    assert not np.any(clean.user[gap]) and np.sqrt(np.mean(noisy.user[gap] ** 2)) > 1e-3
+    assert UserChannel(0.3, True, 20.0).name == "reverb 0.30s, telephone, noise 20dB"
+    with pytest.raises(DialogueError, match="probability"):
+        UserChannelConfig(p_noise=1.5)
+    draws = [UserChannelConfig().draw(__import__("random").Random(i)) for i in range(400)]
+    assert 0.25 < np.mean([d.snr_db is not None for d in draws]) < 0.45
+    assert 0.1 < np.mean([d.telephone for d in draws]) < 0.3
+
+
+def test_plan_mixes_answer_emotions_and_user_variation(scripts):
+    plans = plan_dialogues(scripts, repeats=10, seed=0, emotion_mix=0.5)
+    qa = [p for p in plans if p.kind == "qa"]
+    first = [p.turns[1].emotion for p in qa]
+    own = [scripts.intent(p.intents[0]).emotion for p in qa]
+    share = np.mean([a != b for a, b in zip(first, own)])
+    assert 0.3 < share < 0.7 and len(set(first)) >= 6
+    assert all(p.turns[1].emotion == scripts.intent(p.intents[0]).emotion
+               for p in plan_dialogues(scripts, repeats=2, seed=0, emotion_mix=0.0) if p.kind == "qa")
+    rates = [p.rate_scale for p in qa]
+    assert min(rates) < 0.9 and max(rates) > 1.15
+    assert len({p.channel.name for p in qa}) > 3
+    with pytest.raises(DialogueError, match="emotion_mix"):
+        plan_dialogues(scripts, emotion_mix=1.5)
+
+
+def test_build_resumes_skipping_written_shards(tmp_path, codec_path, scripts):
+    small = dataclasses.replace(scripts, intents=scripts.intents[:1], exchanges=())
+    kw = dict(conversations=small, repeats=1, seed=0, tokenizer_sentences=0, vocab_size=600, shard_size=2,
+              progress=False, reference_emotion_intents=0)
+    out = tmp_path / "d"
+    first = build_dialogues(out, codec_path, **kw)
+    shards = sorted(out.rglob("shard-*.safetensors"))
+    assert len(shards) >= 3 and first.stats["made"]["dialogues"] == first.stats["dialogues"]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards}
+    victim = shards[1]
+    victim.unlink()
+    again = build_dialogues(out, codec_path, **kw)  # same settings: resume
+    assert again.stats["resumed_shards"] == len(shards) - 1
+    made = again.stats["made"]["dialogues"] + again.stats["made"]["references"]
+    assert 1 <= made <= 2  # only the missing shard's records
+    for p in shards:
+        if p != victim:
+            assert p.stat().st_mtime_ns == before[p][0]  # untouched
+    assert victim.read_bytes() == before[victim][1]  # made again, identically
+    assert again.stats["dialogues"] == first.stats["dialogues"] and again.stats["splits"] == first.stats["splits"]
+    with pytest.raises(DialogueError, match="already exists"):
+        build_dialogues(out, codec_path, **{**kw, "repeats": 2})
+    fresh = build_dialogues(out, codec_path, **{**kw, "repeats": 2}, overwrite=True)
+    assert fresh.stats["resumed_shards"] == 0 and fresh.stats["dialogues"] == 2 * first.stats["dialogues"]

@@ -5,35 +5,46 @@ dialogues with a **user** and an **agent** channel at 16 kHz, the agent's frame-
 inner-monologue text and per-frame emotion, encodes both channels with the codec and writes
 :mod:`maata.data.shards`::
 
-    DIR/tokenizer.json                       BPE tokenizer of the text stream
-    DIR/{train,valid,test}/shard-XXXXX.safetensors   user, agent int16 [K,T]; text int32 [T];
-                                                     emotion int8 [T]; metadata per dialogue
+    DIR/tokenizer.json                       BPE tokenizer of the text streams
+    DIR/{train,valid,test}/shard-XXXXX.safetensors   user, agent int16 [K,T]; text, user_text
+                                                     int32 [T]; emotion int8 [T]; metadata
     DIR/reference/shard-XXXXX.safetensors    every intent's answer in every voice: codes, text
+    DIR/build.json                           settings and plan fingerprint (for resuming)
     DIR/stats.json                           counts, hours, speakers per split, timings
     DIR/audio/<split>/<id>.wav               with keep_audio: stereo WAV (left user, right agent)
 
-**Dialogues.** Single question → answer dialogues for every intent × question phrasing ×
-``repeats`` user speakers, and every multi-turn exchange ``repeats`` times. Users are espeak-ng
-speakers (two per voice variant, :func:`maata.data.synth.espeak_voices`), never an agent
-variant (:data:`maata.data.voices.AGENT_VARIANTS`). Speakers are split speaker-disjointly by
-variant, with the same assignment :func:`maata.data.synth.synthesize_corpus` makes for the
-same seed, so held-out user voices are also held out of the speech corpus. Every intent has
-dialogues in valid and test; each dialogue has one agent voice, cycling over the four so
-every voice answers every intent (and so speaks every emotion).
+**Dialogues.** Single question → answer dialogues for every intent × phrasing (the
+hand-written questions and their paraphrases, :mod:`maata.data.conversations`) × ``repeats``
+renderings, and every multi-turn exchange ``repeats`` times. Seen phrasings are spread over
+train/valid/test; *held-out* phrasings go to valid and test only, so training never hears them
+(not even as the second question of an interruption). Users are espeak-ng speakers (two per
+voice variant, :func:`maata.data.synth.espeak_voices`), never an agent variant
+(:data:`maata.data.voices.AGENT_VARIANTS`). Speakers are split speaker-disjointly by variant,
+with the same assignment :func:`maata.data.synth.synthesize_corpus` makes for the same seed, so
+held-out user voices are also held out of the speech corpus. Every rendering also draws the
+user's speed (×0.8-1.25) and pitch (±10) and the channel (:class:`UserChannelConfig`: a room,
+a telephone band, background noise at 10-35 dB SNR, or clean). Each dialogue has one agent
+voice, cycling over the four so every voice answers every intent, and with ``emotion_mix`` the
+answer is spoken in another emotion than the intent's own, so the emotion condition is not
+implied by the words.
 
-**Timing** (:class:`TimingConfig`): the agent answers 200-600 ms after the user stops; the
-user pauses 0.3-1.2 s before the next turn, or (sometimes) starts 0.1-0.4 s before the agent
-has finished. During long user turns the agent backchannels (ఆ, అవును, హ్మ్ ...) quietly on
-its channel. In some dialogues the user interrupts: an interruption phrase (ఆగండి, ఒక్క
+**Timing** (:class:`TimingConfig`): the agent answers after a log-normal gap with a 200 ms
+median (60 ms-1 s), as between human turns, or (5%) 30-150 ms before the user has finished;
+the user pauses 0.3-1.2 s before the next turn, or (sometimes) starts 0.1-0.4 s before the
+agent has finished. During long user turns the agent backchannels (ఆ, అవును, హ్మ్ ...) quietly
+on its channel. In some dialogues the user interrupts: an interruption phrase (ఆగండి, ఒక్క
 నిమిషం ...) starts while the agent talks and the agent stops 60-150 ms later (30 ms fade);
 the user then goes on with the next question or turn. A QA dialogue with an interruption is
 Q1 → A1 (cut) → "ఆగండి, Q2" → A2.
 
-**Text stream.** The tokens of each agent word (``tokenizer.encode(" " + word)``) start at
+**Text streams.** The tokens of each agent word (``tokenizer.encode(" " + word)``) start at
 the frame where the word starts (espeak-ng word events; festival: pauses + proportion),
 shifted right past tokens already placed, and never past the end of the agent's segment
 (words cut off by an interruption lose their tokens). Every other frame is EPAD. Laughter
-has no text; the THINKING filler is the word "హ్మ్".
+has no text; the THINKING filler is the word "హ్మ్". ``user_text`` is the same for what the
+user says, but each word's tokens start at the frame where the word *ends* — a transcript
+that follows the audio as a streaming recogniser would (Moshi's ASR mode), an auxiliary
+target that makes the model attend to the question's words.
 
 **Emotion stream.** Frames from the end of the previous agent turn to the end of agent turn
 ``i`` carry turn ``i``'s emotion id (:data:`maata.lm.model.EMOTIONS`), so the condition is
@@ -42,10 +53,12 @@ in place before the agent starts; after the last turn its emotion stays.
 **Metadata** per dialogue (frames at the codec's frame rate): ``id, kind (qa|exchange),
 intent, intents, exchange, user_speaker, split, voice, emotion, emotions, user_turns,
 agent_turns, backchannels, interruptions ([interrupt_frame, agent_stop_frame]), turns,
-agent_words, frames, seconds``.
+agent_words, user_words, phrasing (text, question, rule, heldout), heldout_phrasing,
+user_channel, user_rate, user_pitch_shift, response_gaps_ms, frames, seconds``.
 
 Everything is planned up front from the seed and each dialogue renders from its own seed,
-so output does not depend on the number of workers.
+so output does not depend on the number of workers. Each dialogue's shard is fixed by the
+plan: an interrupted build rerun with the same settings skips the shards already written.
 
 :func:`build_speech_shards` turns a speech manifest into single-stream pre-training shards
 (``codes`` and, when alignments exist, ``phonemes``).
@@ -70,7 +83,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from maata.data import voices as V
-from maata.data.conversations import ConversationSet, load_conversations
+from maata.data.conversations import ConversationSet, Phrasing, load_conversations
 from maata.data.manifest import SPLITS, ManifestRow, assign_splits
 from maata.data.shards import Record, write_shard
 from maata.data.synth import EspeakVoice, SynthError, espeak_variants, espeak_voices
@@ -101,9 +114,21 @@ class DialogueError(ValueError):
 
 @dataclass(frozen=True)
 class TimingConfig:
-    """Turn-taking behaviour (seconds unless noted); ranges are uniform ``(low, high)``."""
+    """Turn-taking behaviour (seconds unless noted); ranges are uniform ``(low, high)``.
 
-    response_gap: tuple[float, float] = (0.2, 0.6)  # user stops → agent starts
+    The agent's response gap (user stops → agent starts) follows natural conversation: gaps
+    between turns cluster around 200 ms with a long right tail (Stivers et al. 2009, PNAS;
+    Levinson & Torreira 2015), so it is log-normal with median ``response_gap_median`` and
+    log-spread ``response_gap_sigma``, clipped to ``response_gap``; with ``early_start_prob``
+    the agent instead starts ``early_start`` before the user has quite finished (the small
+    overlaps people make when they see a turn's end coming).
+    """
+
+    response_gap: tuple[float, float] = (0.06, 1.0)  # user stops → agent starts: clip range
+    response_gap_median: float = 0.2
+    response_gap_sigma: float = 0.5  # log-normal spread: p10 ≈ 0.53 × median, p90 ≈ 1.9 ×
+    early_start_prob: float = 0.05  # instead, the agent starts before the user has finished ...
+    early_start: tuple[float, float] = (0.03, 0.15)  # ... by this much
     user_pause: tuple[float, float] = (0.3, 1.2)  # agent stops → user's next turn
     overlap_prob: float = 0.15  # instead, the user starts before the agent has finished ...
     overlap: tuple[float, float] = (0.1, 0.4)  # ... by this much
@@ -120,22 +145,94 @@ class TimingConfig:
     user_gain_db: tuple[float, float] = (-4.0, 2.0)  # per-dialogue user loudness
 
     def __post_init__(self) -> None:
-        for name in ("response_gap", "user_pause", "overlap", "lead", "tail", "interrupt_at",
+        for name in ("response_gap", "early_start", "user_pause", "overlap", "lead", "tail", "interrupt_at",
                      "stop_delay", "prefix_pause", "user_gain_db"):
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
                 raise DialogueError(f"timing {name} must be a range (low <= high), got {(lo, hi)}")
             if name != "user_gain_db" and lo < 0:
                 raise DialogueError(f"timing {name} must not be negative, got {(lo, hi)}")
-        for name in ("overlap_prob", "backchannel_prob", "interrupt_prob"):
+        for name in ("overlap_prob", "backchannel_prob", "interrupt_prob", "early_start_prob"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 raise DialogueError(f"timing {name} must be a probability in [0, 1], got {p}")
+        if not (math.isfinite(self.response_gap_median) and self.response_gap_median > 0):
+            raise DialogueError(f"timing response_gap_median must be > 0 s, got {self.response_gap_median}")
+        if not (math.isfinite(self.response_gap_sigma) and self.response_gap_sigma >= 0):
+            raise DialogueError(f"timing response_gap_sigma must be >= 0, got {self.response_gap_sigma}")
         if not (0 < self.interrupt_at[0] and self.interrupt_at[1] < 1):
             raise DialogueError(f"timing interrupt_at must lie inside (0, 1), got {self.interrupt_at}")
         if self.stop_delay[1] + self.fade > 0.2:
             raise DialogueError("the agent must be silent within 200 ms of an interruption: "
                                 f"stop_delay {self.stop_delay[1]} + fade {self.fade} > 0.2 s")
+
+    def draw_gap(self, rng: np.random.Generator) -> float:
+        """One response gap in seconds: negative for an early start (see the class docstring)."""
+        if rng.random() < self.early_start_prob:
+            return -float(rng.uniform(*self.early_start))
+        gap = self.response_gap_median * math.exp(self.response_gap_sigma * float(rng.standard_normal()))
+        return float(np.clip(gap, *self.response_gap))
+
+
+@dataclass(frozen=True)
+class UserChannelConfig:
+    """How user renderings vary beyond the speaker: the utterance's speed and pitch jitter, and
+    the channel it arrives through (room, telephone band, background noise), each drawn per
+    dialogue with its probability."""
+
+    rate: tuple[float, float] = (0.8, 1.25)  # speaking-rate multiplier on the speaker's own rate
+    pitch: tuple[int, int] = (-10, 10)  # espeak pitch points added to the speaker's pitch
+    p_reverb: float = 0.2
+    rt60_s: tuple[float, float] = (0.15, 0.6)
+    p_telephone: float = 0.2
+    p_noise: float = 0.35
+    snr_db: tuple[float, float] = (10.0, 35.0)
+
+    def __post_init__(self) -> None:
+        for name in ("p_reverb", "p_telephone", "p_noise"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise DialogueError(f"user channel {name} must be a probability in [0, 1], got {p}")
+        for name in ("rate", "pitch", "rt60_s", "snr_db"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise DialogueError(f"user channel {name} must be a range (low <= high), got {(lo, hi)}")
+        if self.rate[0] <= 0 or self.rt60_s[0] <= 0:
+            raise DialogueError("user channel rate and rt60_s must be positive")
+
+    def draw(self, rng: random.Random) -> UserChannel:
+        rt60 = round(rng.uniform(*self.rt60_s), 3) if rng.random() < self.p_reverb else None
+        phone = rng.random() < self.p_telephone
+        snr = round(rng.uniform(*self.snr_db), 1) if rng.random() < self.p_noise else None
+        return UserChannel(rt60, phone, snr)
+
+
+@dataclass(frozen=True)
+class UserChannel:
+    """The channel one dialogue's user is heard through (``None``: that effect is off)."""
+
+    rt60_s: float | None = None
+    telephone: bool = False
+    snr_db: float | None = None
+
+    def apply(self, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+        """Room → telephone line → background noise (over the whole channel, pauses too)."""
+        from maata.data import augment
+
+        if self.rt60_s is not None:
+            x = augment.reverb(x, sr, rng, (self.rt60_s, self.rt60_s))
+        if self.telephone:
+            x = augment.telephone(x, sr)
+        if self.snr_db is not None:
+            x = augment.add_noise(x, rng, (self.snr_db, self.snr_db))
+        return x
+
+    @property
+    def name(self) -> str:
+        parts = [f"reverb {self.rt60_s:.2f}s"] if self.rt60_s is not None else []
+        parts += ["telephone"] if self.telephone else []
+        parts += [f"noise {self.snr_db:.0f}dB"] if self.snr_db is not None else []
+        return ", ".join(parts) or "clean"
 
 
 @dataclass(frozen=True)
@@ -166,6 +263,8 @@ class DialogueSpec:
     seed: int = 0
     rate_scale: float = 1.0  # the user's per-dialogue jitter
     pitch_shift: int = 0
+    channel: UserChannel = UserChannel()
+    phrasing: Phrasing | None = None  # QA: how the first question is phrased
 
     @property
     def emotions(self) -> list[str]:
@@ -237,13 +336,30 @@ class _Cycler:
         return item
 
 
+def _heldout_labels(n: int, available: dict[str, bool]) -> list[str]:
+    """``n`` split labels for held-out phrasings: valid and test in turn (never train), or the
+    one of them that has speakers; train only if neither has."""
+    pool = [s for s in ("valid", "test") if available[s]] or ["train"]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
 def plan_dialogues(conversations: ConversationSet, repeats: int = 4, seed: int = 0,
                    timing: TimingConfig = TimingConfig(),
                    speakers: dict[str, list[EspeakVoice]] | None = None,
-                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[DialogueSpec]:
-    """Every dialogue to make, in a fixed order: QA dialogues intent by intent, then exchanges."""
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                   channel: UserChannelConfig = UserChannelConfig(),
+                   emotion_mix: float = 0.5) -> list[DialogueSpec]:
+    """Every dialogue to make, in a fixed order: QA dialogues intent by intent, then exchanges.
+
+    QA: ``repeats`` renderings of every phrasing of every intent (:meth:`Intent.all_phrasings`);
+    seen phrasings are split train/valid/test by ``fractions``, held-out ones go to valid and
+    test only. With ``emotion_mix`` the agent answers in another emotion than the intent's
+    (uniformly drawn), so the emotion condition is not implied by the words.
+    """
     if repeats < 1:
         raise DialogueError(f"repeats must be at least 1, got {repeats}")
+    if not 0 <= emotion_mix <= 1:
+        raise DialogueError(f"emotion_mix must be a probability in [0, 1], got {emotion_mix}")
     if not conversations.intents and not conversations.exchanges:
         raise DialogueError("the script set is empty: no intents or exchanges to make dialogues from")
     for intent in conversations.intents:
@@ -266,26 +382,37 @@ def plan_dialogues(conversations: ConversationSet, repeats: int = 4, seed: int =
 
     def spec(uid: str, kind: str, split: str, voice: str, turns: list[TurnSpec], **kw) -> DialogueSpec:
         return DialogueSpec(uid, kind, split, cyclers[split].next(), voice, tuple(turns),
-                            seed=rng.randrange(2 ** 31), rate_scale=round(rng.uniform(0.92, 1.08), 3),
-                            pitch_shift=rng.randint(-4, 4), **kw)
+                            seed=rng.randrange(2 ** 31), rate_scale=round(rng.uniform(*channel.rate), 3),
+                            pitch_shift=rng.randint(*channel.pitch), channel=channel.draw(rng), **kw)
+
+    def answer_emotion(default: str) -> str:
+        if rng.random() < emotion_mix:
+            return rng.choice([e for e in EMOTIONS if e != default])
+        return default
 
     plans: list[DialogueSpec] = []
     intents = conversations.intents
     for ii, intent in enumerate(intents):
-        items = [(qi, r) for qi in range(len(intent.questions)) for r in range(repeats)]
-        labels = _quota(len(items), fractions, available)
+        phrasings = intent.all_phrasings()
+        seen = [(pi, r) for pi, p in enumerate(phrasings) if not p.heldout for r in range(repeats)]
+        held = [(pi, r) for pi, p in enumerate(phrasings) if p.heldout for r in range(repeats)]
+        labels = _quota(len(seen), fractions, available)
         rng.shuffle(labels)
-        for k, ((qi, r), split) in enumerate(zip(items, labels)):
+        items = list(zip(seen, labels)) + list(zip(held, _heldout_labels(len(held), available)))
+        for k, ((pi, r), split) in enumerate(items):
+            phrasing = phrasings[pi]
             voice = VOICES[(ii + k) % len(VOICES)]
-            turns = [user_turn(intent.questions[qi]), TurnSpec("agent", intent.answer, intent.emotion)]
+            turns = [user_turn(phrasing.text), TurnSpec("agent", intent.answer, answer_emotion(intent.emotion))]
             ids = [intent.id]
             if interruptions and len(intents) > 1 and rng.random() < timing.interrupt_prob:
                 other = intents[(ii + rng.randrange(1, len(intents))) % len(intents)]
-                turns += [user_turn(rng.choice(other.questions), prefix=rng.choice(interruptions)),
-                          TurnSpec("agent", other.answer, other.emotion)]
+                # training never hears a held-out phrasing, not even as the second question
+                options = [p.text for p in other.all_phrasings() if split != "train" or not p.heldout]
+                turns += [user_turn(rng.choice(options), prefix=rng.choice(interruptions)),
+                          TurnSpec("agent", other.answer, answer_emotion(other.emotion))]
                 ids.append(other.id)
-            plans.append(spec(f"qa-{intent.id}-q{qi}-r{r}", "qa", split, voice, turns,
-                              intents=tuple(ids)))
+            plans.append(spec(f"qa-{intent.id}-p{pi}-r{r}", "qa", split, voice, turns,
+                              intents=tuple(ids), phrasing=phrasing))
     exchanges = conversations.exchanges
     labels = _quota(len(exchanges) * repeats, fractions, available)
     rng.shuffle(labels)
@@ -342,6 +469,8 @@ class RenderedDialogue:
     interruptions: list[tuple[int, int]]  # (user starts the interruption, agent silent)
     segments: list[_Segment] = field(repr=False)  # the agent's, in time order
     turn_texts: list[dict[str, Any]] = field(default_factory=list)
+    user_words: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end sample, word)
+    response_gaps: list[int] = field(default_factory=list)  # samples from the user's stop to the agent's start
 
     @property
     def frames(self) -> int:
@@ -362,6 +491,13 @@ class RenderedDialogue:
         return place_text([(seg.words, self._f1(seg.end)) for seg in self.segments],
                           self.frames, self.hop, tokenizer)
 
+    def user_text_tokens(self, tokenizer: Tokenizer) -> tuple[np.ndarray, list[list]]:
+        """What the user has said, int32 [T]: each user word's tokens from the frame where the
+        word *ends* (once it has been heard, as a streaming recogniser would emit it), and the
+        placed words ``[frame, word]``."""
+        words = [(end - 1, w) for _, end, w in self.user_words]
+        return place_text([(words, self.frames)], self.frames, self.hop, tokenizer)
+
     def emotion_ids(self) -> np.ndarray:
         """The agent's emotion id per frame, int8 [T]."""
         ids = np.zeros(self.frames, np.int8)
@@ -375,7 +511,8 @@ class RenderedDialogue:
             ids[prev:] = EMOTIONS.index(turns[-1].emotion or "NEUTRAL")
         return ids
 
-    def meta(self, agent_words: list[list] | None = None) -> dict[str, Any]:
+    def meta(self, agent_words: list[list] | None = None,
+             user_words: list[list] | None = None) -> dict[str, Any]:
         s = self.spec
         frames = lambda spans: [[self._f0(a), self._f1(b)] for a, b in spans]  # noqa: E731
         emotions = s.emotions
@@ -392,6 +529,13 @@ class RenderedDialogue:
             "interruptions": [[self._f0(a), self._f1(b)] for a, b in self.interruptions],
             "turns": self.turn_texts,
             "agent_words": agent_words if agent_words is not None else [],
+            "user_words": user_words if user_words is not None else [],
+            "phrasing": ({"text": s.phrasing.text, "question": s.phrasing.question, "rule": s.phrasing.rule,
+                          "heldout": s.phrasing.heldout} if s.phrasing is not None else None),
+            "heldout_phrasing": bool(s.phrasing is not None and s.phrasing.heldout),
+            "user_channel": {"name": s.channel.name, **asdict(s.channel)},
+            "user_rate": s.rate_scale, "user_pitch_shift": s.pitch_shift,
+            "response_gaps_ms": [round(1000 * g / self.sample_rate, 1) for g in self.response_gaps],
         }
 
 
@@ -439,6 +583,8 @@ def render_dialogue(spec: DialogueSpec, timing: TimingConfig = TimingConfig(),
     backchannels: list[tuple[int, int]] = []
     interruptions: list[tuple[int, int]] = []
     turn_texts: list[dict[str, Any]] = []
+    user_words: list[tuple[int, int, str]] = []
+    gaps: list[int] = []
     last_agent: _Segment | None = None
     user_end = 0
     t = _samples(uni(timing.lead), sr)
@@ -477,6 +623,8 @@ def render_dialogue(spec: DialogueSpec, timing: TimingConfig = TimingConfig(),
                 else:
                     start = a1 + _samples(uni(timing.user_pause), sr)
             end = start + len(audio)
+            ends = [w0 for w0, _ in words[1:]] + [len(audio)]
+            user_words += [(start + w0, start + max(w1, w0 + 1), w) for (w0, w), w1 in zip(words, ends)]
             user_segs.append((start, audio))
             user_turns.append((start, end))
             turn_texts.append({"speaker": "user", "text": (f"{turn.prefix} {turn.text}" if turn.prefix
@@ -493,7 +641,10 @@ def render_dialogue(spec: DialogueSpec, timing: TimingConfig = TimingConfig(),
             t = end
         elif turn.speaker == "agent":
             speech = V.speak_agent(turn.text, spec.voice, turn.emotion or "NEUTRAL", sr, rng)
-            start = max(user_end, t) + _samples(uni(timing.response_gap), sr)
+            start = max(user_end + _samples(timing.draw_gap(rng), sr), t if prev_speaker == "agent" else 0,
+                        user_turns[-1][0] if user_turns else 0)
+            if prev_speaker == "user":
+                gaps.append(start - user_end)
             seg = _Segment(start, speech.audio, [(start + _samples(s, sr), w) for s, w in speech.words],
                            "turn", turn.emotion or "NEUTRAL")
             agent_segs.append(seg)
@@ -514,6 +665,7 @@ def render_dialogue(spec: DialogueSpec, timing: TimingConfig = TimingConfig(),
         user[s:s + len(a)] += a
     for seg in agent_segs:
         agent[seg.start:seg.end] += seg.audio
+    user = spec.channel.apply(user, sr, np.random.default_rng((spec.seed, 1)))
     np.clip(user, -1.0, 1.0, out=user)
     np.clip(agent, -1.0, 1.0, out=agent)
     agent_segs.sort(key=lambda s: s.start)
@@ -523,7 +675,7 @@ def render_dialogue(spec: DialogueSpec, timing: TimingConfig = TimingConfig(),
     for entry, (a, b) in zip([x for x in turn_texts if x["speaker"] == "user"], user_turns):
         entry["start"], entry["end"] = a // hop, min(total // hop, -(-b // hop))
     return RenderedDialogue(spec, user, agent, sr, hop, user_turns, agent_turns, backchannels,
-                            interruptions, agent_segs, turn_texts)
+                            interruptions, agent_segs, turn_texts, sorted(user_words), gaps)
 
 
 def _truncate(seg: _Segment, stop: int, fade: int) -> None:
@@ -564,7 +716,7 @@ def _place_backchannel(text: str, voice: str, u0: int, u1: int, words: list[tupl
 
 
 def _script_texts(conversations: ConversationSet) -> list[str]:
-    texts = [q for i in conversations.intents for q in i.questions]
+    texts = [p.text for i in conversations.intents for p in i.all_phrasings()]
     texts += [i.answer for i in conversations.intents]
     texts += [t.text for e in conversations.exchanges for t in e.turns]
     texts += list(conversations.backchannels) + list(conversations.interruptions)
@@ -639,6 +791,7 @@ def _dialogue_job(spec: DialogueSpec) -> _Timed | str:
         t0 = _clock()
         r = render_dialogue(spec, _STATE["timing"], codec.cfg.sample_rate, codec.hop)
         text, placed = r.text_tokens(_STATE["tokenizer"])
+        user_text, user_placed = r.user_text_tokens(_STATE["tokenizer"])
         emotion = r.emotion_ids()
         t1 = _clock()
         codes = _encode(r.user, r.agent)
@@ -652,8 +805,8 @@ def _dialogue_job(spec: DialogueSpec) -> _Timed | str:
 
         write_wav(_STATE["audio_dir"] / spec.split / f"{spec.id}.wav",
                   np.stack([r.user, r.agent], axis=1), r.sample_rate)
-    record = Record({"user": codes[0], "agent": codes[1], "text": text, "emotion": emotion},
-                    r.meta(placed))
+    record = Record({"user": codes[0], "agent": codes[1], "text": text, "user_text": user_text,
+                     "emotion": emotion}, r.meta(placed, user_placed))
     return spec.split, record, _times(t0, t1, t2)
 
 
@@ -664,6 +817,7 @@ class _ReferenceJob:
     emotion: str
     voice: str
     seed: int
+    default: bool = True  # the intent's own emotion (else an extra emotion rendering)
 
 
 def _reference_job(job: _ReferenceJob) -> _Timed | str:
@@ -682,8 +836,8 @@ def _reference_job(job: _ReferenceJob) -> _Timed | str:
         codes = _encode(audio)[0]
         t2 = _clock()
     except (SynthError, ValueError, OSError, subprocess.TimeoutExpired) as e:
-        return f"reference {job.intent}/{job.voice}: {e}"
-    uid = f"ref-{job.intent}-{job.voice}"
+        return f"reference {job.intent}/{job.voice}/{job.emotion}: {e}"
+    uid = f"ref-{job.intent}-{job.voice}" + ("" if job.default else f"-{job.emotion}")
     if _STATE["audio_dir"] is not None:
         from maata.audio import write_wav
 
@@ -785,6 +939,87 @@ def _subset(conversations: ConversationSet, max_intents: int | None,
                               else conversations.exchanges))
 
 
+def _reference_jobs(conversations: ConversationSet, seed: int, emotion_intents: int) -> list[_ReferenceJob]:
+    """Every intent's answer in every voice in its own emotion, and for the emotion probe of
+    the evaluation, ``emotion_intents`` intents per (voice, other emotion), spread over the
+    intent list, so that an emotion's references are not all one intent's words."""
+    intents = conversations.intents
+    jobs = [_ReferenceJob(i.id, i.answer, i.emotion, v, seed * 100003 + n)
+            for n, i in enumerate(intents) for v in VOICES]
+    if emotion_intents > 0 and intents:
+        stride = max(1, len(intents) // emotion_intents)
+        extra: set[tuple[str, str]] = set()
+        for e_n, emotion in enumerate(EMOTIONS):
+            for k in range(min(emotion_intents, len(intents))):
+                n = (e_n + k * stride) % len(intents)
+                i = intents[n]
+                if i.emotion != emotion and (i.id, emotion) not in extra:
+                    extra.add((i.id, emotion))
+                    jobs += [_ReferenceJob(i.id, i.answer, emotion, v, seed * 100003 + n + 7919 * (e_n + 1), False)
+                             for v in VOICES]
+    return jobs
+
+
+@dataclass(frozen=True)
+class _ShardPlan:
+    """One output shard: its file and the jobs whose records it holds, in order."""
+
+    split: str
+    index: int
+    jobs: tuple[Any, ...]
+
+    def path(self, out: Path) -> Path:
+        return out / self.split / f"shard-{self.index:05d}.safetensors"
+
+
+def _shard_plans(plans: Sequence[DialogueSpec], refs: Sequence[_ReferenceJob], shard_size: int,
+                 seed: int) -> list[_ShardPlan]:
+    """Dialogues split by split, in a seeded shuffle (so any prefix of the shards, as a resumed
+    build has, mixes intents, speakers and voices), cut into shards of ``shard_size``; then the
+    reference shards. The assignment depends only on the plan, so a rerun finds the same files."""
+    out: list[_ShardPlan] = []
+    rng = random.Random(seed + 1)
+    for split in SPLITS:
+        mine = [p for p in plans if p.split == split]
+        rng.shuffle(mine)
+        out += [_ShardPlan(split, k, tuple(mine[i:i + shard_size]))
+                for k, i in enumerate(range(0, len(mine), shard_size))]
+    out += [_ShardPlan(REFERENCE, k, tuple(refs[i:i + shard_size]))
+            for k, i in enumerate(range(0, len(refs), shard_size))]
+    return out
+
+
+BUILD_NAME = "build.json"
+
+
+def _fingerprint(settings: dict[str, Any], shards: Sequence[_ShardPlan]) -> str:
+    """A digest of everything that decides the shards' contents (settings and the plan)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str).encode())
+    for sp in shards:
+        h.update(f"{sp.split}/{sp.index}:".encode())
+        for job in sp.jobs:
+            h.update(repr(job).encode())
+    return h.hexdigest()
+
+
+def _readable_shard(path: Path, expected: int) -> list[dict[str, Any]] | None:
+    """The metadata of an already written shard, or ``None`` if it is missing or unreadable.
+    (Shards are written to a temporary file and renamed, so a file that exists is complete.)"""
+    from maata.data.shards import ShardReader
+
+    if not path.is_file():
+        return None
+    try:
+        reader = ShardReader(path)
+        metas = [reader.meta(i) for i in range(len(reader))]
+    except Exception as e:  # a damaged file: make it again
+        log.warning("rewriting unreadable shard %s (%s)", path, e)
+        return None
+    return metas if 0 < len(metas) <= expected else None
+
+
 def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: ConversationSet | None = None,
                     repeats: int = 4, workers: int = 1, seed: int = 0, timing: TimingConfig = TimingConfig(),
                     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -792,14 +1027,20 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
                     shard_size: int = 200, tokenizer: str | Path | None = None,
                     tokenizer_sentences: int = 20000, vocab_size: int = 2000,
                     max_intents: int | None = None, max_exchanges: int | None = None,
-                    references: bool = True, overwrite: bool = False,
-                    progress: bool = True) -> DialogueReport:
+                    references: bool = True, reference_emotion_intents: int = 4,
+                    channel: UserChannelConfig = UserChannelConfig(), emotion_mix: float = 0.5,
+                    overwrite: bool = False, progress: bool = True) -> DialogueReport:
     """Render, encode and shard the dialogue dataset into ``out`` (see the module docstring).
 
     ``codec`` is a codec checkpoint path (needed for ``workers > 1``) or a loaded Codec;
     ``tokenizer`` an existing tokenizer file to use instead of training one;
     ``max_intents`` / ``max_exchanges`` take the first few scripts only (quick runs).
     Dialogues that fail are logged and left out; more than 5% failing raises SynthError.
+
+    **Resumable.** The shard each dialogue goes to is fixed by the plan, and ``out/build.json``
+    records a fingerprint of the settings and plan. Run the same command again after an
+    interruption and every shard already written is skipped; a different build in ``out`` is
+    refused unless ``overwrite`` (which starts it afresh).
     """
     from tqdm import tqdm
 
@@ -811,77 +1052,136 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
         raise DialogueError(f"shard size must be at least 1, got {shard_size}")
     if workers < 1:
         raise DialogueError(f"workers must be at least 1, got {workers}")
+    if reference_emotion_intents < 0:
+        raise DialogueError(f"reference_emotion_intents must be >= 0, got {reference_emotion_intents}")
     loaded = load_codec(codec) if isinstance(codec, (str, Path)) else codec
     if not hasattr(loaded, "encode") or not hasattr(loaded, "hop"):
         raise DialogueError(f"not a codec: {type(loaded).__name__}")
-    sr, hop = loaded.cfg.sample_rate, loaded.hop
     conversations = _subset(conversations or load_conversations(), max_intents, max_exchanges)
     if not conversations.intents and not conversations.exchanges:
         raise DialogueError("the script set is empty: no intents or exchanges to make dialogues from")
     out = Path(out)
-    if (out / STATS_NAME).exists() and not overwrite:
-        raise DialogueError(f"{out / STATS_NAME} already exists; choose another --out or pass --overwrite")
     speakers = user_speakers(seed, variants, fractions)
-    plans = plan_dialogues(conversations, repeats, seed, timing, speakers, fractions)
-    refs = [_ReferenceJob(i.id, i.answer, i.emotion, v, seed * 100003 + n)
-            for n, i in enumerate(conversations.intents) for v in VOICES] if references else []
-    _clear_outputs(out, [*SPLITS, REFERENCE])
+    plans = plan_dialogues(conversations, repeats, seed, timing, speakers, fractions, channel, emotion_mix)
+    refs = _reference_jobs(conversations, seed, reference_emotion_intents) if references else []
+    shard_plans = _shard_plans(plans, refs, shard_size, seed)
+    codec_sig = {"sample_rate": loaded.cfg.sample_rate, "hop": loaded.hop, "n_q": loaded.n_q,
+                 "weights": _codec_digest(loaded)}
+    settings = {"format": "maata-dialogue-build/1", "seed": seed, "repeats": repeats,
+                "timing": asdict(timing), "channel": asdict(channel), "emotion_mix": emotion_mix,
+                "fractions": list(fractions), "shard_size": shard_size, "codec": codec_sig,
+                "tokenizer": str(tokenizer) if tokenizer else {"sentences": tokenizer_sentences,
+                                                              "vocab_size": vocab_size}}
+    fingerprint = _fingerprint(settings, shard_plans)
+    build_path = out / BUILD_NAME
+    previous = None
+    if build_path.is_file():
+        try:
+            previous = json.loads(build_path.read_text(encoding="utf-8")).get("fingerprint")
+        except (ValueError, OSError):
+            previous = None
+    resume = previous == fingerprint and not overwrite
+    if not resume and not overwrite and (build_path.exists() or (out / STATS_NAME).exists()):
+        raise DialogueError(f"{out} already exists with a different dialogue build ({BUILD_NAME}); "
+                            "choose another --out, rerun with the same settings to resume, or pass --overwrite")
+    if not resume:
+        _clear_outputs(out, [*SPLITS, REFERENCE])
+        for name in (BUILD_NAME, TOKENIZER_NAME):
+            if (out / name).exists():
+                (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
+    if (out / STATS_NAME).exists():
+        (out / STATS_NAME).unlink()
 
     tok_path = out / TOKENIZER_NAME
-    if tokenizer is not None:
-        tok = Tokenizer.load(tokenizer)
+    if resume and tok_path.is_file():
+        tok = Tokenizer.load(tok_path)
     else:
-        tok = train_dialogue_tokenizer(conversations, tokenizer_sentences, seed, vocab_size)
-    tok.save(tok_path)
+        if tokenizer is not None:
+            tok = Tokenizer.load(tokenizer)
+        else:
+            tok = train_dialogue_tokenizer(conversations, tokenizer_sentences, seed, vocab_size)
+        tok.save(tok_path)
+    build_path.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings,
+                                      "shards": len(shard_plans), "records": len(plans) + len(refs)},
+                                     ensure_ascii=False, indent=1, default=str), encoding="utf-8")
 
-    # each intent's reference answers right after its dialogues: a worker that has just
-    # rendered the answer in a voice finds it in its cache (festival is slow)
-    refs_of: dict[str, list[_ReferenceJob]] = defaultdict(list)
-    for ref in refs:
-        refs_of[ref.intent].append(ref)
-    jobs: list[Any] = []
-    for i, plan in enumerate(plans):
-        jobs.append(plan)
-        nxt = plans[i + 1] if i + 1 < len(plans) else None
-        if plan.kind == "qa" and (nxt is None or nxt.kind != "qa" or nxt.intents[0] != plan.intents[0]):
-            jobs.extend(refs_of.pop(plan.intents[0], []))
-    jobs.extend(r for rs in refs_of.values() for r in rs)
+    acc: dict[str, Any] = defaultdict(Counter)
+    counts: Counter[str] = Counter()
+    paths: list[Path] = []
+    pending: list[_ShardPlan] = []
+    skipped_jobs = 0
+    for sp in shard_plans:
+        metas = _readable_shard(sp.path(out), len(sp.jobs)) if resume else None
+        if metas is None:
+            pending.append(sp)
+            continue
+        skipped_jobs += len(sp.jobs)
+        counts[sp.split] += 1
+        paths.append(sp.path(out))
+        for meta in metas:
+            _accumulate(acc, sp.split, meta)
+    if resume and skipped_jobs:
+        log.info("resuming %s: %d of %d shards already written", out, len(shard_plans) - len(pending),
+                 len(shard_plans))
+
+    jobs = [job for sp in pending for job in sp.jobs]
     audio_dir = str(out / "audio") if keep_audio else None
     codec_arg = str(codec) if isinstance(codec, (str, Path)) else loaded
     if workers > 1 and not isinstance(codec, (str, Path)):
         log.info("a loaded codec cannot be sent to workers: rendering in this process")
         workers = 1
     init_args = (codec_arg, str(tok_path), timing, audio_dir, 1)
-    writer = _ShardWriter(out, shard_size)
     failures: list[str] = []
-    acc: dict[str, Any] = defaultdict(Counter)
     timings: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4))
     n_done: Counter[str] = Counter()
-    for result in tqdm(_run_all(jobs, init_args, workers), total=len(jobs), desc="dialogues",
-                       unit="dlg", disable=not progress):
-        if isinstance(result, str):
-            log.warning("skipped %s", result)
-            failures.append(result)
-            continue
-        split, record, times = result
-        kind = REFERENCE if split == REFERENCE else "dialogue"
-        timings[kind] += times
-        n_done[kind] += 1
-        writer.add(split, record)
-        _accumulate(acc, split, record.meta)
-    writer.flush()
-    if len(failures) > MAX_FAILED * len(jobs):
+    results = iter(_run_all(jobs, init_args, workers)) if jobs else iter(())
+    with tqdm(total=len(plans) + len(refs), initial=skipped_jobs, desc="dialogues", unit="dlg",
+              disable=not progress) as bar:
+        for sp in pending:
+            records: list[Record] = []
+            for _ in sp.jobs:
+                result = next(results)
+                bar.update(1)
+                if isinstance(result, str):
+                    log.warning("skipped %s", result)
+                    failures.append(result)
+                    continue
+                split, record, times = result
+                kind = REFERENCE if split == REFERENCE else "dialogue"
+                timings[kind] += times
+                n_done[kind] += 1
+                records.append(record)
+            if records:
+                paths.append(write_shard(sp.path(out), records))
+                counts[sp.split] += 1
+                for record in records:
+                    _accumulate(acc, sp.split, record.meta)
+    if len(failures) > MAX_FAILED * max(1, len(jobs)):
         raise SynthError(f"{len(failures)} of {len(jobs)} dialogues failed; first: {failures[0]}")
     _check_disjoint(acc)
     seconds = time.monotonic() - started
     per = {kind: dict(zip(("render_s", "encode_s", "render_cpu_s", "encode_cpu_s"),
                           np.round(timings[kind] / max(1, n_done[kind]), 4).tolist()))
            for kind in ("dialogue", REFERENCE)}
-    stats = _stats(acc, speakers, writer, conversations, failures, seconds, per, tok, loaded,
+    stats = _stats(acc, speakers, counts, conversations, failures, seconds, per, tok, loaded,
                    repeats, seed, timing, workers)
+    stats["resumed_shards"] = len(shard_plans) - len(pending) if resume else 0
+    stats["made"] = {"dialogues": n_done["dialogue"], "references": n_done[REFERENCE],
+                     "seconds": round(seconds, 1)}
     (out / STATS_NAME).write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
-    return DialogueReport(out, stats, writer.paths, failures, seconds)
+    return DialogueReport(out, stats, sorted(paths), failures, seconds)
+
+
+def _codec_digest(codec: Any) -> str:
+    """A short digest of the codec's weights: a build resumes only with the same codec."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(codec.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _accumulate(acc: dict[str, Any], split: str, meta: dict[str, Any]) -> None:
@@ -903,6 +1203,22 @@ def _accumulate(acc: dict[str, Any], split: str, meta: dict[str, Any]) -> None:
     acc.setdefault("_groups", defaultdict(set))[split].add(meta["user_group"])
     if meta["intent"]:
         acc.setdefault("_intents", defaultdict(set))[split].add(meta["intent"])
+        acc.setdefault("_renderings", defaultdict(Counter))[split][meta["intent"]] += 1
+    a["heldout_phrasing"] += bool(meta.get("heldout_phrasing"))
+    channel = (meta.get("user_channel") or {}).get("name", "clean")
+    for part in channel.split(", "):
+        a[f"channel:{part.split(' ')[0]}"] += 1
+    acc.setdefault("_gaps", defaultdict(list))[split].extend(meta.get("response_gaps_ms") or [])
+
+
+def _spread(values: Sequence[float]) -> dict[str, float] | None:
+    """min / p10 / median / p90 / max / share below zero of a list (None when empty)."""
+    if not len(values):
+        return None
+    v = np.asarray(values, np.float64)
+    return {"min": round(float(v.min()), 1), "p10": round(float(np.percentile(v, 10)), 1),
+            "median": round(float(np.median(v)), 1), "p90": round(float(np.percentile(v, 90)), 1),
+            "max": round(float(v.max()), 1), "negative": round(float(np.mean(v < 0)), 4)}
 
 
 def _check_disjoint(acc: dict[str, Any]) -> None:
@@ -914,14 +1230,14 @@ def _check_disjoint(acc: dict[str, Any]) -> None:
                                     f"{sorted(groups[a] & groups[b])[:3]}")
 
 
-def _stats(acc, speakers, writer, conversations, failures, seconds, per, tok, codec, repeats, seed,
+def _stats(acc, speakers, counts, conversations, failures, seconds, per, tok, codec, repeats, seed,
            timing, workers) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     spk = acc.get("_speakers", {})
     intents = acc.get("_intents", {})
     for s in [*SPLITS, REFERENCE]:
         a = acc.get(s, Counter())
-        entry = {"records": a["records"], "shards": writer.counts[s], "frames": a["frames"],
+        entry = {"records": a["records"], "shards": counts[s], "frames": a["frames"],
                  "hours": round(a["seconds"] / 3600, 4)}
         if s != REFERENCE:
             entry.update({
@@ -933,6 +1249,10 @@ def _stats(acc, speakers, writer, conversations, failures, seconds, per, tok, co
                 "emotions": {e: a[f"emotion:{e}"] for e in EMOTIONS},
                 "user_turns": a["user_turns"], "agent_turns": a["agent_turns"],
                 "backchannels": a["backchannels"], "interruptions": a["interruptions"],
+                "heldout_phrasing": a["heldout_phrasing"],
+                "user_channel": {c: a[f"channel:{c}"] for c in ("clean", "reverb", "telephone", "noise")},
+                "renderings_per_intent": _spread(list(acc.get("_renderings", {}).get(s, Counter()).values())),
+                "response_gap_ms": _spread(acc.get("_gaps", {}).get(s, [])),
             })
         splits[s] = entry
     return {

@@ -45,21 +45,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dlg.add_argument("--codec", required=True, help="codec checkpoint (.safetensors)")
     dlg.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     dlg.add_argument("--repeats", type=int, default=4,
-                     help="user speakers per question phrasing and per exchange (default 4)")
+                     help="renderings (user speaker, speed, pitch, channel) per question phrasing and per "
+                          "exchange (default 4; every intent has 12 phrasings)")
     dlg.add_argument("--seed", type=int, default=0,
                      help="random seed; use the corpus's seed to share its speaker split (default 0)")
     dlg.add_argument("--scripts", default=None,
                      help="conversation YAML (default: the packaged conversations.yaml)")
     dlg.add_argument("--max-intents", type=int, default=None, help="use only the first N intents")
     dlg.add_argument("--max-exchanges", type=int, default=None, help="use only the first N exchanges")
-    dlg.add_argument("--gap-ms", default="200,600",
-                     help="agent response gap after the user stops, MIN,MAX ms (default 200,600)")
+    dlg.add_argument("--gap-ms", default="60,1000",
+                     help="agent response gap after the user stops: clip range MIN,MAX ms (default 60,1000)")
+    dlg.add_argument("--gap-median-ms", type=float, default=200.0,
+                     help="median of the log-normal response gap (default 200, as in natural conversation)")
+    dlg.add_argument("--early-start-prob", type=float, default=0.05,
+                     help="share of answers starting 30-150 ms before the user has finished (default 0.05)")
+    dlg.add_argument("--emotion-mix", type=float, default=0.5,
+                     help="share of answers spoken in another emotion than the intent's (default 0.5)")
+    dlg.add_argument("--noise-prob", type=float, default=0.35,
+                     help="share of dialogues with background noise on the user's channel (default 0.35)")
+    dlg.add_argument("--telephone-prob", type=float, default=0.2,
+                     help="share of dialogues with a telephone-band user channel (default 0.2)")
+    dlg.add_argument("--reverb-prob", type=float, default=0.2,
+                     help="share of dialogues with a reverberant room on the user's side (default 0.2)")
     dlg.add_argument("--interrupt-prob", type=float, default=0.15,
                      help="share of dialogues where the user interrupts the agent (default 0.15)")
     dlg.add_argument("--backchannel-prob", type=float, default=0.6,
                      help="share of long user turns with an agent backchannel (default 0.6)")
     dlg.add_argument("--overlap-prob", type=float, default=0.15,
                      help="share of user turns starting before the agent finishes (default 0.15)")
+    dlg.add_argument("--reference-emotion-intents", type=int, default=4,
+                     help="intents rendered in every other emotion too, per voice, for the evaluation's "
+                          "emotion probe (default 4)")
     dlg.add_argument("--shard-size", type=int, default=200, help="dialogues per shard (default 200)")
     dlg.add_argument("--tokenizer", default=None,
                      help="use this tokenizer.json instead of training one")
@@ -68,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dlg.add_argument("--vocab-size", type=int, default=2000, help="tokenizer vocabulary (default 2000)")
     dlg.add_argument("--keep-audio", action="store_true",
                      help="also write DIR/audio/<split>/<id>.wav (left user, right agent)")
-    dlg.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    dlg.add_argument("--overwrite", action="store_true",
+                     help="replace an existing dataset in --out (the same command without it resumes: "
+                          "shards already written are kept)")
     dlg.set_defaults(func=_dialogues)
 
     sp = sub.add_parser(
@@ -100,26 +118,39 @@ def _range_ms(text: str, name: str) -> tuple[float, float]:
 
 def _dialogues(args: argparse.Namespace) -> int:
     from maata.data.conversations import load_conversations
-    from maata.data.dialogue import TimingConfig, build_dialogues
+    from maata.data.dialogue import TimingConfig, UserChannelConfig, build_dialogues
 
     timing = TimingConfig(response_gap=_range_ms(args.gap_ms, "--gap-ms"),
+                          response_gap_median=args.gap_median_ms / 1000, early_start_prob=args.early_start_prob,
                           interrupt_prob=args.interrupt_prob, backchannel_prob=args.backchannel_prob,
                           overlap_prob=args.overlap_prob)
+    channel = UserChannelConfig(p_noise=args.noise_prob, p_telephone=args.telephone_prob,
+                                p_reverb=args.reverb_prob)
     report = build_dialogues(
         args.out, args.codec, conversations=load_conversations(args.scripts), repeats=args.repeats,
         workers=_workers(args.workers), seed=args.seed, timing=timing, keep_audio=args.keep_audio,
         shard_size=args.shard_size, tokenizer=args.tokenizer,
         tokenizer_sentences=args.tokenizer_sentences, vocab_size=args.vocab_size,
-        max_intents=args.max_intents, max_exchanges=args.max_exchanges, overwrite=args.overwrite)
+        max_intents=args.max_intents, max_exchanges=args.max_exchanges, overwrite=args.overwrite,
+        channel=channel, emotion_mix=args.emotion_mix, reference_emotion_intents=args.reference_emotion_intents)
     s = report.stats
     d = s["per_record"]["dialogue"]
+    resumed = f", {s['resumed_shards']} shards kept from an earlier run" if s["resumed_shards"] else ""
     print(f"wrote {s['dialogues']} dialogues ({s['hours']:.2f} h) to {report.out} in "
-          f"{report.seconds:.1f} s ({len(report.failures)} failed)")
+          f"{report.seconds:.1f} s ({len(report.failures)} failed{resumed})")
     print(f"  per dialogue in a worker: render {d['render_s']:.3f} s ({d['render_cpu_s']:.3f} s CPU), "
           f"encode {d['encode_s']:.3f} s ({d['encode_cpu_s']:.3f} s CPU)")
+    made = s["made"]["dialogues"]
+    if made:
+        cpu = d["render_cpu_s"] + d["encode_cpu_s"]
+        secs = sum(sp["hours"] for n, sp in s["splits"].items() if n != "reference") * 3600 / max(1, s["dialogues"])
+        print(f"  throughput: {secs / max(cpu, 1e-9):.0f}x real time per CPU core "
+              f"({secs:.1f} s of dialogue per {cpu:.2f} CPU s)")
     for name, sp in s["splits"].items():
+        gap = sp.get("response_gap_ms") or {}
         extra = (f"  {sp['user_speakers']:4d} user speakers  {sp['interruptions']:4d} interruptions  "
-                 f"{sp['backchannels']:4d} backchannels" if "user_speakers" in sp else "")
+                 f"{sp['backchannels']:4d} backchannels  {sp['heldout_phrasing']:5d} held-out phrasings  "
+                 f"gap median {gap.get('median', float('nan')):.0f} ms" if "user_speakers" in sp else "")
         print(f"  {name:>9}: {sp['records']:6d} records  {sp['hours']:7.2f} h  {sp['shards']:3d} shards{extra}")
     return 0
 

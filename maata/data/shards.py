@@ -15,6 +15,7 @@ field              dtype, shape    meaning
 ``user``           int16 [K, T]    the user's channel codes (dialogues)
 ``agent``          int16 [K, T]    the agent's channel codes (dialogues)
 ``text``           int32 [T]       the agent's inner-monologue token per frame (EPAD = none)
+``user_text``      int32 [T]       what the user has said, each word once heard (EPAD = none)
 ``emotion``        int8  [T]       the agent's emotion id per frame
 ``phonemes``       int16 [T]       phoneme label per frame (-100 = unknown)
 =================  ==============  ==========================================================
