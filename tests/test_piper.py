@@ -106,14 +106,19 @@ def test_voice_is_deterministic_for_a_seed(voice):
         voice.synthesize("Hi.", length_scale=0)
 
 
-def test_plan_holds_out_sentences_and_covers_styles():
-    jobs = plan_jobs([f"sentence {i}" for i in range(40)], seed=2, valid_fraction=0.1)
-    assert jobs == plan_jobs([f"sentence {i}" for i in range(40)], seed=2, valid_fraction=0.1)
-    assert sum(j.split == "valid" for j in jobs) == 4
-    assert {j.style for j in jobs} == set(STYLES)
+def test_plan_holds_out_sentences_covers_styles_and_is_prefix_stable():
+    sentences = [f"sentence {i}" for i in range(200)]
+    jobs = plan_jobs(sentences, seed=2, valid_fraction=0.1)
+    assert jobs == plan_jobs(sentences, seed=2, valid_fraction=0.1)
+    assert jobs[:37] == plan_jobs(sentences[:37], seed=2, valid_fraction=0.1)
+    assert jobs != plan_jobs(sentences, seed=3, valid_fraction=0.1)
+    valid = [i for i, j in enumerate(jobs) if j.split == "valid"]
+    assert len(valid) == 20 and all(b - a == 10 for a, b in zip(valid, valid[1:]))
+    assert {j.style for j in jobs} == set(STYLES) == {jobs[i].style for i in valid}
     for j in jobs:
         assert abs(j.length_scale / j.style.length_scale - 1) <= 0.06 + 1e-3
-    assert [j.split for j in plan_jobs(["a", "b"], valid_fraction=0.05)].count("valid") == 1
+    assert len({j.length_scale for j in jobs}) > 150
+    assert all(j.split == "train" for j in plan_jobs(sentences, valid_fraction=0))
     with pytest.raises(PiperError):
         plan_jobs(["a"], valid_fraction=1.0)
 
@@ -124,7 +129,8 @@ N = 3
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("piper")
-    assert run_cli(["data", "piper", "--out", str(out), "--sentences", str(N), "--seed", "4"]) == 0
+    assert run_cli(["data", "piper", "--out", str(out), "--sentences", str(N), "--seed", "4",
+                    "--valid-fraction", "0.34"]) == 0
     return out
 
 
@@ -149,11 +155,12 @@ def test_corpus_wavs_and_manifest(corpus):
     item = ds[0]
     assert item["wav"].shape == (1, 16000) and (item["phonemes"] == -100).all()
     plan = json.loads((corpus / "piper_plan.json").read_text())
-    assert plan["seed"] == 4 and plan["sentences"] == N
+    assert plan["seed"] == 4 and len(plan["clips"]) == N and plan["valid_fraction"] == 0.34
 
 
 def test_corpus_is_deterministic_across_runs_and_workers(corpus, tmp_path):
-    report = synthesize_piper_corpus(tmp_path / "again", N, seed=4, workers=2, progress=False)
+    report = synthesize_piper_corpus(tmp_path / "again", N, seed=4, workers=2,
+                                     valid_fraction=0.34, progress=False)
     assert report.made == N and report.kept == 0 and report.realtime_factor > 0
     assert (tmp_path / "again" / "manifest.jsonl").read_bytes() == \
         (corpus / "manifest.jsonl").read_bytes()
@@ -171,14 +178,25 @@ def test_corpus_resumes_and_refuses_other_arguments(corpus, tmp_path):
     (out / rows[0].path).unlink()                               # never written
     (out / rows[1].path).write_bytes(b"RIFF broken")            # cut short
     (out / "manifest.jsonl").unlink()
-    report = synthesize_piper_corpus(out, N, seed=4, progress=False)
+    report = synthesize_piper_corpus(out, N, seed=4, valid_fraction=0.34, progress=False)
     assert (report.made, report.kept) == (2, 1)
     assert {r.path: (out / r.path).read_bytes() for r in rows} == original
     assert (out / "manifest.jsonl").read_bytes() == (corpus / "manifest.jsonl").read_bytes()
-    again = synthesize_piper_corpus(out, N, seed=4, progress=False)
-    assert (again.made, again.kept) == (0, N)
+    # a run stopped early is finished with fewer sentences: nothing new to make
+    fewer = synthesize_piper_corpus(out, N - 1, seed=4, valid_fraction=0.34, progress=False)
+    assert (fewer.made, fewer.kept) == (0, N - 1)
+    assert [r.path for r in read_manifest(out / "manifest.jsonl")] == \
+        sorted(f"wavs/{p.parent.name}/{p.name}" for p in (out / "wavs").glob("*/pip00000[01].wav"))
+    assert len(json.loads((out / "piper_plan.json").read_text())["clips"]) == N
     with pytest.raises(PiperError, match="seed"):
-        synthesize_piper_corpus(out, N, seed=5, progress=False)
+        synthesize_piper_corpus(out, N, seed=5, valid_fraction=0.34, progress=False)
+    with pytest.raises(PiperError, match="valid_fraction"):
+        synthesize_piper_corpus(out, N, seed=4, progress=False)
+    plan = json.loads((out / "piper_plan.json").read_text())
+    plan["clips"][1] = "0" * 16                                  # a clip planned differently
+    (out / "piper_plan.json").write_text(json.dumps(plan))
+    with pytest.raises(PiperError, match="clip plans"):
+        synthesize_piper_corpus(out, N, seed=4, valid_fraction=0.34, progress=False)
     with pytest.raises(PiperError, match="at least 1"):
         synthesize_piper_corpus(tmp_path / "x", 0, progress=False)
     assert run_cli(["data", "piper", "--out", str(out), "--sentences", "2", "--seed", "5",

@@ -62,8 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate varied English sentences and speak them with the Piper (VITS) "
                     "voice en_US-joe-medium in nine styles (speed x expressiveness); writes "
                     "16 kHz WAVs and manifest.jsonl. One real speaker, so a few sentences are "
-                    "held out as 'valid' (not speaker-disjoint); no test split. Rerunning the "
-                    "same command resumes: WAVs already written are kept.")
+                    "held out as 'valid' (not speaker-disjoint); no test split. Rerunning with "
+                    "the same seed resumes (WAVs already written are kept), also with a "
+                    "smaller --sentences to finish a run that was stopped early.")
     piper.add_argument("--out", required=True, help="output folder")
     piper.add_argument("--sentences", type=int, default=3000, help="number of clips (default 3000)")
     piper.add_argument("--workers", type=int, default=1,

@@ -24,8 +24,11 @@ even when the language differs, so this module turns our English sentence genera
   ``valid`` (never spoken in train); there is no ``test`` split (held-out-voice tests use
   the other corpora).
 * **Resume.** WAVs are written atomically (a temporary file renamed into place), so a WAV
-  that exists is complete and a rerun with the same arguments skips it. ``piper_plan.json``
-  records the arguments and a hash of the texts; a rerun with different ones is refused.
+  that exists is complete and a rerun skips it. Clip ``i`` is planned from the seed and
+  its own index only, so the plan for N sentences is the first N clips of any longer one:
+  a run can be stopped at any time and finished with ``--sentences`` set to what it made.
+  ``piper_plan.json`` records the seed, the valid fraction and a hash of every clip's plan;
+  a rerun that would plan any existing clip differently is refused.
 
 Every clip is resampled to 16 kHz mono and RMS-normalised to -16 dBFS, like synth.py.
 """
@@ -36,6 +39,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import random
@@ -61,7 +65,7 @@ MAX_SECONDS = 30.0
 MANIFEST_NAME = "manifest.jsonl"
 PLAN_NAME = "piper_plan.json"
 VOICE_NAME = "en_US-joe-medium"
-_PLAN_VERSION = 1
+_PLAN_VERSION = 2
 
 
 class PiperError(ValueError):
@@ -118,9 +122,14 @@ class PiperJob:
 
 def plan_jobs(sentences: Sequence[str], seed: int = 0, valid_fraction: float = 0.05,
               styles: Sequence[PiperStyle] = STYLES) -> list[PiperJob]:
-    """Deal sentences to styles round-robin (shuffled), jitter each clip's knobs by up to
-    ±6%, and hold out ``round(n * valid_fraction)`` sentences (at least one when there are
-    two or more and the fraction is positive) as ``valid``."""
+    """Deal sentences to styles round-robin (in a seeded order), jitter each clip's knobs by
+    up to ±6% and hold out every ``1 / valid_fraction``-th sentence (from a seeded phase) as
+    ``valid``.
+
+    Clip ``i`` depends only on ``seed``, ``valid_fraction`` and its own sentence, never on how
+    many sentences there are, so the plan for N sentences is the first N jobs of any longer
+    plan: a run can be cut short and finished with a smaller ``--sentences``.
+    """
     if not 0 <= valid_fraction < 1:
         raise PiperError(f"valid fraction must be in [0, 1), got {valid_fraction}")
     if not styles:
@@ -128,20 +137,18 @@ def plan_jobs(sentences: Sequence[str], seed: int = 0, valid_fraction: float = 0
     rng = random.Random(seed)
     order = list(styles)
     rng.shuffle(order)
-    n = len(sentences)
-    n_valid = 0 if valid_fraction == 0 or n < 2 else max(1, round(n * valid_fraction))
-    valid = set(rng.sample(range(n), n_valid))
+    phase = rng.random()
     jobs = []
     for i, text in enumerate(sentences):
         style = order[i % len(order)]
-        jitter = lambda: rng.uniform(0.94, 1.06)  # noqa: E731 - one draw per knob, in order
+        clip = random.Random(f"piper:{seed}:{i}")
+        length, noise, noise_w = (round(base * clip.uniform(0.94, 1.06), 4) for base in
+                                  (style.length_scale, style.noise_scale, style.noise_w))
+        held_out = math.floor((i + 1) * valid_fraction + phase) > math.floor(i * valid_fraction + phase)
         jobs.append(PiperJob(
-            uid=f"pip{i:06d}", text=text, style=style,
-            length_scale=round(style.length_scale * jitter(), 4),
-            noise_scale=round(style.noise_scale * jitter(), 4),
-            noise_w=round(style.noise_w * jitter(), 4),
-            pause_s=round(rng.uniform(0.15, 0.6), 3), seed=(seed, i),
-            split="valid" if i in valid else "train"))
+            uid=f"pip{i:06d}", text=text, style=style, length_scale=length, noise_scale=noise,
+            noise_w=noise_w, pause_s=round(clip.uniform(0.15, 0.6), 3), seed=(seed, i),
+            split="valid" if held_out else "train"))
     return jobs
 
 
@@ -360,8 +367,7 @@ def _run_job_safe(args: tuple[PiperJob, str, bool]) -> tuple[ManifestRow, bool] 
 
 
 def _worker_init() -> None:
-    # one ONNX thread per worker process: parallelism comes from the processes
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    """Load the voice once per worker (one ONNX thread each: parallelism is the processes)."""
     _voice()
 
 
@@ -401,13 +407,29 @@ class PiperCorpusReport:
         return self.made_audio_seconds / self.synth_seconds if self.synth_seconds > 0 else 0.0
 
 
-def _plan_record(n: int, seed: int, valid_fraction: float, jobs: Sequence[PiperJob]) -> dict:
-    digest = hashlib.sha256()
-    for job in jobs:
-        digest.update(json.dumps([job.uid, job.text, asdict(job.style), job.length_scale,
-                                  job.noise_scale, job.noise_w, job.pause_s, job.split]).encode())
-    return {"version": _PLAN_VERSION, "voice": VOICE_NAME, "sentences": n, "seed": seed,
-            "valid_fraction": valid_fraction, "plan_sha256": digest.hexdigest()}
+def _job_digest(job: PiperJob) -> str:
+    """A short hash of everything that decides a clip's audio and its row."""
+    data = json.dumps([job.uid, job.text, asdict(job.style), job.length_scale, job.noise_scale,
+                       job.noise_w, job.pause_s, list(job.seed), job.split])
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _check_plan(plan_path: Path, record: dict, digests: list[str]) -> list[str]:
+    """Compare a folder's recorded plan with this one; return the digests to record (the
+    longer of the two, so clips made by a longer earlier run stay checked)."""
+    try:
+        old = json.loads(plan_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PiperError(f"{plan_path} is not valid JSON ({e.msg}); pass --overwrite") from e
+    changed = sorted(k for k in record if old.get(k) != record[k])
+    old_digests = old.get("clips") or []
+    if not changed and old_digests[:len(digests)] != digests[:len(old_digests)]:
+        changed = ["the sentences or clip plans (another version of the generator?)"]
+    if changed:
+        raise PiperError(f"{plan_path.parent} holds a corpus planned differently ({', '.join(changed)}"
+                         f" differ: was {[old.get(k) for k in changed if k in record]}); use the "
+                         "same arguments to resume, another --out, or --overwrite")
+    return old_digests if len(old_digests) > len(digests) else digests
 
 
 def synthesize_piper_corpus(out_dir: str | Path, n_sentences: int, *, workers: int = 1,
@@ -416,9 +438,10 @@ def synthesize_piper_corpus(out_dir: str | Path, n_sentences: int, *, workers: i
     """Make (or finish) the Piper corpus: ``n_sentences`` clips in ``out_dir`` plus
     ``manifest.jsonl`` and ``piper_plan.json``.
 
-    A rerun with the same arguments keeps the WAVs already written and makes the rest.
-    A folder planned with other arguments is refused unless ``overwrite``, which plans
-    afresh and synthesises every clip again. Clips that fail are logged and left out; if
+    A rerun with the same seed and valid fraction keeps the WAVs already written and makes
+    the rest, whatever ``n_sentences`` (plans are prefix-stable, see :func:`plan_jobs`).
+    A folder planned differently is refused unless ``overwrite``, which plans afresh and
+    synthesises every clip again. Clips that fail are logged and left out; if
     more than 5% fail the run raises :class:`PiperError`.
     """
     from tqdm import tqdm
@@ -433,24 +456,18 @@ def synthesize_piper_corpus(out_dir: str | Path, n_sentences: int, *, workers: i
     started = time.monotonic()
     jobs = plan_jobs(generate_english(n_sentences, seed=seed), seed=seed,
                      valid_fraction=valid_fraction)
-    record = _plan_record(n_sentences, seed, valid_fraction, jobs)
+    record = {"version": _PLAN_VERSION, "voice": VOICE_NAME, "seed": seed,
+              "valid_fraction": valid_fraction}
+    digests = [_job_digest(job) for job in jobs]
     plan_path = out_dir / PLAN_NAME
     if plan_path.is_file() and not overwrite:
-        try:
-            old = json.loads(plan_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise PiperError(f"{plan_path} is not valid JSON ({e.msg}); pass --overwrite") from e
-        if old != record:
-            changed = sorted(k for k in record if old.get(k) != record[k])
-            raise PiperError(f"{out_dir} holds a corpus planned with other arguments "
-                             f"({', '.join(changed)} differ: {[old.get(k) for k in changed]}); "
-                             "use the same arguments to resume, another --out, or --overwrite")
+        digests = _check_plan(plan_path, record, digests)
     elif not plan_path.is_file() and not overwrite and (out_dir / MANIFEST_NAME).exists():
         raise PiperError(f"{out_dir / MANIFEST_NAME} exists but no {PLAN_NAME}: not a Piper "
                          "corpus folder; choose another --out or pass --overwrite")
     _voice()  # load (and check) the voice before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    plan_path.write_text(json.dumps({**record, "clips": digests}) + "\n", encoding="utf-8")
 
     rows: list[ManifestRow] = []
     failures: list[str] = []
