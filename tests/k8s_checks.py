@@ -4,6 +4,9 @@ against the Kubernetes JSON schemas of a pinned version, and check what Maata's 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import re
 import shutil
@@ -86,11 +89,14 @@ def _expand(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
 
 
+@functools.cache
 def _triton_in_tree() -> bool:
+    """Whether this tree has the Triton backend's commands (`maata triton ...`), which the GPU manifests run."""
     from maata.cli import build_parser
 
     try:
-        build_parser().parse_args(["triton", "--help"])
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(["triton", "--help"])
     except SystemExit as done:
         return done.code == 0
     return True
@@ -126,17 +132,20 @@ def serve_config_of(docs: list[dict], container: dict, namespace: str = "maata")
         os.unlink(f.name)
 
 
-def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace: str) -> None:
-    """What every deployment of Maata needs, in whichever way it was rendered (kustomize or Helm)."""
+def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace: str, prefix: str = "",
+                          external_secrets: tuple[str, ...] = (), service_monitor: bool = True) -> None:
+    """What every deployment of Maata needs, in whichever way it was rendered (kustomize, or Helm with
+    ``prefix`` = the release's name prefix on every object; ``external_secrets``: Secrets the operator
+    creates, referenced but not rendered)."""
     from maata.cli import build_parser
 
     parser = build_parser()
-    deployments = by_kind(docs, "Deployment")
-    services = by_kind(docs, "Service")
+    deployments = {k.removeprefix(prefix): v for k, v in by_kind(docs, "Deployment").items()}
+    services = {k.removeprefix(prefix): v for k, v in by_kind(docs, "Service").items()}
     for role in ("gateway", "codec", "generation"):
         assert role in deployments, f"no {role} Deployment"
     # Redis: a StatefulSet with a volume claim and the append-only file on
-    redis = by_kind(docs, "StatefulSet")["redis"]
+    redis = by_kind(docs, "StatefulSet")[prefix + "redis"]
     assert redis["spec"]["volumeClaimTemplates"], "Redis persists to a volume"
     redis_args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
@@ -173,10 +182,10 @@ def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace
     for backend, port in (("codec", 7101), ("generation", 7102)):
         assert services[backend]["spec"]["clusterIP"] == "None", f"{backend}: headless Service"
         target = getattr(config.gateway, backend)
-        assert target == f"dns:///{backend}.{namespace}.svc.cluster.local:{port}", target
-    assert config.gateway.session_store.startswith("redis://redis:")
+        assert target == f"dns:///{prefix}{backend}.{namespace}.svc.cluster.local:{port}", target
+    assert config.gateway.session_store.startswith(f"redis://{prefix}redis:")
     assert config.gateway.auth.keys_file
-    assert config.generation.session_store.startswith("redis://redis:")
+    assert config.generation.session_store.startswith(f"redis://{prefix}redis:")
 
     # API keys come from a Secret mounted at keys_file
     gw_pod = deployments["gateway"]["spec"]["template"]["spec"]
@@ -184,11 +193,12 @@ def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace
     mount = next(m for m in gateway["volumeMounts"] if m["name"] == secret_vol["name"])
     assert config.gateway.auth.keys_file.startswith(mount["mountPath"])
     secrets = by_kind(docs, "Secret")
-    assert secret_vol["secret"]["secretName"] in secrets
+    assert secret_vol["secret"]["secretName"] in {*secrets, *external_secrets}
 
     # only the gateway is reachable from outside: default deny + sources restricted for everyone else
     policies = list(by_kind(docs, "NetworkPolicy").values())
-    assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies), "default deny"
+    assert any(set(p["spec"]["podSelector"].get("matchLabels", {})) <= {"app.kubernetes.io/instance"}
+               and "ingress" not in p["spec"] for p in policies), "a default-deny policy over every pod"
     for p in policies:
         selected = p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
         for rule in p["spec"].get("ingress", []):
@@ -205,7 +215,7 @@ def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace
         metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
         assert metric in served, f"HPA scales on {metric}, which Maata does not export"
     assert by_kind(docs, "PodDisruptionBudget"), "PodDisruptionBudgets"
-    assert by_kind(docs, "ServiceMonitor"), "a ServiceMonitor"
+    assert bool(by_kind(docs, "ServiceMonitor")) == service_monitor
 
     gen_pod = deployments["generation"]["spec"]["template"]["spec"]
     gpu_limits = [c for c in gen_pod["containers"] if "nvidia.com/gpu" in c["resources"].get("limits", {})]
@@ -227,13 +237,14 @@ def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace
         low, high = map(int, sysctl["value"].split())
         assert sorted(p["containerPort"] for p in ports) == list(range(low, high + 1)), "published = ephemeral range"
         assert config.gateway.webrtc.host_addresses == ["10.0.0.7"], "ICE host candidate = the node's address"
-        public = by_kind(docs, "NetworkPolicy")["gateway-public"]["spec"]["ingress"][0]["ports"]
+        public = next(p for p in policies if p["spec"]["podSelector"].get("matchLabels", {}).get(
+            "app.kubernetes.io/name") == "gateway")["spec"]["ingress"][0]["ports"]
         assert {"protocol": "UDP", "port": low, "endPort": high} in public
     elif webrtc == "turn":
         ice = next(e for e in gateway["env"] if e["name"] == "MAATA_SERVE__GATEWAY__WEBRTC__ICE_SERVERS")
         assert "secretKeyRef" in ice["valueFrom"]
-        turn = deployments["turn"]["spec"]["template"]["spec"]
-        assert turn["hostNetwork"] is True
+        if "turn" in deployments:  # the kustomize overlay runs the relay too (the chart expects one)
+            assert deployments["turn"]["spec"]["template"]["spec"]["hostNetwork"] is True
         assert not any(p.get("protocol") == "UDP" for p in gateway["ports"]), "the gateway needs no public UDP"
     else:
         raise AssertionError(webrtc)
