@@ -10,13 +10,17 @@
 ``--silence`` seconds of silence is fed frame by frame (codec ``encode_step`` → ``lm.step`` →
 codec ``decode_step``); it writes the agent channel (mono, ``--out``) and both channels as a
 stereo WAV (user left, agent right; ``--stereo``, default ``<out>_stereo.wav``), each as long as
-the padded input. Only argparse is imported at load time; bad input (paths, voice, emotion,
+the padded input. While it runs it prints the agent's inner-monologue text as it comes, piece
+by piece (:class:`maata.text.tokenizer.TextStream`: the same pieces the browser page shows);
+``--json FILE`` writes that text with the frame and time of every piece, when the user stopped
+and the agent spoke, the voice, emotion, sampling and per-frame compute times. Only argparse is imported at load time; bad input (paths, voice, emotion,
 checkpoints that do not fit) raises :class:`CommandError` (a ValueError): one line, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -74,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--emotion", default="NEUTRAL", help="speaking style (e.g. HAPPY; default NEUTRAL)")
     p.add_argument("--reference", type=Path, default=None, help="reference clip for --voice custom (≥ 1 s)")
     p.add_argument("--silence", type=float, default=4.0, help="seconds of silence after the question (default 4)")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="the text stream's tokenizer (default: checkpoints/tokenizer.json, what `maata serve` uses)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write the agent's text, its timings and the chosen voice/emotion to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="do not print the agent's text as it comes")
     _sampling_args(p, greedy_default=False)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_talk)
@@ -157,11 +166,13 @@ def _threads(n: int) -> None:
 
 
 # -- talk ----------------------------------------------------------------------------------------
-def converse(lm, codec, user_pcm, *, voice=None, emotion=None, speaker=None, sampling=None, seed: int = 0):
+def converse(lm, codec, user_pcm, *, voice=None, emotion=None, speaker=None, sampling=None, seed: int = 0,
+             on_text=None):
     """Run one call over ``user_pcm`` (float32 mono at the codec's rate, already padded with the
     silence wanted after it): per 40 ms frame, encode the user's frame, step the LM, decode the
     agent's frame. Returns (agent PCM, user PCM), both ``frames * hop`` long, and per-frame
-    compute times (s).
+    compute times (s). ``on_text(frame, token)`` is called at every step with the text token
+    of the frame begun there (-1 when the model has no text stream).
 
     The agent's frame t comes out ``acoustic_delay`` steps after the user's frame t went in; the
     last frames are flushed with silence so both channels cover the same frames.
@@ -189,6 +200,8 @@ def converse(lm, codec, user_pcm, *, voice=None, emotion=None, speaker=None, sam
             codes = codec.encode_step(enc, frame)  # [1, K, 1]
             out = lm.step(state, codes[:, :, 0], active, voice=voice, emotion=emotion, speaker=speaker,
                           sampling=sampling)
+            if on_text is not None and t < frames:
+                on_text(t, int(out.text_token[0]))
             if bool(out.ready[0]) and int(out.frame[0]) < frames:
                 agent.append(codec.decode_step(dec, out.agent_codes[:, :, None])[0])
             times.append(time.perf_counter() - t0)
@@ -242,20 +255,138 @@ def cmd_talk(args: argparse.Namespace) -> int:
             speaker = lm.speaker_embedding(codes)
         except ValueError as e:
             raise CommandError(f"{args.reference}: {e}") from e
+    tokenizer = _talk_tokenizer(args.tokenizer, lm)
     pcm = np.concatenate([x, np.zeros(int(round(args.silence * sr)), np.float32)])
+    frame_ms = 1000.0 * codec.hop / sr
+    monologue = _Monologue(tokenizer, frame_ms, echo=not args.quiet)
     agent, user, times = converse(lm, codec, pcm, voice=voice, emotion=args.emotion, speaker=speaker,
-                                  sampling=sampling, seed=args.seed)
+                                  sampling=sampling, seed=args.seed, on_text=monologue.push)
+    monologue.close()
     stereo = args.stereo or args.out.with_name(f"{args.out.stem}_stereo.wav")
     write_wav(args.out, agent, sr)
     write_wav(stereo, np.stack([user, agent], axis=1), sr)
-    frame_ms = 1000.0 * codec.hop / sr
     ms = 1000.0 * np.asarray(times)
     print(f"{args.out}: agent channel, {agent.size / sr:.2f} s ({voice}, {args.emotion})\n"
           f"{stereo}: user left, agent right\n"
           f"per frame (encode + LM step + decode): p50 {np.percentile(ms, 50):.1f} ms, "
           f"p99 {np.percentile(ms, 99):.1f} ms for {frame_ms:.0f} ms frames "
           f"({'real time' if np.percentile(ms, 99) < frame_ms else 'slower than real time'} on this machine)")
+    if args.json is not None:
+        user_on = _speaking(x, codec.hop)
+        agent_on = _speaking(agent, codec.hop)
+        user_end = int(np.flatnonzero(user_on)[-1]) + 1 if user_on.any() else 0
+        after = np.flatnonzero(agent_on[user_end:])
+        first = np.flatnonzero(agent_on)
+        report = {
+            "input": str(args.input), "out": str(args.out), "stereo": str(stereo),
+            "lm": str(args.lm), "codec": str(args.codec),
+            "tokenizer": str(monologue.tokenizer_path(args.tokenizer)) if tokenizer is not None else None,
+            "voice": voice, "emotion": args.emotion, "reference": str(args.reference) if args.reference else None,
+            "seed": args.seed, "sampling": sampling.__dict__,
+            "frame_ms": frame_ms, "frames": len(times) - lm.max_delay, "acoustic_delay_frames": lm.max_delay,
+            "user_seconds": round(x.size / sr, 3), "silence_seconds": args.silence,
+            "agent_seconds": round(agent.size / sr, 3),
+            "text": monologue.text, "pieces": monologue.pieces,
+            "user_stops_ms": round(user_end * frame_ms, 1),
+            "agent_first_speech_ms": round(float(first[0]) * frame_ms, 1) if first.size else None,
+            "agent_starts_after_user_ms": (round(float(after[0]) * frame_ms, 1) if after.size else None),
+            "agent_speech_ms": round(float(agent_on.sum()) * frame_ms, 1),
+            "per_frame_ms": {"p50": round(float(np.percentile(ms, 50)), 2),
+                             "p99": round(float(np.percentile(ms, 99)), 2),
+                             "max": round(float(ms.max()), 2)},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+        print(f"{args.json}: text, timings, voice and emotion")
     return 0
+
+
+DEFAULT_TOKENIZER = Path("checkpoints/tokenizer.json")
+
+
+def _talk_tokenizer(path: Path | None, lm):
+    """The tokenizer of the LM's text stream: ``path``, or the committed one when it fits.
+    ``None`` (a note on stderr) when the model has no text stream or the default is missing or
+    does not fit; a given path that is missing or does not fit is an error."""
+    import sys
+
+    if not getattr(lm, "text_enabled", True):
+        return None
+    from maata.text.tokenizer import Tokenizer, TokenizerError
+
+    explicit = path is not None
+    path = path if explicit else DEFAULT_TOKENIZER
+    if not path.is_file():
+        if explicit:
+            raise CommandError(f"tokenizer (--tokenizer) not found: {path}")
+        print(f"note: {path} not found: the agent's text is shown as token ids (pass --tokenizer)", file=sys.stderr)
+        return None
+    try:
+        tok = Tokenizer.load(path)
+    except (TokenizerError, ValueError, OSError) as e:
+        raise CommandError(f"{path}: not a readable tokenizer ({e})") from e
+    if tok.vocab_size != lm.text_vocab:
+        msg = (f"{path} has {tok.vocab_size} tokens but the LM's text stream has {lm.text_vocab}: "
+               f"not the tokenizer it was trained with")
+        if explicit:
+            raise CommandError(msg)
+        print(f"note: {msg}; the agent's text is shown as token ids", file=sys.stderr)
+        return None
+    return tok
+
+
+class _Monologue:
+    """Collects (and echoes to stdout as it comes) the agent's inner-monologue text."""
+
+    def __init__(self, tokenizer, frame_ms: float, echo: bool):
+        from maata.text.tokenizer import EPAD_ID, TextStream
+
+        self.stream = TextStream(tokenizer) if tokenizer is not None else None
+        self.frame_ms, self.echo, self.epad = frame_ms, echo, EPAD_ID
+        self.pieces: list[dict] = []
+        self.text = ""
+        self._started = False
+
+    @staticmethod
+    def tokenizer_path(path: Path | None) -> Path:
+        return path if path is not None else DEFAULT_TOKENIZER
+
+    def push(self, frame: int, token: int) -> None:
+        if token < 0 or token == self.epad:
+            return
+        piece = self.stream.push(token) if self.stream is not None else f"<{token}>"
+        if not piece:
+            return
+        self.pieces.append({"frame": frame, "ms": round(frame * self.frame_ms, 1), "token": token, "text": piece})
+        self.text += piece
+        if self.echo:
+            if not self._started:
+                piece = "agent: " + piece.lstrip()
+                self._started = True
+            print(piece, end="", flush=True)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            rest = self.stream.flush()
+            if rest:
+                self.text += rest
+                if self.echo:
+                    print(rest, end="")
+        if self.echo:
+            print("" if self._started else "agent: (no text)")
+        self.text = self.text.strip()
+
+
+def _speaking(pcm, hop: int, threshold_dbfs: float = -40.0):
+    """Per codec frame: louder than ``threshold_dbfs`` (RMS)."""
+    import numpy as np
+
+    n = len(pcm) // hop
+    if n == 0:
+        return np.zeros(0, bool)
+    frames = np.asarray(pcm[: n * hop], np.float64).reshape(n, hop)
+    rms = np.sqrt(np.mean(frames ** 2, axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-10)) > threshold_dbfs
 
 
 # -- eval ----------------------------------------------------------------------------------------

@@ -403,6 +403,44 @@ class Tokenizer:
         return cls.from_dict(data)
 
 
+# -- streaming detokenisation --------------------------------------------------------------------------
+class TextStream:
+    """Turns a stream of token ids (the speech LM's inner monologue, one per frame) into text
+    as it comes: :meth:`push` returns the new text for one id. Specials (EPAD, PAD, ...) give
+    nothing; byte tokens are held until they complete a UTF-8 character (a lone or broken
+    sequence comes out as U+FFFD once a non-byte token or :meth:`flush` ends it). Every other
+    id gives ``tokenizer.decode([id])``, exactly the piece the generation service sends a
+    browser, so what ``maata talk`` prints is what the page shows (the service drops byte
+    tokens, which a tokenizer trained on the scripts rarely emits). Joined, the pieces equal
+    ``tokenizer.decode(ids)`` wherever the byte runs are well-formed UTF-8."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._bytes = bytearray()
+
+    def push(self, token: int) -> str:
+        token = int(token)
+        if not 0 <= token < self.tokenizer.vocab_size:
+            raise TokenizerError(f"token id {token} is outside the vocabulary of {self.tokenizer.vocab_size}")
+        if BYTE_OFFSET <= token < N_BASE:
+            self._bytes.append(token - BYTE_OFFSET)
+            try:
+                text = self._bytes.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if e.reason == "unexpected end of data" and len(self._bytes) < 4:
+                    return ""  # wait for the rest of the character
+                text = self._bytes.decode("utf-8", errors="replace")
+            self._bytes.clear()
+            return text
+        return self.flush() + (self.tokenizer.decode([token]) if token >= N_BASE else "")
+
+    def flush(self) -> str:
+        """Whatever bytes are held, decoded (U+FFFD for an incomplete character)."""
+        text = self._bytes.decode("utf-8", errors="replace") if self._bytes else ""
+        self._bytes.clear()
+        return text
+
+
 def _is_unit(cluster: str, vocab) -> bool:
     """A cluster that is a BPE unit: in the vocabulary (a literal ▁ never is: it goes in bytes)."""
     return cluster in vocab and SPACE not in cluster
