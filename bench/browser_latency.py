@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import soundfile as sf  # noqa: E402
 
 from maata.audio import load_audio, resample  # noqa: E402
-from services.gateway.chromium import Browser, in_netns, loopback_netns_command  # noqa: E402
+from tests.support.chromium import Browser, in_netns, loopback_netns_command  # noqa: E402
 
 SENTENCES = ["నమస్కారం, మీ పేరు ఏమిటి?", "ఈ రోజు వాతావరణం ఎలా ఉంది?", "బ్యాంక్ ఎన్ని గంటలకు తెరుస్తారు?",
              "నాకు హైదరాబాద్ కి దారి చెప్పండి.", "మీకు ఏ భోజనం ఇష్టం?"]
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.json).parent
     out.mkdir(parents=True, exist_ok=True)
     wav = speech_wav(out / "browser_latency_input.wav")
-    env = {"MAATA_SERVE__SESSION_PORT": "0", "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
+    env = {"MAATA_SERVE__SESSION__SERVER__PORT": "0", "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
            "MAATA_SERVE__CODEC__SERVER__PORT": "0", "MAATA_SERVE__GENERATION__SERVER__PORT": "0",
            "MAATA_SERVE__GATEWAY__WEBRTC__PORT": "0", "MAATA_SERVE__THREADS": str(args.threads)}
     if in_netns():

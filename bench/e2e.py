@@ -91,7 +91,7 @@ class Deployment:
                     "MAATA_SERVE__GATEWAY__SERVER__PORT": str(self.ports["gateway"]),
                     "MAATA_SERVE__CODEC__SERVER__PORT": str(self.ports["codec"]),
                     "MAATA_SERVE__GENERATION__SERVER__PORT": str(self.ports["generation"]),
-                    "MAATA_SERVE__SESSION_PORT": str(self.ports["session"]),
+                    "MAATA_SERVE__SESSION__SERVER__PORT": str(self.ports["session"]),
                     "MAATA_SERVE__GENERATION__MAX_CALLS": "64", "MAATA_SERVE__CODEC__MAX_STREAMS": "64",
                     **(env or {})}
         self.untrained = untrained

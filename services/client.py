@@ -42,7 +42,7 @@ from maata.audio import float_to_pcm16, pcm16_to_float
 from services.common.config import ServerConfig
 from services.common.server import channel_options
 from services.gateway.auth import API_KEY_METADATA
-from services.gateway.pipeline import RECONNECT_OPTIONS
+from services.gateway.backends import RECONNECT_OPTIONS
 
 from maata.v1.common_pb2 import Sampling, Style
 from maata.v1.conversation_pb2 import AudioFormat, ClientAudio, ClientConfig, ClientEvent, HangUp, ServerEvent

@@ -19,7 +19,7 @@ process). The generation service keeps call histories in the session
 service's store object (no hop either way).
 
 One role per process (``--role``): the codec and generation services load their models; the
-generation service keeps histories in the session service (``session_port``) unless
+generation service keeps histories in the session service (``session.server.port``) unless
 ``generation.session_store`` names another store (a redis:// URL, or ``memory`` for a private
 in-process one); the gateway talks gRPC to ``gateway.codec`` / ``gateway.generation`` (default:
 this config's codec and generation ports on ``host``) and reads sessions from
@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,14 +52,15 @@ from pathlib import Path
 from typing import Any
 
 from maata import config as cfglib
-from services.codec.service import CodecServer, CodecServiceConfig, CodecServicer, serve_codec
+from services.codec.service import CodecServer, CodecServiceConfig, serve_codec
+from services.common.aio import drain_on_signals
 from services.common.config import ServerConfig
-from services.common.server import channel_options
+from services.common.server import Service, channel_options
 from services.gateway.auth import ApiKey, Authenticator, hash_key, new_key
-from services.gateway.partner import GatewayConfig, GatewayServer, serve_gateway
-from services.gateway.pipeline import GrpcBackends, InprocBackends
-from services.generation.service import (GenerationServer, GenerationServiceConfig, GenerationServicer,
-                                         serve_generation)
+from services.gateway.backends import Backends, GrpcBackends, InprocBackends
+from services.gateway.config import GatewayConfig
+from services.gateway.server import GatewayServer, serve_gateway
+from services.generation.service import GenerationServer, GenerationServiceConfig, serve_generation
 from services.session.client import open_store
 from services.session.service import SessionConfig, SessionServer, serve_session
 
@@ -102,15 +102,12 @@ class ServeConfig:
     lm_checkpoint: str = "checkpoints/lm_demo.safetensors"
     tokenizer: str = "checkpoints/tokenizer.json"  # the agent's text pieces, when the file exists
     threads: int = 1  # torch intra-op threads of this process (0: torch's default)
-    session_port: int = 7103
     gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(server=_port(7100)))
     codec: CodecServiceConfig = field(default_factory=lambda: CodecServiceConfig(server=_port(7101)))
     generation: GenerationServiceConfig = field(default_factory=lambda: GenerationServiceConfig(server=_port(7102)))
-    session: SessionConfig = field(default_factory=SessionConfig)
+    session: SessionConfig = field(default_factory=lambda: SessionConfig(server=_port(7103)))
 
     def __post_init__(self) -> None:
-        if not 0 <= self.session_port <= 65535:
-            raise ValueError(f"session_port must be a TCP port (0 = any free one), got {self.session_port}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
@@ -172,7 +169,8 @@ def check_shapes(codec: Any, lm: Any) -> None:
 # -- the stack --------------------------------------------------------------------------------------
 @dataclass
 class Stack:
-    """The services this process runs; ``drain`` stops them gracefully in order."""
+    """The services this process runs, composed from their handles; ``drain`` stops them
+    gracefully in order: gateway, generation, codec, session (callers before what they call)."""
 
     role: str
     gateway: GatewayServer | None = None
@@ -181,13 +179,17 @@ class Stack:
     session: SessionServer | None = None
     dev_key: str = ""  # the ephemeral key of a one-process run without configured keys
     path: str = ""  # "in process" or "loopback gRPC" (the gateway's way to the engines)
-    _stopping: asyncio.Task[None] | None = None
+    _stopping: asyncio.Future[None] | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def services(self) -> list[Service]:
+        """The running services, in drain order."""
+        return [s for s in (self.gateway, self.generation, self.codec, self.session) if s is not None]
+
+    @property
     def ports(self) -> dict[str, int]:
-        out = {name: server.port for name in ("gateway", "codec", "generation", "session")
-               if (server := getattr(self, name)) is not None}
+        out = {service.name: service.port for service in self.services}
         if self.gateway is not None and self.gateway.webrtc is not None:
             out["webrtc"] = self.gateway.webrtc.port
         return out
@@ -204,14 +206,8 @@ class Stack:
 
     async def _drain(self) -> None:
         try:
-            if self.gateway is not None:
-                await self.gateway.drain()
-            if self.generation is not None:
-                await self.generation.drain()
-            if self.codec is not None:
-                await self.codec.drain()
-            if self.session is not None:
-                await self.session.stop()
+            for service in self.services:
+                await service.drain()
         finally:
             self._stopped.set()
 
@@ -231,7 +227,7 @@ async def start(config: ServeConfig, role: str = "all", *, inproc: bool = True, 
     stack = Stack(role)
     try:
         if role in ("all", "session"):
-            stack.session = await serve_session(config.session, port=config.session_port, host=host)
+            stack.session = await serve_session(config.session, host=host)
         codec_model = lm = None
         if role in ("all", "codec", "generation"):
             codec_model = load_codec_model(config, untrained)
@@ -244,7 +240,7 @@ async def start(config: ServeConfig, role: str = "all", *, inproc: bool = True, 
             store = stack.session.store if stack.session is not None else None
             generation_config = config.generation
             if store is None:
-                where = generation_config.session_store or f"{host}:{config.session_port}"
+                where = generation_config.session_store or f"{host}:{config.session.server.port}"
                 generation_config = dataclasses.replace(generation_config,
                                                         session_store="" if where == "memory" else where)
             stack.generation = await serve_generation(generation_config, store=store, host=host, lm=lm,
@@ -271,8 +267,7 @@ async def _start_gateway(config: ServeConfig, stack: Stack, inproc: bool) -> tup
     options = channel_options(gw.server)
     if stack.role == "all" and inproc:
         assert stack.codec is not None and stack.generation is not None
-        backends: Any = InprocBackends(CodecServicer(stack.codec.batcher, config.codec),
-                                       GenerationServicer(stack.generation.calls))
+        backends: Backends = InprocBackends(stack.codec.servicer, stack.generation.servicer)
         path = "in process"
     else:
         codec = gw.codec or f"{host}:{stack.codec.port if stack.codec else config.codec.server.port}"
@@ -282,7 +277,7 @@ async def _start_gateway(config: ServeConfig, stack: Stack, inproc: bool) -> tup
     if stack.session is not None:
         store, owns_store = stack.session.store, False
     else:
-        where = gw.session_store or f"{host}:{config.session_port}"
+        where = gw.session_store or f"{host}:{config.session.server.port}"
         store, owns_store = open_store(where, timeout_s=gw.store_timeout_s, options=options), True
     try:
         server = await serve_gateway(gw, backends, store=store, host=host, auth=auth, owns_store=owns_store)
@@ -337,25 +332,18 @@ async def serve_forever(config: ServeConfig, role: str = "all", *, inproc: bool 
                         out: Any = sys.stderr) -> None:
     """Start, print where everything listens, drain on SIGTERM/SIGINT: a process's main coroutine."""
     stack = await start(config, role, inproc=inproc, untrained=untrained)
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stack.drain()))
-    ports = ", ".join(f"{name} {config.host}:{port}" for name, port in stack.ports.items())
-    print(f"maata serve ({role}{', ' + stack.path if stack.path else ''}"
-          f"{', untrained models' if untrained else ''}): {ports}", file=out, flush=True)
-    if stack.browser_url:
-        print(f"talk to Maata from a browser: open {stack.browser_url} and press Call", file=out, flush=True)
-    if stack.dev_key:
-        print(f"no API keys configured: this run accepts the development key {stack.dev_key} "
-              "(configure gateway.auth for anything else)", file=out, flush=True)
-    try:
+    with drain_on_signals(stack.drain):
+        ports = ", ".join(f"{name} {config.host}:{port}" for name, port in stack.ports.items())
+        print(f"maata serve ({role}{', ' + stack.path if stack.path else ''}"
+              f"{', untrained models' if untrained else ''}): {ports}", file=out, flush=True)
+        if stack.browser_url:
+            print(f"talk to Maata from a browser: open {stack.browser_url} and press Call", file=out, flush=True)
+        if stack.dev_key:
+            print(f"no API keys configured: this run accepts the development key {stack.dev_key} "
+                  "(configure gateway.auth for anything else)", file=out, flush=True)
         await stack.wait()
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
     print("maata serve: drained", file=out, flush=True)
 
 
-__all__ = ["BackgroundStack", "ROLES", "ServeConfig", "Stack", "UNTRAINED_CODEC", "UNTRAINED_LM", "load_config", "serve_forever",
-           "start"]
+__all__ = ["BackgroundStack", "ROLES", "ServeConfig", "Stack", "UNTRAINED_CODEC", "UNTRAINED_LM", "load_config",
+           "serve_forever", "start"]

@@ -437,7 +437,7 @@ async def fault_run(store_of: Callable[[], Any], graceful: bool, redis: RedisSer
         code, details = await call.status()
         assert code == CODE.UNAVAILABLE  # a drain says so; a crash looks like a connection lost
         if graceful:
-            assert "reconnect with the same call_id to resume" in details
+            assert "reconnect with the same call_id (resume)" in details
 
     store = store_of()
     session = await store.get("call-1")
@@ -542,7 +542,7 @@ def test_resume_through_the_session_service_and_takeover() -> None:
             assert matches(replies, reference(spec, frames))
         finally:
             await server.drain()
-            await session_server.stop()
+            await session_server.drain()
 
     asyncio.run(main())
 
@@ -575,7 +575,7 @@ def test_concurrent_writes_through_the_gateways_duplex_keep_the_stream_ok() -> N
     """The gateway writes one generation stream from several tasks (user frames, a mid-call style
     change, keep-alives). Two grpc.aio writes in flight at once fail the whole RPC with INTERNAL
     ("Internal error from Core"); ``GrpcDuplex`` serialises them, so the call goes on."""
-    from services.gateway.pipeline import GrpcDuplex
+    from services.gateway.backends import GrpcDuplex
 
     async def main() -> None:
         server = await start(max_queued_frames=64)

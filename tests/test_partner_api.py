@@ -27,8 +27,10 @@ from services.codec.service import CodecServiceConfig, load_model as load_codec_
 from services.common.config import ServerConfig
 from services.common.server import channel_options
 from services.gateway.auth import ApiKey, AuthConfig, Authenticator, hash_key
-from services.gateway.partner import GatewayConfig, serve_gateway
-from services.gateway.pipeline import GrpcBackends, SpeechConfig, SpeechDetector, TurnTracker
+from services.gateway.config import GatewayConfig
+from services.gateway.server import serve_gateway
+from services.gateway.backends import GrpcBackends
+from services.gateway.speech import SpeechConfig, SpeechDetector, TurnTracker
 from services.generation.service import GenerationServiceConfig, load_model as load_lm_model, serve_generation
 from services.serve import UNTRAINED_CODEC, UNTRAINED_LM
 from services.session import RedisSessionStore, SessionConfig, serve_session
@@ -108,7 +110,7 @@ async def services_running(session_store: str = "", **generation: Any):
         await gateway.drain()
         await handle.generation.drain()
         await codec.drain()
-        await session.stop()
+        await session.drain()
 
 
 async def status_of(address: str, messages: list[Any], key: str | None = KEY, raw: bool = False,
@@ -443,7 +445,7 @@ class ScriptedBackends:
     def encoder(self, call_id: str) -> Any:
         from maata.audio import pcm16_to_float
         from maata.v1.codec_pb2 import CodeFrames
-        from services.gateway.pipeline import InprocDuplex
+        from services.gateway.backends import InprocDuplex
 
         async def encode(requests: Any, context: Any) -> Any:
             async for chunk in requests:
@@ -454,7 +456,7 @@ class ScriptedBackends:
 
     def generator(self, call_id: str) -> Any:
         from maata.v1.generation_pb2 import AgentFrame
-        from services.gateway.pipeline import InprocDuplex
+        from services.gateway.backends import InprocDuplex
 
         backends = self
 
@@ -482,7 +484,7 @@ class ScriptedBackends:
 
     def decoder(self, call_id: str) -> Any:
         from maata.v1.codec_pb2 import AudioChunk
-        from services.gateway.pipeline import InprocDuplex
+        from services.gateway.backends import InprocDuplex
 
         async def decode(requests: Any, context: Any) -> Any:
             async for message in requests:

@@ -50,7 +50,7 @@ def serve_env(ports: dict[str, int]) -> dict[str, str]:
            "MAATA_SERVE__GATEWAY__SERVER__PORT": str(ports["gateway"]),
            "MAATA_SERVE__CODEC__SERVER__PORT": str(ports["codec"]),
            "MAATA_SERVE__GENERATION__SERVER__PORT": str(ports["generation"]),
-           "MAATA_SERVE__SESSION_PORT": str(ports["session"]),
+           "MAATA_SERVE__SESSION__SERVER__PORT": str(ports["session"]),
            "MAATA_SERVE__GATEWAY__WEBRTC__PORT": str(ports.get("webrtc", 0))}
     env.pop("MAATA_API_KEY", None)
     return env
@@ -135,14 +135,14 @@ def test_each_role_as_its_own_service_and_the_loopback_mode(wav: Path) -> None:
     async def main() -> None:
         env = {"MAATA_SERVE__GATEWAY__AUTH__KEYS": KEYS_ENV, "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
                "MAATA_SERVE__CODEC__SERVER__PORT": "0", "MAATA_SERVE__GENERATION__SERVER__PORT": "0",
-               "MAATA_SERVE__SESSION_PORT": "0"}
+               "MAATA_SERVE__SESSION__SERVER__PORT": "0"}
         config = load_config(environ=env)
         session = await start(config, "session")
         codec = await start(config, "codec", untrained=True)
         stacks = [session, codec]
         try:
             session_address = f"127.0.0.1:{session.ports['session']}"
-            generation = await start(load_config(environ={**env, "MAATA_SERVE__SESSION_PORT": str(session.ports["session"])}),
+            generation = await start(load_config(environ={**env, "MAATA_SERVE__SESSION__SERVER__PORT": str(session.ports["session"])}),
                                      "generation", untrained=True)
             stacks.append(generation)
             wired = load_config(environ={
@@ -184,7 +184,7 @@ def test_config_layers_and_the_missing_checkpoint_error(tmp_path: Path) -> None:
     assert (config.codec.server.port, config.generation.server.port, config.host) == (9101, 7102, "0.0.0.0")
 
     async def main() -> None:
-        config = load_config(environ={"MAATA_SERVE__SESSION_PORT": "0",
+        config = load_config(environ={"MAATA_SERVE__SESSION__SERVER__PORT": "0",
                                       "MAATA_SERVE__CODEC_CHECKPOINT": str(tmp_path / "none.safetensors")})
         with pytest.raises(FileNotFoundError, match="no codec checkpoint at .*none.safetensors: train one with "
                                                     "`maata train codec"):

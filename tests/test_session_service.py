@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 
+from services.common.config import ServerConfig  # noqa: E402
 from services.session.redis_server import free_port  # noqa: E402
 from services.session.service import SERVICE_NAME, SessionConfig, serve_session  # noqa: E402
 
@@ -39,7 +40,7 @@ def serve(body: Body, **config: Any) -> None:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 await body(SessionStoreStub(channel), channel)
         finally:
-            await server.stop()
+            await server.drain()
 
     asyncio.run(main())
 
@@ -166,7 +167,7 @@ def test_stop_is_graceful() -> None:
     """A stream in flight when stop() begins completes; calls after it are refused."""
 
     async def main() -> None:
-        server = await serve_session(SessionConfig(grace_seconds=2.0), port=0, host="127.0.0.1")
+        server = await serve_session(SessionConfig(server=ServerConfig(grace_seconds=2.0)), port=0, host="127.0.0.1")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = SessionStoreStub(channel)
             await stub.Create(Session(call_id="c"), timeout=TIMEOUT)
@@ -175,11 +176,66 @@ def test_stop_is_graceful() -> None:
                                         timeout=TIMEOUT)
             stream = stub.ReadFrames(ReadRequest(call_id="c"), timeout=TIMEOUT)
             received = [await stream.read()]
-            stopping = asyncio.create_task(server.stop())
+            stopping = asyncio.create_task(server.drain())
             while (frame := await stream.read()) is not grpc.aio.EOF:
                 received.append(frame)
             await stopping
             assert [f.index for f in received] == list(range(1500))
             assert await status_of(stub.Get(SessionRef(call_id="c"), timeout=TIMEOUT)) == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(main())
+
+
+def http2_frame_types(port: int, seconds: float) -> list[int]:
+    """The HTTP/2 frame types a gRPC server sends within ``seconds`` to a peer that opens a
+    connection (preface and an empty SETTINGS) and then stays silent, answering nothing."""
+    import socket
+    import time
+
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)
+    types, data = [], b""
+    deadline = time.monotonic() + seconds
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(preface)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+                types.append(data[3])
+                data = data[9 + int.from_bytes(data[:3], "big"):]
+    return types
+
+
+def test_keepalive_metrics_and_sigterm_drain_come_from_the_common_server() -> None:
+    """The session service runs on the common ``GrpcServer``: it pings a silent connection
+    after ``keepalive_time_s`` (an HTTP/2 PING frame; gRPC's default waits two hours), serves
+    Prometheus /metrics with its RPC errors, and SIGTERM drains it."""
+    import signal
+    import urllib.request
+
+    ping = 6  # the HTTP/2 PING frame type
+    server_config = ServerConfig(keepalive_time_s=0.1, min_client_ping_interval_s=0.1, metrics_port=-1)
+
+    async def main() -> None:
+        server = await serve_session(SessionConfig(server=server_config), port=0, host="127.0.0.1")
+        try:
+            assert ping in await asyncio.to_thread(http2_frame_types, server.port, 1.0)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                assert await status_of(SessionStoreStub(channel).Get(SessionRef(call_id="nobody"), timeout=TIMEOUT)) \
+                    == grpc.StatusCode.NOT_FOUND
+            url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=TIMEOUT).read().decode())
+            assert 'maata_rpc_errors_total{code="NOT_FOUND",method="Get",service="session"} 1.0' in text
+            server.grpc.install_signal_handlers()
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(server.wait(), TIMEOUT)
+        finally:
+            await server.drain()
 
     asyncio.run(main())

@@ -1,6 +1,6 @@
 """The browser front end in a real headless Chromium, and its parts without one.
 
-The Chromium tests share one run of tests/webrtc_scenario.py (the whole system in one process
+The Chromium tests share one run of tests/support/webrtc_scenario.py (the whole system in one process
 with the demo checkpoints, inside a loopback-only network namespace; a Telugu WAV as the fake
 microphone): audio reaches the model, agent audio reaches the browser, the data channel carries
 text and latency events, a mid-call voice change, the 503 of a call over the limit, hang-up and
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import services  # noqa: F401  (generates maata.v1)
-from services.gateway.chromium import loopback_netns_command
+from tests.support.chromium import loopback_netns_command
 from services.gateway.config import IceServer, WebRTCConfig
 from services.gateway.webrtc import PACKET, TRIM_WINDOW, AgentTrack, host_candidates, to_mono_float
 
@@ -33,7 +33,7 @@ SCREENSHOT = ROOT / "docs" / "webrtc_call.png"
 
 
 def _run_scenario(out: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, str(ROOT / "tests" / "webrtc_scenario.py"), "--out", str(out)]
+    argv = [sys.executable, str(ROOT / "tests" / "support" / "webrtc_scenario.py"), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if shutil.which("unshare") and shutil.which("ip"):
         run = subprocess.run(loopback_netns_command(argv), capture_output=True, text=True, timeout=420, env=env)

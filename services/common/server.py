@@ -6,8 +6,11 @@
   non-OK endings by status code and keeps the live-call gauge of per-call streams.
 * ``GrpcServer``: a grpc.aio server with the options of a ``ServerConfig`` (message size,
   keepalive), ``grpc.health.v1`` health (SERVING / NOT_SERVING), server reflection, an optional
-  Prometheus ``/metrics`` endpoint over its own registry, and a graceful ``drain`` (on
-  SIGTERM/SIGINT once ``install_signal_handlers`` is called).
+  Prometheus ``/metrics`` endpoint over its own registry, and a graceful ``drain`` with the
+  service's own steps hooked in (``before_stop``: end live calls; ``after_stop``: close what
+  the service owns); SIGTERM/SIGINT drain it once ``install_signal_handlers`` is called.
+* ``Service``: the handle every service's ``serve_*`` returns (its ``GrpcServer`` plus the
+  parts the service built): ``port``, ``metrics_port``, ``drain``, ``wait``, ``serve_forever``.
 * ``server_options`` / ``channel_options``: the channel arguments of both ends, aligned (see
   ``services.common.config`` for the keepalive and deadline policy).
 
@@ -15,7 +18,7 @@ A service module builds one::
 
     server = GrpcServer("codec", config.server)
     server.add_service(CodecServicer(...), SERVICE)
-    server.on_drain(batcher.stop)          # runs once in-flight calls are done
+    server.after_stop(batcher.stop)        # runs once in-flight calls are done
     await server.start()                   # -> bound port
     ...
     await server.drain()                   # NOT_SERVING, refuse new calls, finish in-flight ones
@@ -29,7 +32,8 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -40,7 +44,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from services.common.aio import drain_on_signals
 from services.common.config import ServerConfig
+from services.common.errors import abort
 from services.common.logs import CALL_ID, SERVICE
 from services.common.metrics import ServiceMetrics
 
@@ -78,12 +84,6 @@ def channel_options(config: ServerConfig) -> Options:
 
 
 # -- request decoding and status --------------------------------------------------------------------
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
-    """End the RPC with ``code`` and ``details`` (typed ``NoReturn``: ``context.abort`` raises)."""
-    await context.abort(code, details)
-    raise AssertionError("context.abort returned")  # it always raises
-
-
 async def parse(message_class: type[Message], data: bytes, context: grpc.aio.ServicerContext) -> Message:
     """Decode a request, answering INVALID_ARGUMENT (not gRPC's default UNKNOWN) if malformed."""
     try:
@@ -190,6 +190,9 @@ def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDesc
 
 
 # -- the server ----------------------------------------------------------------------------------
+Hook = Callable[[], Awaitable[None]]
+
+
 class GrpcServer:
     """One service's grpc.aio server: options, health, reflection, metrics endpoint, drain."""
 
@@ -201,10 +204,11 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._services: list[str] = []
-        self._on_drain: list[Callable[[], Awaitable[None]]] = []
+        self._before_stop: list[Hook] = []
+        self._after_stop: list[Hook] = []
         self._metrics_http: tuple[WSGIServer, threading.Thread] | None = None
         self._drain: asyncio.Task[None] | None = None
-        self._signals: list[signal.Signals] = []
+        self._signals: contextlib.ExitStack | None = None
         self.port = 0
 
     @property
@@ -212,14 +216,24 @@ class GrpcServer:
         """The bound port of the /metrics endpoint (0 when it is off)."""
         return self._metrics_http[0].server_port if self._metrics_http else 0
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The full names of the proto services served (health follows the server's)."""
+        return tuple(self._services)
+
     def add_service(self, servicer: object, service: ServiceDescriptor) -> None:
         """Serve ``servicer`` for ``service`` (see ``add_servicer``); its health follows the server's."""
         add_servicer(self.server, servicer, service, self.metrics)
         self._services.append(service.full_name)
 
-    def on_drain(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run ``callback`` during a drain, after in-flight calls have ended (e.g. close a backend)."""
-        self._on_drain.append(callback)
+    def before_stop(self, hook: Hook) -> None:
+        """Run ``hook`` during a drain once new calls are refused, before the server stops
+        (e.g. end the live calls with a resumable status after flushing them)."""
+        self._before_stop.append(hook)
+
+    def after_stop(self, hook: Hook) -> None:
+        """Run ``hook`` during a drain after in-flight calls have ended (e.g. close a backend)."""
+        self._after_stop.append(hook)
 
     async def start(self) -> int:
         """Bind, start serving (health SERVING) and the metrics endpoint; returns the bound port."""
@@ -254,11 +268,11 @@ class GrpcServer:
 
     async def drain(self, grace_seconds: float | None = None) -> None:
         """Stop gracefully: health NOT_SERVING (for ``config.drain_notice_seconds`` while still
-        serving, so health-checking clients can react), refuse new RPCs (gRPC then answers
-        UNAVAILABLE, health checks included), let in-flight ones finish for up to the grace
-        period (``config.grace_seconds``) and cancel the rest, then run the ``on_drain``
-        callbacks and close the metrics endpoint. Idempotent: later calls wait for the first;
-        cancelling a caller does not cancel the drain."""
+        serving, so health-checking clients can react), run the ``before_stop`` hooks, refuse
+        new RPCs (gRPC then answers UNAVAILABLE, health checks included), let in-flight ones
+        finish for up to the grace period (``config.grace_seconds``) and cancel the rest, then
+        run the ``after_stop`` hooks and close the metrics endpoint. Idempotent: later calls
+        wait for the first; cancelling a caller does not cancel the drain."""
         await asyncio.shield(self._start_drain(grace_seconds))
 
     def _start_drain(self, grace_seconds: float | None) -> asyncio.Task[None]:
@@ -272,36 +286,44 @@ class GrpcServer:
         await self.health.enter_graceful_shutdown()  # NOT_SERVING everywhere, and it stays so
         if self.config.drain_notice_seconds:
             await asyncio.sleep(self.config.drain_notice_seconds)
+        await self._run_hooks(self._before_stop)
         await self.server.stop(grace)
-        for callback in self._on_drain:
-            try:
-                await callback()
-            except Exception:
-                log.exception("drain callback failed", extra={"service": self.name})
-        if self._metrics_http is not None:
-            httpd, thread = self._metrics_http
-            await asyncio.to_thread(httpd.shutdown)
-            httpd.server_close()
-            thread.join(timeout=1.0)
+        await self._run_hooks(self._after_stop)
+        await self._close_metrics()
         self._remove_signal_handlers()
         log.info("stopped", extra={"service": self.name})
 
-    def install_signal_handlers(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """Drain on SIGTERM/SIGINT (main thread's event loop only); the drain removes them again."""
-        loop = asyncio.get_running_loop()
-        for sig in signals:
-            loop.add_signal_handler(sig, self._on_signal, sig)
-            self._signals.append(sig)
+    async def _run_hooks(self, hooks: list[Hook]) -> None:
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("drain step failed", extra={"service": self.name})
 
-    def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("signal received, draining", extra={"service": self.name, "signal": sig.name})
-        self._start_drain(None)
+    async def _close_metrics(self) -> None:
+        if self._metrics_http is not None:
+            httpd, thread = self._metrics_http
+            self._metrics_http = None
+            await asyncio.to_thread(httpd.shutdown)
+            httpd.server_close()
+            thread.join(timeout=1.0)
+
+    async def stop_now(self) -> None:
+        """Stop at once, as a crash would: no grace, no hooks (fault tests)."""
+        await self.server.stop(None)
+        await self._close_metrics()
+        self._remove_signal_handlers()
+
+    def install_signal_handlers(self) -> None:
+        """Drain on SIGTERM/SIGINT (``drain_on_signals``) until the drain is done."""
+        if self._signals is None:
+            self._signals = contextlib.ExitStack()
+            self._signals.enter_context(drain_on_signals(self.drain))
 
     def _remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in self._signals:
-            loop.remove_signal_handler(sig)
-        self._signals.clear()
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
 
     async def wait(self) -> None:
         """Block until the server has stopped (after a drain)."""
@@ -315,3 +337,36 @@ class GrpcServer:
             await self.start()
         self.install_signal_handlers()
         await self.wait()
+
+
+@dataclass
+class Service:
+    """A running service: its ``GrpcServer`` (the drain runs the service's own hooks), plus
+    whatever the service built around it (subclasses add those fields). Every ``serve_*``
+    returns one, and ``maata serve`` composes them."""
+
+    grpc: GrpcServer
+
+    @property
+    def name(self) -> str:
+        return self.grpc.name
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.grpc.metrics_port
+
+    async def drain(self, grace_seconds: float | None = None) -> None:
+        """NOT_SERVING, end or finish the live calls, stop, release what the service owns."""
+        await self.grpc.drain(grace_seconds)
+
+    async def wait(self) -> None:
+        """Block until the service has drained."""
+        await self.grpc.wait()
+
+    async def serve_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT, then drain: a process's main coroutine."""
+        await self.grpc.serve_forever()

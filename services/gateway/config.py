@@ -15,7 +15,8 @@ from typing import Any
 from maata import config as cfglib
 from services.common.config import ServerConfig
 from services.gateway.auth import AuthConfig
-from services.gateway.pipeline import PipelineConfig, SpeechConfig
+from services.gateway.pipeline import PipelineConfig
+from services.gateway.speech import SpeechConfig
 
 ENV_PREFIX = "MAATA_GATEWAY__"
 SAMPLE_RATES = (8000, 16000, 24000, 48000)

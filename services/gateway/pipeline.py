@@ -1,7 +1,7 @@
 """The one conversation path: user audio -> codec encode -> generation -> codec decode -> agent audio.
 
-Every front end (the partner gRPC API in ``services.gateway.partner``, the WebRTC gateway that
-comes later) drives a call through one ``Pipeline``: it takes float32 PCM at 16 kHz in any
+Every front end (the partner gRPC API in ``services.gateway.partner``, the browser in
+``services.gateway.webrtc``) drives a call through one ``Pipeline``: it takes float32 PCM at 16 kHz in any
 chunking (``push``) and gives agent PCM frames and events (``events``). Front ends own their
 transport, formats and resampling; the pipeline owns framing, the three backend streams, the
 ordering of agent frames, speech detection, turn latency and per-stage timing.
@@ -22,11 +22,10 @@ Flow of one 40 ms frame (one hop of the codec, 640 samples)::
 * The agent speaks from the call's first user frame on, one frame per generation step; a step
   whose codes are not drawn yet (the first ``acoustic_delay`` steps) is silence. So the agent's
   audio is as long as the call, frame for frame.
-* **Backends** (``Backends``) give the three streams as ``Duplex`` objects: over gRPC
-  (``GrpcBackends``: the codec and generation services on their ports) or in process
-  (``InprocBackends``: the very same servicer code called directly, with no serialization or
-  HTTP/2; ``maata serve``'s default). Both paths run the same validation and the same status
-  codes, so a call behaves the same either way.
+* **Backends** (``services.gateway.backends``) give the three streams as ``Duplex`` objects:
+  over gRPC (``GrpcBackends``) or in process (``InprocBackends``: the very same servicer code
+  called directly; ``maata serve``'s default). Both paths run the same validation and the same
+  status codes, so a call behaves the same either way.
 * **Input policy.** Live audio (the default) is forwarded as it comes: frames that arrive faster
   than real time wait in the generation service's short queue and the oldest is dropped when it
   is full (low latency over completeness); a backlog that stands for a whole ``backlog_window``
@@ -42,7 +41,7 @@ Flow of one 40 ms frame (one hop of the codec, 640 samples)::
   delivered first. Closing the pipeline cancels its streams, which leaves the generation
   session live (flushed) and resumable.
 * **Events.** ``Speaking`` when the agent starts/stops speaking (decoded frame energy with
-  hysteresis, ``SpeechConfig``); ``Latency`` when the agent starts speaking after the user
+  hysteresis, ``services.gateway.speech``); ``Latency`` when the agent starts speaking after the user
   stopped (user speech from the input's energy with the same detector): wall time from the
   arrival of the user's last voiced frame to the sending of the agent's first voiced frame.
 * **Timing.** Each agent frame that answers a user frame carries a ``Timing`` (encode, generate
@@ -56,11 +55,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,425 +65,22 @@ import grpc
 import numpy as np
 
 from maata.audio import float_to_pcm16, pcm16_to_float
+from services.common.errors import RESUME_HINT, StatusError
 from services.common.metrics import ServiceMetrics
-from services.common.server import CALL_ID_METADATA
+from services.gateway.backends import SAMPLE_RATE, Backends, Duplex
+from services.gateway.speech import SpeechConfig, SpeechDetector, TurnTracker, frame_dbfs
 
-from maata.v1.codec_pb2 import AudioChunk, CodeFrames, InfoRequest
-from maata.v1.codec_pb2_grpc import CodecStub
+from maata.v1.codec_pb2 import AudioChunk, CodeFrames
 from maata.v1.common_pb2 import Sampling, Style
 from maata.v1.generation_pb2 import AgentFrame, CallConfig, UserFrame
-from maata.v1.generation_pb2_grpc import GenerationStub
 
 log = logging.getLogger("maata.services.gateway")
 
-SAMPLE_RATE = 16000  # the pipeline's (and the codec's) rate
 Code = grpc.StatusCode
-RESUME_HINT = "reconnect with the same call_id (resume) to continue the call"
 # backend statuses the caller can act on pass through; anything else is the backend's trouble: UNAVAILABLE
 PASS_THROUGH = frozenset({Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.RESOURCE_EXHAUSTED, Code.ABORTED,
                           Code.DEADLINE_EXCEEDED, Code.DATA_LOSS, Code.NOT_FOUND})
 RESUMABLE = frozenset({Code.UNAVAILABLE, Code.INVALID_ARGUMENT, Code.CANCELLED, Code.INTERNAL, Code.UNKNOWN})
-
-
-# -- backend streams ----------------------------------------------------------------------------
-class StageError(Exception):
-    """A backend stream (``stage``: encode, generate, decode) ended with a non-OK status."""
-
-    def __init__(self, stage: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{stage}: {code.name}: {details}")
-        self.stage = stage
-        self.code = code
-        self.details = details
-
-
-class Duplex(ABC):
-    """One bidirectional backend stream: ``send`` messages, ``done_writing`` (half-close),
-    ``recv`` replies (None at a clean end; StageError at an error end), ``cancel``."""
-
-    stage: str
-
-    @abstractmethod
-    async def send(self, message: Any) -> None: ...
-
-    @abstractmethod
-    async def done_writing(self) -> None: ...
-
-    @abstractmethod
-    async def recv(self) -> Any | None: ...
-
-    @abstractmethod
-    async def cancel(self) -> None: ...
-
-
-class GrpcDuplex(Duplex):
-    """A stream-stream RPC over a grpc.aio channel.
-
-    Writes are serialised: a call takes one send operation at a time, and the pipeline writes
-    from more than one task (user frames, a mid-call style change, keep-alives). Two writes in
-    flight at once make gRPC core refuse the second batch, and grpc.aio then fails the whole
-    RPC with INTERNAL "Internal error from Core" (the call would end, resumable, for nothing)."""
-
-    def __init__(self, stage: str, method: grpc.aio.StreamStreamMultiCallable, call_id: str) -> None:
-        self.stage = stage
-        self._call = method(metadata=((CALL_ID_METADATA, call_id),))
-        self._writing = asyncio.Lock()
-
-    async def send(self, message: Any) -> None:
-        async with self._writing:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                await self._call.write(message)  # a failed RPC reports its status through recv
-
-    async def done_writing(self) -> None:
-        async with self._writing:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                await self._call.done_writing()
-
-    async def recv(self) -> Any | None:
-        try:
-            reply = await self._call.read()
-        except grpc.aio.AioRpcError as err:
-            raise StageError(self.stage, err.code(), err.details() or "") from None
-        if reply is grpc.aio.EOF:
-            code = await self._call.code()
-            if code != Code.OK:
-                raise StageError(self.stage, code, await self._call.details() or "")
-            return None
-        return reply
-
-    async def cancel(self) -> None:
-        self._call.cancel()
-
-
-class InprocAbort(Exception):
-    """What ``InprocContext.abort`` raises (a servicer ending its stream with a status)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class InprocContext:
-    """The part of ``grpc.aio.ServicerContext`` the Maata servicers use, for in-process calls."""
-
-    def __init__(self, call_id: str) -> None:
-        self._metadata = ((CALL_ID_METADATA, call_id),)
-        self._cancelled = False
-        self._code: grpc.StatusCode | None = None
-        self._details = ""
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = None) -> None:
-        self._code, self._details = code, details
-        raise InprocAbort(code, details)
-
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
-
-    def set_cancelled(self) -> None:
-        self._cancelled = True
-
-
-_EOF = object()
-
-
-@dataclass
-class _Done:
-    error: StageError | None
-
-
-class InprocDuplex(Duplex):
-    """A servicer's stream-stream method called directly: requests through a queue, replies
-    pumped into another by a task. ``cancel`` cancels that task, which runs the servicer's own
-    clean-up (e.g. the generation service flushes the call and keeps it resumable)."""
-
-    def __init__(self, stage: str, method: Callable[[AsyncIterator[Any], Any], AsyncIterator[Any]],
-                 call_id: str) -> None:
-        self.stage = stage
-        self._requests: asyncio.Queue[Any] = asyncio.Queue()
-        self._replies: asyncio.Queue[Any] = asyncio.Queue()
-        self._context = InprocContext(call_id)
-        self._done: _Done | None = None
-        self._task = asyncio.create_task(self._pump(method), name=f"inproc-{stage}")
-
-    async def _request_iterator(self) -> AsyncIterator[Any]:
-        while (message := await self._requests.get()) is not _EOF:
-            yield message
-
-    async def _pump(self, method: Callable[[AsyncIterator[Any], Any], AsyncIterator[Any]]) -> None:
-        try:
-            async for reply in method(self._request_iterator(), self._context):
-                self._replies.put_nowait(reply)
-            done = _Done(None)
-        except InprocAbort as err:
-            done = _Done(StageError(self.stage, err.code, err.details))
-        except asyncio.CancelledError:
-            self._replies.put_nowait(_Done(StageError(self.stage, Code.CANCELLED, "cancelled")))
-            raise
-        except Exception as err:  # a bug in a servicer: this stream fails, nothing else
-            log.exception("in-process %s stream failed", self.stage)
-            done = _Done(StageError(self.stage, Code.INTERNAL, f"{type(err).__name__}: {err}"))
-        self._replies.put_nowait(done)
-
-    async def send(self, message: Any) -> None:
-        if not self._task.done():
-            self._requests.put_nowait(message)
-
-    async def done_writing(self) -> None:
-        self._requests.put_nowait(_EOF)
-
-    async def recv(self) -> Any | None:
-        if self._done is None:
-            item = await self._replies.get()
-            if not isinstance(item, _Done):
-                return item
-            self._done = item
-        if self._done.error is not None:
-            raise self._done.error
-        return None
-
-    async def cancel(self) -> None:
-        self._context.set_cancelled()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
-
-
-class Backends(ABC):
-    """Where a pipeline's three streams go, and the codec's frame (``hop`` samples at 16 kHz).
-    ``voices`` / ``emotions``: the model's style names when known (front ends validate against
-    them before a call starts), else empty (the generation service validates)."""
-
-    hop: int = 640
-    voices: tuple[str, ...] = ()
-    emotions: tuple[str, ...] = ()
-    description: str = ""
-
-    async def connect(self, timeout_s: float = 30.0) -> None:
-        """Wait until the backends answer (and learn the codec's shape)."""
-
-    @abstractmethod
-    def encoder(self, call_id: str) -> Duplex: ...
-
-    @abstractmethod
-    def generator(self, call_id: str) -> Duplex: ...
-
-    @abstractmethod
-    def decoder(self, call_id: str) -> Duplex: ...
-
-    async def close(self) -> None:
-        """Release channels."""
-
-
-# a backend that restarts is reconnected to within ~2 s (gRPC's default backoff grows to 120 s)
-RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
-                     ("grpc.max_reconnect_backoff_ms", 2000)]
-
-
-class GrpcBackends(Backends):
-    """The codec and generation services over gRPC (``options``: ``channel_options`` of their
-    servers' config; a lost connection is retried within ``RECONNECT_OPTIONS``' 2 s)."""
-
-    def __init__(self, codec: str, generation: str, options: Sequence[tuple[str, Any]] | None = None) -> None:
-        self.codec_address, self.generation_address = codec, generation
-        options = [*(options or ()), *RECONNECT_OPTIONS]
-        self._codec_channel = grpc.aio.insecure_channel(codec, options=options)
-        self._generation_channel = (self._codec_channel if generation == codec
-                                    else grpc.aio.insecure_channel(generation, options=options))
-        self._codec = CodecStub(self._codec_channel)
-        self._generation = GenerationStub(self._generation_channel)
-        self.description = f"gRPC: codec {codec}, generation {generation}"
-
-    async def connect(self, timeout_s: float = 30.0) -> None:
-        info = await self._codec.Info(InfoRequest(), timeout=timeout_s, wait_for_ready=True)
-        if info.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"the codec at {self.codec_address} runs at {info.sample_rate} Hz; the gateway needs "
-                             f"{SAMPLE_RATE} Hz")
-        self.hop = info.hop
-        await asyncio.wait_for(self._generation_channel.channel_ready(), timeout_s)
-
-    def encoder(self, call_id: str) -> Duplex:
-        return GrpcDuplex("encode", self._codec.Encode, call_id)
-
-    def generator(self, call_id: str) -> Duplex:
-        return GrpcDuplex("generate", self._generation.Converse, call_id)
-
-    def decoder(self, call_id: str) -> Duplex:
-        return GrpcDuplex("decode", self._codec.Decode, call_id)
-
-    async def close(self) -> None:
-        await self._codec_channel.close()
-        if self._generation_channel is not self._codec_channel:
-            await self._generation_channel.close()
-
-
-class InprocBackends(Backends):
-    """The codec and generation servicers of this process, called directly (``CodecServicer``
-    over the codec service's ``FrameBatcher``, ``GenerationServicer`` over its ``CallManager``:
-    calls share batches with the services' gRPC callers)."""
-
-    def __init__(self, codec_servicer: Any, generation_servicer: Any) -> None:
-        self._codec = codec_servicer
-        self._generation = generation_servicer
-        self.hop = codec_servicer.engine.hop
-        if codec_servicer.engine.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"the codec runs at {codec_servicer.engine.sample_rate} Hz; the gateway needs {SAMPLE_RATE}")
-        lm = generation_servicer.engine.lm
-        self.voices, self.emotions = tuple(lm.voices), tuple(lm.emotions)
-        self.description = "in process (the services' engines called directly)"
-
-    def encoder(self, call_id: str) -> Duplex:
-        return InprocDuplex("encode", self._codec.Encode, call_id)
-
-    def generator(self, call_id: str) -> Duplex:
-        return InprocDuplex("generate", self._generation.Converse, call_id)
-
-    def decoder(self, call_id: str) -> Duplex:
-        return InprocDuplex("decode", self._codec.Decode, call_id)
-
-
-class EchoDuplex(Duplex):
-    """Stands in for the generation stream: each user frame's codes come straight back as the
-    agent's frame (same index), so the caller hears themself through the codec. The echo path
-    measures everything but the model (transport, resampling, encode, decode) and checks a
-    microphone; it never touches the generation service."""
-
-    stage = "generate"
-
-    def __init__(self) -> None:
-        self._replies: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def send(self, message: Any) -> None:
-        if message.HasField("codes"):
-            self._replies.put_nowait(AgentFrame(codes=message.codes, seq=message.seq, frame=message.seq))
-
-    async def done_writing(self) -> None:
-        self._replies.put_nowait(_EOF)
-
-    async def recv(self) -> Any | None:
-        reply = await self._replies.get()
-        if reply is _EOF:
-            self._replies.put_nowait(_EOF)
-            return None
-        if isinstance(reply, StageError):
-            raise reply
-        return reply
-
-    async def cancel(self) -> None:
-        self._replies.put_nowait(StageError(self.stage, Code.CANCELLED, "cancelled"))
-
-
-class EchoBackends(Backends):
-    """``backends``' codec with ``EchoDuplex`` in place of the generation (mode "echo")."""
-
-    def __init__(self, backends: Backends) -> None:
-        self.inner = backends
-        self.description = f"echo (codec only) over {backends.description}"
-
-    @property  # type: ignore[override]
-    def hop(self) -> int:  # the inner backends learn it when they connect
-        return self.inner.hop
-
-    def encoder(self, call_id: str) -> Duplex:
-        return self.inner.encoder(call_id)
-
-    def generator(self, call_id: str) -> Duplex:
-        return EchoDuplex()
-
-    def decoder(self, call_id: str) -> Duplex:
-        return self.inner.decoder(call_id)
-
-
-# -- speech detection ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SpeechConfig:
-    """Energy speech detection with hysteresis: a frame at or above ``on_dbfs`` is voiced, at or
-    below ``off_dbfs`` silent, in between it keeps the current state; ``on_frames`` voiced frames
-    in a row start speech, ``off_frames`` silent frames in a row end it."""
-
-    on_dbfs: float = -40.0
-    off_dbfs: float = -50.0
-    on_frames: int = 2  # 80 ms
-    off_frames: int = 8  # 320 ms
-
-    def __post_init__(self) -> None:
-        if self.off_dbfs > self.on_dbfs:
-            raise ValueError(f"speech off_dbfs ({self.off_dbfs}) must not exceed on_dbfs ({self.on_dbfs})")
-        if self.on_frames < 1 or self.off_frames < 1:
-            raise ValueError("speech on_frames and off_frames must be >= 1")
-
-
-def frame_dbfs(pcm: np.ndarray) -> float:
-    """RMS level of a frame in dBFS (-120 for digital silence)."""
-    if not pcm.size:
-        return -120.0
-    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
-    return 20.0 * math.log10(max(rms, 1e-6))
-
-
-class SpeechDetector:
-    """``update(index, dbfs)`` per frame; returns ``(speaking, first_frame)`` when the state flips,
-    ``first_frame`` being where the run that flipped it began (the onset, or the first silent frame)."""
-
-    def __init__(self, config: SpeechConfig) -> None:
-        self.config = config
-        self.speaking = False
-        self._run = 0
-        self._run_start = 0
-
-    def update(self, index: int, dbfs: float) -> tuple[bool, int] | None:
-        c = self.config
-        flips = dbfs <= c.off_dbfs if self.speaking else dbfs >= c.on_dbfs
-        if not flips:
-            self._run = 0
-            return None
-        if self._run == 0:
-            self._run_start = index
-        self._run += 1
-        if self._run < (c.off_frames if self.speaking else c.on_frames):
-            return None
-        self.speaking = not self.speaking
-        self._run = 0
-        return self.speaking, self._run_start
-
-
-class TurnTracker:
-    """Turn latency: from the end of the user's speech to the start of the agent's (both wall
-    times, seconds). Reported once per user turn, whichever of the two is detected last."""
-
-    def __init__(self) -> None:
-        self.user_stop: float | None = None  # arrival of the user's last voiced frame
-        self.agent_onset: float | None = None  # sending of the agent's first voiced frame
-        self._open = False  # a user turn ended and its latency is not reported yet
-
-    def user_started(self) -> None:
-        self.user_stop, self._open = None, False
-
-    def user_stopped(self, at: float) -> float | None:
-        self.user_stop, self._open = at, True
-        return self._report()
-
-    def agent_started(self, at: float) -> float | None:
-        self.agent_onset = at
-        return self._report()
-
-    def agent_stopped(self) -> None:
-        self.agent_onset = None
-
-    def _report(self) -> float | None:
-        if self._open and self.user_stop is not None and self.agent_onset is not None \
-                and self.agent_onset >= self.user_stop:
-            self._open = False
-            return self.agent_onset - self.user_stop
-        return None
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -581,7 +175,7 @@ class _Out:
     decoded: float = 0.0
 
 
-def backend_ending(err: StageError) -> Ended:
+def backend_ending(err: StatusError) -> Ended:
     """How a backend's error ends the call (see the module docstring)."""
     if err.code in PASS_THROUGH:
         return Ended(err.code, err.details)
@@ -613,7 +207,7 @@ class Pipeline:
         self._t_in: dict[int, float] = {}
         self._t_codes: dict[int, float] = {}
         self._pending: deque[_Out] = deque()
-        self._gen_error: StageError | None = None
+        self._gen_error: StatusError | None = None
         self._hung_up = False
         self._streams: list[Duplex] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -733,7 +327,7 @@ class Pipeline:
     async def _guard(self, loop: Any, name: str) -> None:
         try:
             await loop
-        except StageError as err:
+        except StatusError as err:
             await self._on_stage_error(err)
         except asyncio.CancelledError:
             raise
@@ -741,7 +335,7 @@ class Pipeline:
             log.exception("pipeline %s loop failed", name, extra={"call_id": self.setup.call_id})
             self._finish(Ended(Code.INTERNAL, f"gateway {name} stage: {type(err).__name__}: {err}"))
 
-    async def _on_stage_error(self, err: StageError) -> None:
+    async def _on_stage_error(self, err: StatusError) -> None:
         if self._gen_error is not None and err.stage == "encode":
             return  # cancelled below, after the generation stream failed
         if err.stage == "generate" and self.ended is None:
@@ -870,9 +464,5 @@ class Pipeline:
                      extra={"call_id": self.setup.call_id})
 
 
-__all__ = [
-    "AgentAudio", "Backends", "CallSetup", "Duplex", "EchoBackends", "EchoDuplex", "Ended", "Event", "GrpcBackends", "GrpcDuplex", "InprocBackends",
-    "InprocContext", "InprocDuplex", "Latency", "Pipeline", "PipelineConfig", "RECONNECT_OPTIONS", "RESUME_HINT",
-    "SAMPLE_RATE",
-    "Speaking", "SpeechConfig", "SpeechDetector", "StageError", "Text", "Timing", "TurnTracker", "frame_dbfs",
-]
+__all__ = ["AgentAudio", "CallSetup", "Ended", "Event", "Latency", "Pipeline", "PipelineConfig", "Speaking", "Text",
+           "Timing", "backend_ending"]

@@ -1,4 +1,5 @@
-"""The browser front end: the call page, WebRTC signalling and one aiortc peer connection per call.
+"""The browser front end: the call page, WebRTC signalling and one aiortc peer connection per
+call; a thin front end over ``services.gateway.core.Gateway``, like the partner API.
 
     server = await serve_webrtc(gateway, config.webrtc, host="127.0.0.1")
     # GET  /             the call page (services/gateway/static)
@@ -80,10 +81,12 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
+from services.common.errors import StatusError
+from services.gateway.backends import SAMPLE_RATE, EchoBackends
 from services.gateway.config import WebRTCConfig
-from services.gateway.partner import Gateway, Refused
-from services.gateway.pipeline import (SAMPLE_RATE, AgentAudio, CallSetup, EchoBackends, Ended, Latency, Pipeline,
-                                       Speaking, Text, frame_dbfs)
+from services.gateway.core import Gateway
+from services.gateway.pipeline import AgentAudio, CallSetup, Ended, Latency, Pipeline, Speaking, Text
+from services.gateway.speech import frame_dbfs
 
 from maata.v1.common_pb2 import Style
 
@@ -388,7 +391,7 @@ class BrowserCall:
             voice, emotion = str(data.get("voice") or ""), str(data.get("emotion") or "")
             try:
                 self.server.gateway.check_style(Style(voice=voice, emotion=emotion))
-            except Refused as err:
+            except StatusError as err:
                 self.send({"type": "error", "code": err.code.name, "message": err.details})
                 return
             await self.pipeline.set_style(voice, emotion)
@@ -549,15 +552,15 @@ class WebRTCServer:
             return _error(400, f"the body must be JSON ({err})")
         try:
             mode, style, text = self._parse(body)
-        except Refused as err:
+        except StatusError as err:
             return _error(HTTP_STATUS.get(err.code, 400), err.details, err.code.name)
         client = request.remote or "unknown"
         try:
             self.gateway.admit_call()
             if self._per_client.get(client, 0) >= self.config.max_calls_per_client:
-                raise Refused(Code.RESOURCE_EXHAUSTED, f"this client already has {self.config.max_calls_per_client} "
+                raise StatusError(Code.RESOURCE_EXHAUSTED, f"this client already has {self.config.max_calls_per_client} "
                                                        "live calls (the limit); hang one up first")
-        except Refused as err:
+        except StatusError as err:
             return _error(HTTP_STATUS.get(err.code, 503), err.details, err.code.name)
         ice = [RTCIceServer(urls=s.urls, username=s.username or None, credential=s.credential or None)
                for s in self.config.ice_servers]
@@ -600,18 +603,18 @@ class WebRTCServer:
 
     def _parse(self, body: Any) -> tuple[str, Style, bool]:
         if not isinstance(body, dict):
-            raise Refused(Code.INVALID_ARGUMENT, "the body must be a JSON object {sdp, type, voice, emotion, mode}")
+            raise StatusError(Code.INVALID_ARGUMENT, "the body must be a JSON object {sdp, type, voice, emotion, mode}")
         if body.get("type") != "offer":
-            raise Refused(Code.INVALID_ARGUMENT, f"type must be \"offer\", got {body.get('type')!r}")
+            raise StatusError(Code.INVALID_ARGUMENT, f"type must be \"offer\", got {body.get('type')!r}")
         if not isinstance(body.get("sdp"), str) or not body["sdp"].strip():
-            raise Refused(Code.INVALID_ARGUMENT, "sdp (the browser's offer, a string) is required")
+            raise StatusError(Code.INVALID_ARGUMENT, "sdp (the browser's offer, a string) is required")
         mode = body.get("mode") or "model"
         if mode not in MODES or (mode == "echo" and not self.config.echo):
             allowed = [m for m in MODES if m != "echo" or self.config.echo]
-            raise Refused(Code.INVALID_ARGUMENT, f"mode must be one of {allowed}, got {mode!r}")
+            raise StatusError(Code.INVALID_ARGUMENT, f"mode must be one of {allowed}, got {mode!r}")
         voice, emotion = body.get("voice") or "", body.get("emotion") or ""
         if not isinstance(voice, str) or not isinstance(emotion, str):
-            raise Refused(Code.INVALID_ARGUMENT, "voice and emotion must be strings")
+            raise StatusError(Code.INVALID_ARGUMENT, "voice and emotion must be strings")
         style = Style(voice=voice, emotion=emotion)
         self.gateway.check_style(style)
         return mode, style, bool(body.get("text", True))

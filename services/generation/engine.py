@@ -63,6 +63,7 @@ import torch
 
 from maata.lm import ABSENT_CODE, LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError
 from maata.lm.model import CUSTOM_VOICE_NAME, LMState
+from services.common.aio import off_loop
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
 
@@ -615,24 +616,13 @@ class FrameClock:
             if self._stopped:
                 return Tick()
             batch = self.engine.prepare()
-            computed = await self._off_loop(batch) if batch.calls else None
+            computed = await off_loop(self.engine.compute, batch) if batch.calls else None
             tick = self.engine.finish(batch, computed)
             self.ticks += 1
         expired = self.engine.expire(self.idle_timeout_s) if self.idle_timeout_s else []
         if self.on_tick is not None:
             self.on_tick(tick, expired)
         return tick
-
-    async def _off_loop(self, batch: _Batch) -> _Computed:
-        """``compute`` in a worker thread; if cancelled meanwhile, the thread still finishes before
-        this returns (the engine must never change while the thread uses it)."""
-        compute = asyncio.ensure_future(asyncio.to_thread(self.engine.compute, batch))
-        try:
-            return await asyncio.shield(compute)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await compute
-            raise
 
     async def join(self, spec: CallSpec, history: History | None = None) -> Call:
         """``engine.join``, with a resume's prefill computed in a worker thread first (the running

@@ -48,7 +48,6 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-import signal
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -61,10 +60,11 @@ import torch
 from maata import config as cfglib
 from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
 from services.common.config import ServerConfig
+from services.common.errors import RESUME_HINT, StatusError, abort, abort_with
 from services.common.logs import CALL_ID
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
-from services.common.server import GrpcServer, abort
+from services.common.server import GrpcServer, Service
 from services.generation.engine import (AGENT_LAYOUT, Call, CallSpec, EngineFull, FrameClock, FrameOut,
                                         GenerationEngine, GenerationMetrics, History, HistoryError, Tick,
                                         check_emotion, check_voice, history_from_frames, resolve_style,
@@ -85,7 +85,6 @@ SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
 SERVICE_NAME = SERVICE.full_name
 ENV_PREFIX = "MAATA_GENERATION__"
 FINAL_FLUSH_RETRIES = 3  # a final flush (hang-up, drain) retries an unavailable store this often
-RESUME_HINT = "reconnect with the same call_id to resume"
 Code = grpc.StatusCode
 
 
@@ -161,22 +160,6 @@ def make_store(config: GenerationServiceConfig) -> SessionStore:
 
 
 # -- calls ----------------------------------------------------------------------------------------
-class CallFailed(Exception):
-    """A call cannot start or go on: the stream ends with ``code``."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-@dataclass
-class _End:
-    code: grpc.StatusCode
-    details: str
-    aborted: BaseException | None = None  # the parser's abort already answered: re-raise this very error
-
-
 class _Stream:
     """One Converse stream's side of its call: the replies waiting for it and how it ends."""
 
@@ -184,7 +167,8 @@ class _Stream:
         self.call = call
         self.replies: deque[AgentFrame] = deque()
         self.backlog = backlog
-        self.end: _End | None = None
+        self.end: StatusError | None = None  # how the stream ends (OK included), once its replies are out
+        self.aborted: BaseException | None = None  # the parser's abort already answered: re-raise this very error
         self.retiring: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
 
@@ -197,12 +181,12 @@ class _Stream:
         self._wake.set()
         return not dropped
 
-    def finish(self, end: _End) -> None:
+    def finish(self, end: StatusError, aborted: BaseException | None = None) -> None:
         if self.end is None:
-            self.end = end
+            self.end, self.aborted = end, aborted
             self._wake.set()
 
-    async def next(self) -> AgentFrame | _End:
+    async def next(self) -> AgentFrame | StatusError:
         """The next reply; once they are all out, the end."""
         while True:
             if self.replies:
@@ -218,7 +202,8 @@ class CallManager:
     replies of every tick, and how each stream ends."""
 
     def __init__(self, engine: GenerationEngine, clock: FrameClock, store: SessionStore,
-                 config: GenerationServiceConfig, metrics: GenerationMetrics, tokenizer: Any = None) -> None:
+                 config: GenerationServiceConfig, metrics: GenerationMetrics, tokenizer: Any = None,
+                 owns_store: bool = False) -> None:
         self.engine = engine
         self.lm = engine.lm
         self.clock = clock
@@ -226,6 +211,7 @@ class CallManager:
         self.config = config
         self.metrics = metrics
         self.tokenizer = tokenizer
+        self.owns_store = owns_store  # close the store when the service stops
         self.streams: dict[str, _Stream] = {}
         self.draining = False
         self.abandoned = False
@@ -238,7 +224,7 @@ class CallManager:
 
     # -- starting a call ----------------------------------------------------------------------------
     def validate(self, config: CallConfig) -> None:
-        """INVALID_ARGUMENT-worthy problems of a call config, as CallFailed."""
+        """INVALID_ARGUMENT-worthy problems of a call config, as StatusError."""
         try:
             check_call_id(config.call_id)
             if config.style.voice:
@@ -248,14 +234,15 @@ class CallManager:
             if config.HasField("sampling"):
                 sampling_params(config.sampling.temperature, config.sampling.top_k)
         except (InvalidArgument, UnknownVoiceError, UnknownEmotionError, ValueError) as err:
-            raise CallFailed(Code.INVALID_ARGUMENT, str(err)) from None
+            raise StatusError(Code.INVALID_ARGUMENT, str(err)) from None
 
     async def open(self, config: CallConfig) -> _Stream:
-        """Start (or resume, or take over) the call ``config`` names; CallFailed if it cannot."""
+        """Start (or resume, or take over) the call ``config`` names;
+        StatusError if it cannot."""
         self.validate(config)
         call_id = config.call_id
         if self.draining:
-            raise CallFailed(Code.UNAVAILABLE, f"the generation service is draining; {RESUME_HINT}")
+            raise StatusError(Code.UNAVAILABLE, f"the generation service is draining; {RESUME_HINT}")
         lock, users = self._opening.get(call_id, (asyncio.Lock(), 0))
         self._opening[call_id] = (lock, users + 1)
         try:
@@ -264,7 +251,7 @@ class CallManager:
                 if old is not None:  # the client reconnected before this server noticed the old stream die
                     await self.retire(old, Code.ABORTED, "call taken over by a newer stream with the same call_id")
                 if self.engine.live + self._reserved >= self.engine.max_calls:
-                    raise CallFailed(Code.RESOURCE_EXHAUSTED, f"all {self.engine.max_calls} generation slots are in "
+                    raise StatusError(Code.RESOURCE_EXHAUSTED, f"all {self.engine.max_calls} generation slots are in "
                                                               "use; retry later or use another replica")
                 self._reserved += 1
                 try:
@@ -272,14 +259,14 @@ class CallManager:
                     with self.metrics.base.timed("join"):
                         call = await self.clock.join(spec, history)
                 except EngineFull as err:
-                    raise CallFailed(Code.RESOURCE_EXHAUSTED, str(err)) from None
+                    raise StatusError(Code.RESOURCE_EXHAUSTED, str(err)) from None
                 except (CodeError, ValueError) as err:  # prefill refused the stored history
-                    raise CallFailed(Code.DATA_LOSS, f"stored history of call {call_id!r} is unusable: {err}") from None
+                    raise StatusError(Code.DATA_LOSS, f"stored history of call {call_id!r} is unusable: {err}") from None
                 finally:
                     self._reserved -= 1
                 if self.draining:  # the drain began while this call was starting
                     await self.clock.leave(call)
-                    raise CallFailed(Code.UNAVAILABLE, f"the generation service is draining; {RESUME_HINT}")
+                    raise StatusError(Code.UNAVAILABLE, f"the generation service is draining; {RESUME_HINT}")
                 stream = _Stream(call, self.config.max_reply_backlog)
                 call.tag = stream
                 self.streams[call_id] = stream
@@ -311,29 +298,29 @@ class CallManager:
             except AlreadyExists:
                 stored = await self.store.get(call_id)
             if stored.state == ENDED:
-                raise CallFailed(Code.FAILED_PRECONDITION, f"call {call_id!r} has ended; use a new call_id")
+                raise StatusError(Code.FAILED_PRECONDITION, f"call {call_id!r} has ended; use a new call_id")
             with self.metrics.base.timed("read_history"):
                 frames = [frame async for frame in self.store.read(call_id)]
-        except CallFailed:
+        except StatusError:
             raise
         except NotFound as err:
             if retry:  # it expired between create and get: start over once
                 return await self._session(config, retry=False)
-            raise CallFailed(Code.UNAVAILABLE, f"session store: {err}") from None
+            raise StatusError(Code.UNAVAILABLE, f"session store: {err}") from None
         except StoreUnavailable as err:
             self.metrics.store_errors.labels(self.metrics.base.service, "open").inc()
-            raise CallFailed(Code.UNAVAILABLE, f"session store unavailable: {err}") from None
+            raise StatusError(Code.UNAVAILABLE, f"session store unavailable: {err}") from None
         except LimitExceeded as err:
-            raise CallFailed(Code.RESOURCE_EXHAUSTED, str(err)) from None
+            raise StatusError(Code.RESOURCE_EXHAUSTED, str(err)) from None
         except SessionError as err:
-            raise CallFailed(Code.INVALID_ARGUMENT if isinstance(err, InvalidArgument) else Code.INTERNAL,
+            raise StatusError(Code.INVALID_ARGUMENT if isinstance(err, InvalidArgument) else Code.INTERNAL,
                              str(err)) from None
         try:
             history = history_from_frames(self.lm, frames, stored.style.voice, stored.style.emotion)
             style = resolve_style(self.lm, config.style.voice, config.style.emotion, history.final_style)
             spec = call_spec(config, stored.sampling, style)
         except (HistoryError, ValueError) as err:
-            raise CallFailed(Code.DATA_LOSS, f"stored history of call {call_id!r} is unusable: {err}") from None
+            raise StatusError(Code.DATA_LOSS, f"stored history of call {call_id!r} is unusable: {err}") from None
         return spec, history
 
     # -- every tick -------------------------------------------------------------------------------
@@ -376,14 +363,14 @@ class CallManager:
     async def _cadence_flush(self, stream: _Stream) -> None:
         try:
             await self.flush(stream.call)
-        except CallFailed as err:
+        except StatusError as err:
             await self.retire(stream, err.code, err.details)
         finally:
             self._flushing.discard(stream.call)
 
     async def flush(self, call: Call, final: bool = False) -> bool:
         """Append the call's unstored steps (all when ``final``, else once N have gathered).
-        Returns False when the store is unavailable (the steps stay buffered); CallFailed when
+        Returns False when the store is unavailable (the steps stay buffered); StatusError when
         the stored history can no longer follow this call."""
         lock = self._flush_locks.setdefault(call, asyncio.Lock())
         async with lock:
@@ -403,10 +390,10 @@ class CallManager:
                     await asyncio.sleep(0.1 * 2 ** retries)
                     continue
                 except LimitExceeded as err:
-                    raise CallFailed(Code.RESOURCE_EXHAUSTED, f"call history is full: {err}") from None
+                    raise StatusError(Code.RESOURCE_EXHAUSTED, f"call history is full: {err}") from None
                 except SessionError as err:
                     self.metrics.store_errors.labels(self.metrics.base.service, "append").inc()
-                    raise CallFailed(Code.ABORTED, f"the call's stored history changed elsewhere: {err}") from None
+                    raise StatusError(Code.ABORTED, f"the call's stored history changed elsewhere: {err}") from None
                 del call.history[:len(chunk)]
                 call.stored = count
             return True
@@ -429,10 +416,12 @@ class CallManager:
         the session when ``end_session``, then let the stream end with ``code``. Later calls
         wait for the first."""
         if stream.retiring is None:
-            stream.retiring = asyncio.ensure_future(self._retire(stream, _End(code, details, aborted), end_session))
+            stream.retiring = asyncio.ensure_future(self._retire(stream, StatusError(code, details), end_session,
+                                                                 aborted))
         await asyncio.shield(stream.retiring)
 
-    async def _retire(self, stream: _Stream, end: _End, end_session: bool) -> None:
+    async def _retire(self, stream: _Stream, end: StatusError, end_session: bool,
+                      aborted: BaseException | None) -> None:
         call = stream.call
         try:
             await self.clock.leave(call)
@@ -443,13 +432,13 @@ class CallManager:
                                   extra={"call_id": call.call_id})
                     if end_session:
                         await self.store.end(call.call_id)
-                except (CallFailed, SessionError) as err:
+                except (StatusError, SessionError) as err:
                     log.error("could not store the end of the call: %s", err, extra={"call_id": call.call_id})
         finally:
             self._flush_locks.pop(call, None)
             if self.streams.get(call.call_id) is stream:
                 del self.streams[call.call_id]
-            stream.finish(end)
+            stream.finish(end, aborted)
             log.info("call ended", extra={"call_id": call.call_id, "code": end.code.name, "frames": call.frames,
                                           "stored": call.stored, "missed": call.missed, "dropped": call.dropped})
 
@@ -475,6 +464,11 @@ class CallManager:
         await asyncio.gather(*(self.retire(s, Code.UNAVAILABLE, f"the generation service is draining; {RESUME_HINT}")
                                for s in list(self.streams.values())))
         await self.settle()
+
+    async def close_store(self) -> None:
+        """Close the session store if the service opened it (not one it was handed)."""
+        if self.owns_store:
+            await self.store.close()
 
     def abandon(self) -> None:
         """Forget every unflushed step, as a crash would (tests of the fault path)."""
@@ -511,6 +505,11 @@ class GenerationServicer:
         self.calls = calls
         self.engine = calls.engine
 
+    def styles(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The model's voice and emotion names (what a caller may ask for)."""
+        lm = self.engine.lm
+        return tuple(lm.voices), tuple(lm.emotions)
+
     async def Converse(self, requests: AsyncIterator[UserFrame],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[AgentFrame]:
         messages = aiter(requests)
@@ -522,17 +521,17 @@ class GenerationServicer:
         CALL_ID.set(first.config.call_id or None)
         try:
             stream = await self.calls.open(first.config)
-        except CallFailed as err:
-            await abort(context, err.code, err.details)
+        except StatusError as err:
+            await abort_with(context, err)
         reader = asyncio.create_task(self._read(stream, first, messages, context))
         try:
             while True:
                 item = await stream.next()
-                if isinstance(item, _End):
-                    if item.aborted is not None:
-                        raise item.aborted  # the parser's abort already answered the client
+                if isinstance(item, StatusError):
+                    if stream.aborted is not None:
+                        raise stream.aborted  # the parser's abort already answered the client
                     if item.code != Code.OK and not context.cancelled():
-                        await abort(context, item.code, item.details)
+                        await abort_with(context, item)
                     return
                 yield item
         finally:
@@ -552,11 +551,11 @@ class GenerationServicer:
                 if stream.retiring is not None:
                     return
                 if message.HasField("config"):
-                    raise CallFailed(Code.INVALID_ARGUMENT, "config may only be sent in the first message")
+                    raise StatusError(Code.INVALID_ARGUMENT, "config may only be sent in the first message")
                 self._apply(stream, message)
             if stream.retiring is None and self.engine.hang_up(stream.call):
                 await self.calls.retire(stream, Code.OK, "", end_session=True)
-        except CallFailed as err:
+        except StatusError as err:
             await self.calls.retire(stream, err.code, err.details)
         except grpc.aio.AbortError as err:  # undecodable bytes: add_servicer's parser answered INVALID_ARGUMENT
             await self.calls.retire(stream, Code.INVALID_ARGUMENT, context.details() or "malformed UserFrame",
@@ -572,29 +571,22 @@ class GenerationServicer:
             elif not message.HasField("style"):
                 self.engine.touch(call)
         except (CodeError, UnknownVoiceError, UnknownEmotionError) as err:
-            raise CallFailed(Code.INVALID_ARGUMENT, str(err)) from None
+            raise StatusError(Code.INVALID_ARGUMENT, str(err)) from None
 
 
 # -- serving --------------------------------------------------------------------------------------
 @dataclass
-class GenerationServer:
-    """A running generation service: ports, engine, clock, calls, store; ``drain`` to stop."""
+class GenerationServer(Service):
+    """A running generation service: its server, engine, clock, calls and store. ``drain``
+    refuses new calls, stops the clock, flushes every call's history and ends the streams
+    UNAVAILABLE (resumable) before the server stops; ``kill`` stops as a crash would."""
 
-    grpc: GrpcServer
     engine: GenerationEngine
     clock: FrameClock
     calls: CallManager
     store: SessionStore
-    owns_store: bool
-    _stopping: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int:
-        return self.grpc.port
-
-    @property
-    def metrics_port(self) -> int:
-        return self.grpc.metrics_port
+    servicer: GenerationServicer  # what an in-process gateway calls (``services.gateway.backends``)
+    _killing: asyncio.Future[None] | None = None
 
     @property
     def lm(self) -> LM:
@@ -606,52 +598,18 @@ class GenerationServer:
         await self.calls.settle()
         return tick
 
-    async def drain(self, grace_seconds: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, refuse new calls, stop the clock, flush every call's
-        history, end the streams UNAVAILABLE (resumable), stop the server. Idempotent."""
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._drain(grace_seconds))
-        await asyncio.shield(self._stopping)
-
-    stop = drain
-
-    async def _drain(self, grace_seconds: float | None) -> None:
-        await self.grpc.set_serving(False)
-        await self.calls.drain()
-        await self.grpc.drain(grace_seconds)
-        if self.owns_store:
-            await self.store.close()
-
     async def kill(self) -> None:
         """Stop as a crash would: nothing flushed beyond what the cadence flushes stored
-        (fault tests)."""
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._kill())
-        await asyncio.shield(self._stopping)
+        (fault tests). Idempotent."""
+        if self._killing is None:
+            self._killing = asyncio.ensure_future(self._kill())
+        await asyncio.shield(self._killing)
 
     async def _kill(self) -> None:
         self.calls.abandon()
         await self.clock.stop()
-        await self.grpc.server.stop(None)
-        if self.owns_store:
-            await self.store.close()
-
-    async def wait(self) -> None:
-        """Block until the service has stopped."""
-        await self.grpc.server.wait_for_termination()
-        if self._stopping is not None:
-            await asyncio.shield(self._stopping)
-
-    async def serve_forever(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """Serve until SIGTERM/SIGINT, then drain: a process's main coroutine."""
-        loop = asyncio.get_running_loop()
-        for sig in signals:
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.drain()))
-        try:
-            await self.wait()
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+        await self.grpc.stop_now()
+        await self.calls.close_store()
 
 
 async def serve_generation(config: GenerationServiceConfig, port: int | None = None,
@@ -680,10 +638,12 @@ async def serve_generation(config: GenerationServiceConfig, port: int | None = N
                        aligner=aligner)
     owns_store = store is None
     store = store if store is not None else make_store(config)
-    calls = CallManager(engine, clock, store, config, gen_metrics, tokenizer)
+    calls = CallManager(engine, clock, store, config, gen_metrics, tokenizer, owns_store=owns_store)
+    servicer = GenerationServicer(calls)
     server = GrpcServer("generation", server_config, metrics)
-    server.add_service(GenerationServicer(calls), SERVICE)
-    server.on_drain(calls.drain)  # also when the GrpcServer itself is drained
+    server.add_service(servicer, SERVICE)
+    server.before_stop(calls.drain)
+    server.after_stop(calls.close_store)
     try:
         await server.start()
     except BaseException:
@@ -691,4 +651,4 @@ async def serve_generation(config: GenerationServiceConfig, port: int | None = N
             await store.close()
         raise
     clock.start()
-    return GenerationServer(server, engine, clock, calls, store, owns_store)
+    return GenerationServer(server, engine, clock, calls, store, servicer)

@@ -1,7 +1,7 @@
 """One real browser call against the whole system, run by tests/test_webrtc.py inside a loopback
-network namespace (``services.gateway.chromium.loopback_netns_command``):
+network namespace (``tests.support.chromium.loopback_netns_command``):
 
-    python tests/webrtc_scenario.py --out DIR [--untrained]
+    python tests/support/webrtc_scenario.py --out DIR [--untrained]
 
 Starts ``maata serve``'s stack in this process (demo checkpoints, or tiny random models with
 ``--untrained``) with the browser front end pinned to 127.0.0.1, opens the call page in headless
@@ -24,15 +24,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from maata.audio import load_audio, resample  # noqa: E402
-from services.gateway.chromium import Browser, in_netns  # noqa: E402
 from services.serve import BackgroundStack, load_config  # noqa: E402
+from tests.support.chromium import Browser, in_netns  # noqa: E402
 
 SENTENCE = "నమస్కారం, మీ పేరు ఏమిటి? ఈ రోజు వాతావరణం ఎలా ఉంది?"
 
@@ -63,7 +63,7 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[st
 
 def server(untrained: bool) -> BackgroundStack:
     """The whole system, the browser front end pinned to loopback and one call per client."""
-    env = {"MAATA_SERVE__SESSION_PORT": "0", "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
+    env = {"MAATA_SERVE__SESSION__SERVER__PORT": "0", "MAATA_SERVE__GATEWAY__SERVER__PORT": "0",
            "MAATA_SERVE__CODEC__SERVER__PORT": "0", "MAATA_SERVE__GENERATION__SERVER__PORT": "0",
            "MAATA_SERVE__GATEWAY__WEBRTC__PORT": "0",
            "MAATA_SERVE__GATEWAY__WEBRTC__MAX_CALLS_PER_CLIENT": "1",

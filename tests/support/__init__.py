@@ -1,0 +1,3 @@
+"""Tooling the tests (and the browser benchmark) share that is not a test itself: a real
+headless Chromium driven through a call (``chromium``) and the one-browser-call scenario that
+``tests/test_webrtc.py`` runs in a loopback network namespace (``webrtc_scenario``)."""
