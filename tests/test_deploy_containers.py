@@ -192,7 +192,7 @@ def test_compose_service_config_loads(name: str) -> None:
     config = load_config(environ=env)
     assert config.host == "0.0.0.0"
     probe_port = int(env["MAATA_PROBE_ADDR"].rsplit(":", 1)[1])
-    served = {"session": config.session_port, "codec": config.codec.server.port,
+    served = {"session": config.session.server.port, "codec": config.codec.server.port,
               "generation": config.generation.server.port, "gateway": config.gateway.server.port}[name]
     assert probe_port == served, f"{name}: the health check probes {probe_port} but the service listens on {served}"
     if name == "gateway":
