@@ -54,26 +54,39 @@ def check_pcm(x: np.ndarray, *, allow_empty: bool = False) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+def int16_to_float(a: np.ndarray) -> np.ndarray:
+    """int16 samples to float32 in [-1, 1): divided by 32768 (the one scale convention)."""
+    return np.asarray(a, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def float_to_int16(x: np.ndarray) -> np.ndarray:
+    """float samples to int16: times 32768, rounded, clipped to [-32768, 32767] (the inverse of
+    ``int16_to_float`` for every int16 value)."""
+    return np.clip(np.round(np.asarray(x, dtype=np.float32) * 32768.0), -32768, 32767).astype(np.int16)
+
+
 def pcm16_to_float(b: bytes | np.ndarray) -> np.ndarray:
     """Little-endian signed 16-bit PCM (bytes or int16 array) to float32 in [-1, 1)."""
     if isinstance(b, (bytes, bytearray, memoryview)):
         if len(b) % 2:
             raise AudioError(f"PCM16 payload has an odd number of bytes ({len(b)})")
-        a = np.frombuffer(b, dtype="<i2")
-    else:
-        a = np.asarray(b, dtype=np.int16)
-    return a.astype(np.float32) / 32768.0
+        b = np.frombuffer(b, dtype="<i2")
+    return int16_to_float(b)
 
 
 def float_to_pcm16(x: np.ndarray) -> bytes:
-    x = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0 - 1.0 / 32768)
-    return (np.round(x * 32768.0)).astype("<i2").tobytes()
+    """float samples to little-endian signed 16-bit PCM bytes (``float_to_int16``)."""
+    return float_to_int16(x).astype("<i2").tobytes()
+
+
+DBFS_FLOOR = -120.0  # the level ``rms_dbfs`` gives digital silence (and nothing at all)
 
 
 def rms_dbfs(x: np.ndarray) -> float:
+    """RMS level in dBFS (full scale = 1.0), at least ``DBFS_FLOOR``."""
     x = np.asarray(x, dtype=np.float64)
     rms = np.sqrt(np.mean(x * x)) if x.size else 0.0
-    return float(20 * np.log10(max(rms, 1e-10)))
+    return float(20 * np.log10(max(rms, 10 ** (DBFS_FLOOR / 20))))
 
 
 def normalize_rms(x: np.ndarray, target_dbfs: float = -16.0, peak_limit: float = 0.99) -> np.ndarray:

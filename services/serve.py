@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from maata import config as cfglib
+from maata.lm.compat import check_compatible
 from services.codec.service import CodecServer, CodecServiceConfig, serve_codec
 from services.common.aio import drain_on_signals
 from services.common.config import ServerConfig
@@ -160,12 +161,6 @@ def load_tokenizer(config: ServeConfig) -> Any:
     return Tokenizer.load(path)
 
 
-def check_shapes(codec: Any, lm: Any) -> None:
-    if codec.n_q != lm.n_q or codec.cfg.quantizer.codebook_size != lm.card:
-        raise ValueError(f"the codec ({codec.n_q} x {codec.cfg.quantizer.codebook_size} codes) does not fit the LM "
-                         f"({lm.n_q} x {lm.card}): serve a matching pair of checkpoints")
-
-
 # -- the stack --------------------------------------------------------------------------------------
 @dataclass
 class Stack:
@@ -233,7 +228,10 @@ async def start(config: ServeConfig, role: str = "all", *, inproc: bool = True, 
             codec_model = load_codec_model(config, untrained)
         if role in ("all", "generation"):
             lm = load_lm_model(config, untrained)
-            check_shapes(codec_model, lm)
+            try:
+                check_compatible(lm, codec_model)
+            except ValueError as err:
+                raise ValueError(f"{err}: serve a matching pair of checkpoints") from None
         if role in ("all", "codec"):
             stack.codec = await serve_codec(config.codec, host=host, codec=codec_model)
         if role in ("all", "generation"):

@@ -74,6 +74,20 @@ def test_pcm16_round_trip_and_odd_payload():
         audio.pcm16_to_float(b"\x00\x01\x02")
 
 
+def test_int16_scale_is_32768_both_ways_and_float_clips():
+    every = np.arange(-32768, 32768, dtype=np.int16)
+    assert np.array_equal(audio.float_to_int16(audio.int16_to_float(every)), every)  # lossless for every value
+    assert audio.int16_to_float(np.array([-32768, 16384], np.int16)).tolist() == [-1.0, 0.5]
+    assert audio.float_to_int16(np.array([1.0, 1.5, -1.0, -2.0, 0.5], np.float32)).tolist() == \
+        [32767, 32767, -32768, -32768, 16384]
+    assert audio.float_to_pcm16(np.array([0.5], np.float32)) == np.array([16384], "<i2").tobytes()
+
+
+def test_rms_dbfs_levels_and_silence_floor():
+    assert abs(audio.rms_dbfs(np.full(640, 0.5)) - 20 * np.log10(0.5)) < 1e-9
+    assert audio.rms_dbfs(np.zeros(640)) == audio.DBFS_FLOOR == audio.rms_dbfs(np.zeros(0))
+
+
 def test_unreadable_file_is_a_clear_error(tmp_path):
     p = tmp_path / "junk.wav"
     p.write_bytes(b"RIFF nonsense")

@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Sequence, TypeVar, Union
 
 import numpy as np
 
-from maata.audio import load_audio, normalize_rms, resample, write_wav
+from maata.audio import int16_to_float, load_audio, normalize_rms, resample, write_wav
 from maata.data.manifest import (ManifestRow, SplitStats, assign_splits, summarize,
                                  write_manifest)
 from maata.data.phonemes import PhonemeVocab
@@ -204,7 +204,7 @@ class EspeakEngine:
         if err != 0:
             raise SynthError(f"espeak_Synth failed with code {err} for {text!r}")
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        audio = pcm.astype(np.float32) / 32768.0
+        audio = int16_to_float(pcm)
         return EspeakSpeech(audio=audio,
                             phonemes=_events_to_alignment(self._events, len(audio) / self.sample_rate),
                             words=[(pos, length, ms / 1000.0) for pos, length, ms in self._words])

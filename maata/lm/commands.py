@@ -150,7 +150,7 @@ def load_codec_checkpoint(path: Path, device: str = "cpu"):
 
 
 def _compatible(lm, codec, lm_path: Path, codec_path: Path) -> None:
-    from maata.lm.evaluate import check_compatible
+    from maata.lm.compat import check_compatible
 
     try:
         check_compatible(lm, codec)

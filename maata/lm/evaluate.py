@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from maata.data.shards import ShardReader
+from maata.lm.compat import check_compatible
 from maata.lm.model import ABSENT_CODE, EMOTIONS, LM
 from maata.lm.sampling import GREEDY, SamplingParams
 
@@ -801,16 +802,6 @@ def check_codes(lm: LM, dialogues: Sequence[Dialogue], split: str) -> None:
             if c.size and (int(c.max()) >= lm.card or int(c.min()) < ABSENT_CODE):
                 raise ValueError(f"record {d.id!r} ({split}): {name} codes in [{int(c.min())}, {int(c.max())}] do "
                                  f"not fit the LM's codebook size {lm.card}")
-
-
-def check_compatible(lm: LM, codec) -> None:
-    """The LM must speak the codec's codes: same codebooks, codebook size and frame rate."""
-    q = codec.cfg.quantizer
-    if (lm.n_q, lm.card) != (q.n_q, q.codebook_size):
-        raise ValueError(f"the LM models {lm.n_q} codebooks x {lm.card} codes but the codec has "
-                         f"{q.n_q} x {q.codebook_size}")
-    if abs(lm.cfg.frame_rate - codec.cfg.frame_rate) > 1e-6:
-        raise ValueError(f"the LM runs at {lm.cfg.frame_rate:g} frames/s but the codec at {codec.cfg.frame_rate:g}")
 
 
 def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray], gen_speaking, true_speaking,

@@ -57,14 +57,21 @@ Options = list[tuple[str, Any]]
 
 
 # -- channel arguments ----------------------------------------------------------------------------
-def server_options(config: ServerConfig) -> Options:
-    """The grpc.aio server's channel arguments for ``config``."""
+def _both_ends(config: ServerConfig) -> Options:
+    """What both ends set alike: the message limit and the keepalive ping schedule."""
     return [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def server_options(config: ServerConfig) -> Options:
+    """The grpc.aio server's channel arguments for ``config``."""
+    return [
+        *_both_ends(config),
         ("grpc.http2.min_ping_interval_without_data_ms", int(config.min_client_ping_interval_s * 1000)),
         ("grpc.http2.max_ping_strikes", config.max_ping_strikes),
     ]
@@ -74,11 +81,7 @@ def channel_options(config: ServerConfig) -> Options:
     """A client channel's arguments that fit a server run with ``config``: the same message
     limit, and keepalive pings no more often than the server accepts them."""
     return [
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
-        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
+        *_both_ends(config),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging a quiet stream: it may be a dead peer
     ]
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -54,6 +53,7 @@ import soxr
 
 from maata.audio import AudioError, float_to_pcm16, pcm16_to_float
 from services.common.errors import StatusError, abort, abort_with
+from services.common.sampling import check_sampling
 from services.gateway.auth import ApiKey, AuthError
 from services.gateway.backends import SAMPLE_RATE
 from services.gateway.core import Gateway
@@ -99,11 +99,10 @@ class PartnerCall:
         sampling = None
         if config.HasField("sampling"):
             s = config.sampling
-            if not (math.isfinite(s.temperature) and s.temperature >= 0):
-                raise StatusError(Code.INVALID_ARGUMENT, f"sampling temperature must be a finite number >= 0 "
-                                                     f"(0 = greedy), got {s.temperature}")
-            if s.top_k < 0:
-                raise StatusError(Code.INVALID_ARGUMENT, f"sampling top_k must be >= 0 (0 = no limit), got {s.top_k}")
+            try:
+                check_sampling(s.temperature, s.top_k)
+            except ValueError as err:
+                raise StatusError(Code.INVALID_ARGUMENT, str(err)) from None
             sampling = Sampling(temperature=s.temperature, top_k=s.top_k, seed=s.seed)
         self.resume = config.resume
         self.setup = CallSetup(self.store_id, Style(voice=config.style.voice, emotion=config.style.emotion), sampling,

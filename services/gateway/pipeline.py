@@ -64,11 +64,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from maata.audio import float_to_pcm16, pcm16_to_float
+from maata.audio import float_to_pcm16, pcm16_to_float, rms_dbfs
 from services.common.errors import RESUME_HINT, StatusError
 from services.common.metrics import ServiceMetrics
 from services.gateway.backends import SAMPLE_RATE, Backends, Duplex
-from services.gateway.speech import SpeechConfig, SpeechDetector, TurnTracker, frame_dbfs
+from services.gateway.speech import SpeechConfig, SpeechDetector, TurnTracker
 
 from maata.v1.codec_pb2 import AudioChunk, CodeFrames
 from maata.v1.common_pb2 import Sampling, Style
@@ -420,7 +420,7 @@ class Pipeline:
             self._detect_agent(out, now, timing)
 
     def _detect_user(self, f: int, frame: np.ndarray, now: float) -> None:
-        dbfs = frame_dbfs(frame)
+        dbfs = rms_dbfs(frame)
         if dbfs > self.config.user_speech.off_dbfs:
             self._last_voiced_at = now
             self.voiced_in += 1
@@ -437,7 +437,7 @@ class Pipeline:
         keep = self.config.agent_speech.on_frames + 2
         for old in [k for k in self._sent_at if k <= out.frame - keep]:
             del self._sent_at[old]
-        change = self._agent.update(out.frame, frame_dbfs(out.pcm))
+        change = self._agent.update(out.frame, rms_dbfs(out.pcm))
         if change is None:
             return
         speaking, first = change

@@ -1,7 +1,7 @@
 """Speech and turn detection on 40 ms frames of PCM: who is speaking, and how long the agent
 took to answer.
 
-* ``SpeechDetector``: energy with hysteresis (``SpeechConfig``): a frame at or above ``on_dbfs``
+* ``SpeechDetector``: a frame's level (``maata.audio.rms_dbfs``) with hysteresis (``SpeechConfig``): a frame at or above ``on_dbfs``
   is voiced, at or below ``off_dbfs`` silent; ``on_frames`` voiced frames in a row start speech,
   ``off_frames`` silent ones end it. The pipeline runs one on the user's input and one on the
   agent's decoded output.
@@ -10,10 +10,7 @@ took to answer.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -32,14 +29,6 @@ class SpeechConfig:
             raise ValueError(f"speech off_dbfs ({self.off_dbfs}) must not exceed on_dbfs ({self.on_dbfs})")
         if self.on_frames < 1 or self.off_frames < 1:
             raise ValueError("speech on_frames and off_frames must be >= 1")
-
-
-def frame_dbfs(pcm: np.ndarray) -> float:
-    """RMS level of a frame in dBFS (-120 for digital silence)."""
-    if not pcm.size:
-        return -120.0
-    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
-    return 20.0 * math.log10(max(rms, 1e-6))
 
 
 class SpeechDetector:
@@ -99,4 +88,4 @@ class TurnTracker:
         return None
 
 
-__all__ = ["SpeechConfig", "SpeechDetector", "TurnTracker", "frame_dbfs"]
+__all__ = ["SpeechConfig", "SpeechDetector", "TurnTracker"]

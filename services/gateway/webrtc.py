@@ -81,12 +81,12 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
+from maata.audio import float_to_int16, int16_to_float, rms_dbfs
 from services.common.errors import StatusError
 from services.gateway.backends import SAMPLE_RATE, EchoBackends
 from services.gateway.config import WebRTCConfig
 from services.gateway.core import Gateway
 from services.gateway.pipeline import AgentAudio, CallSetup, Ended, Latency, Pipeline, Speaking, Text
-from services.gateway.speech import frame_dbfs
 
 from maata.v1.common_pb2 import Style
 
@@ -168,7 +168,7 @@ class AgentTrack(MediaStreamTrack):
                 self._start = now - self._sent * PACKET_S
         self._trim()
         pcm = self._queue.popleft() if self._queue else np.zeros(PACKET, np.int16)
-        if pcm.any() and frame_dbfs(pcm.astype(np.float32) / 32768.0) > VOICED_DBFS:
+        if pcm.any() and rms_dbfs(int16_to_float(pcm)) > VOICED_DBFS:
             self.voiced += 1
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RTC_RATE
@@ -179,15 +179,13 @@ class AgentTrack(MediaStreamTrack):
 
 
 def to_mono_float(frame: av.AudioFrame) -> np.ndarray:
-    """An aiortc audio frame (s16, packed or planar, any channels) as mono float32 [-1, 1]."""
+    """An aiortc audio frame (s16 or float, packed or planar, any channels) as mono float32 [-1, 1]."""
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        x = data.astype(np.float32).reshape(channels, -1).mean(axis=0)
-    else:
-        x = data.astype(np.float32).reshape(-1, channels).mean(axis=1)
-    scale = 32768.0 if frame.format.name.startswith("s16") else 1.0
-    return x / scale
+    if frame.format.name.startswith("s16"):
+        data = int16_to_float(data)
+    x = data.astype(np.float32)
+    return x.reshape(channels, -1).mean(axis=0) if frame.format.is_planar else x.reshape(-1, channels).mean(axis=1)
 
 
 # -- one browser call ------------------------------------------------------------------------------
@@ -289,7 +287,7 @@ class BrowserCall:
                 c.stale_in += 1
                 continue
             x = to_mono_float(frame)
-            if frame_dbfs(x) > VOICED_DBFS:
+            if rms_dbfs(x) > VOICED_DBFS:
                 c.voiced_in += 1
             if frame.sample_rate != self._in_rate:
                 self._in_rate = frame.sample_rate
@@ -324,14 +322,14 @@ class BrowserCall:
         async for event in self.pipeline.events():
             if isinstance(event, AgentAudio):
                 c.frames_out += 1
-                if frame_dbfs(event.pcm) > VOICED_DBFS:
+                if rms_dbfs(event.pcm) > VOICED_DBFS:
                     c.voiced_out += 1
                 if event.timing is not None:
                     t = event.timing
                     c.server_ms.append(t.total_ms)
                     c.stages_ms.append((t.encode_ms, t.generate_ms, t.step_ms, t.decode_ms))
                 pcm = self._out.resample_chunk(event.pcm)
-                self.track.put(np.clip(np.round(pcm * 32767.0), -32768, 32767).astype(np.int16))
+                self.track.put(float_to_int16(pcm))
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + self.server.config.stats_interval_s
                     self.send(self.stats())
