@@ -8,12 +8,11 @@ import torch
 
 from maata.codec import Codec, CodeError, load_preset
 from services.codec.engine import BatchedCodec, SlotsFull
+from tests.support.models import TINY_CODEC
 
 torch.set_num_threads(1)
 
-TINY = {"base_channels": 4, "max_channels": 32, "latent_dim": 16,
-        "transformer": {"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
-        "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}}
+TINY = TINY_CODEC
 
 
 def tiny_codec(dtype: torch.dtype = torch.float64) -> Codec:

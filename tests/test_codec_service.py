@@ -23,6 +23,7 @@ from services.codec.service import SERVICE_NAME, CodecServer, CodecServiceConfig
 from services.common.config import ServerConfig
 from services.common.logs import configure_logging
 from services.common.server import CALL_ID_METADATA, channel_options, server_options
+from tests.support.models import TINY_CODEC
 
 from maata.audio import float_to_pcm16, pcm16_to_float
 from maata.v1.codec_pb2 import AudioChunk, CodeFrames, InfoRequest
@@ -34,9 +35,7 @@ torch.set_num_threads(1)
 TIMEOUT = 10.0
 RATE = 16000
 HOP = 640
-TINY = {"base_channels": 4, "max_channels": 32, "latent_dim": 16,
-        "transformer": {"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
-        "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}}
+TINY = TINY_CODEC
 Body = Callable[[CodecStub, CodecServer, grpc.aio.Channel], Awaitable[None]]
 
 
