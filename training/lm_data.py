@@ -6,7 +6,9 @@ Shards are the data contract of :mod:`maata.data.shards`. Two kinds of items:
   other ``fields``) is the *agent* stream the model learns to continue; the user channel is
   absent (``ABSENT_CODE`` = -1 everywhere, embedded as padding) and there is no text.
 * :class:`DialogueDataset` (stages 2 and 3): two-stream dialogues. ``user`` and ``agent``
-  codes, the agent's inner-monologue ``text`` (EPAD = no text this frame), its ``emotion``
+  codes, the agent's inner-monologue ``text`` (EPAD = no text this frame), the ``user_text``
+  transcript of what the user has said (each word from the frame where it ends; the auxiliary
+  ASR-mode target, when the shards have it), its ``emotion``
   per frame — *held* from before each agent turn (``maata.lm.evaluate.held_emotion``) so its
   onset is no cue for when to speak — and its named ``voice`` (record metadata). With
   ``custom_fraction`` > 0 (stage 3) that share of the items (in every batch, not whole batches)
@@ -158,6 +160,7 @@ class DialogueDataset(_CropDataset):
 
     def __init__(self, root: str | Path, split: str | None, crop_frames: int, *, n_q: int, codebook_size: int,
                  epad_id: int, voices: Sequence[str], emotions: Sequence[str], text: bool = True,
+                 user_text: bool = True,
                  voice_conditioning: bool = True, emotion_conditioning: bool = True, custom_fraction: float = 0.0,
                  reference_frames: int = 250, min_reference_frames: int = 25, seed: int = 0, min_frames: int = 2,
                  random_crop: bool = True):
@@ -168,6 +171,7 @@ class DialogueDataset(_CropDataset):
             raise ValueError(f"no dialogue records of ≥ {min_frames} frames in split {split!r} of {root}")
         self.n_q, self.card, self.epad = n_q, codebook_size, epad_id
         self.text = text and "text" in records.fields
+        self.user_text = user_text and "user_text" in records.fields
         self.emotion = emotion_conditioning and "emotion" in records.fields
         self.emotion_map = emotion_table(emotions)
         self.voice_conditioning = voice_conditioning
@@ -214,6 +218,12 @@ class DialogueDataset(_CropDataset):
         else:
             item["text"] = torch.full((T,), self.epad, dtype=torch.long)
             item["has_text"] = False
+        if self.user_text:
+            item["user_text"] = torch.from_numpy(arr["user_text"][a:b].astype(np.int64))
+            item["has_user_text"] = True
+        else:
+            item["user_text"] = torch.full((T,), self.epad, dtype=torch.long)
+            item["has_user_text"] = False
         if self.emotion:  # held from before the turn: its onset must not tell the model when to speak
             e = held_emotion(arr["emotion"].astype(np.int64), spans(meta, "agent_turns"))[a:b]
             item["emotion"] = torch.from_numpy(self.emotion_map[e])
@@ -263,7 +273,8 @@ def collate(items: list[dict[str, Any]], epad_id: int) -> dict[str, torch.Tensor
 
     ``frame_mask`` [B, T] is False on padding and on frames whose agent codes are incomplete
     (a -1 anywhere: nothing to predict there); ``text_mask`` [B, T] additionally on items
-    without text. ``voice`` [B] holds CUSTOM_VOICE for custom-voice items, whose ``ref``
+    without text. ``user_text`` [B, T] (EPAD where absent) and ``user_text_mask`` [B, T] (True
+    on the real frames of items that have the user's transcript) are the auxiliary target. ``voice`` [B] holds CUSTOM_VOICE for custom-voice items, whose ``ref``
     [B, K, R] / ``ref_len`` [B] carry the reference clips (only when some item has one).
     """
     B = len(items)
@@ -272,6 +283,8 @@ def collate(items: list[dict[str, Any]], epad_id: int) -> dict[str, torch.Tensor
     agent = torch.zeros(B, K, T, dtype=torch.long)
     user = torch.full((B, K, T), ABSENT_CODE, dtype=torch.long)
     text = torch.full((B, T), epad_id, dtype=torch.long)
+    user_text = torch.full((B, T), epad_id, dtype=torch.long)
+    user_text_mask = torch.zeros(B, T, dtype=torch.bool)
     emotion = torch.zeros(B, T, dtype=torch.long)
     frame_mask = torch.zeros(B, T, dtype=torch.bool)
     text_mask = torch.zeros(B, T, dtype=torch.bool)
@@ -287,10 +300,14 @@ def collate(items: list[dict[str, Any]], epad_id: int) -> dict[str, torch.Tensor
         emotion[b, :n] = it["emotion"]
         frame_mask[b, :n] = ok
         text_mask[b, :n] = ok & bool(it["has_text"])
+        if "user_text" in it:
+            user_text[b, :n] = it["user_text"]
+            user_text_mask[b, :n] = bool(it.get("has_user_text", False))
         voice[b] = int(it["voice"])
         custom[b] = bool(it.get("custom", False))
     batch = {"user": user, "agent": agent, "text": text, "emotion": emotion, "voice": voice,
-             "frame_mask": frame_mask, "text_mask": text_mask, "custom": custom}
+             "frame_mask": frame_mask, "text_mask": text_mask, "custom": custom,
+             "user_text": user_text, "user_text_mask": user_text_mask}
     if any("ref" in it for it in items):
         R = max(max(it["ref"].shape[-1] for it in items if "ref" in it), 1)
         ref = torch.zeros(B, K, R, dtype=torch.long)
