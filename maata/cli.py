@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "training.lm_commands",  # adds `lm` to the `train` group, so it must come after it
     "maata.lm.commands",
     "services.commands",
+    "services.triton.commands",
     "services.probe",
 ]
 

@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--untrained", action="store_true", help="tiny random models instead of checkpoints (tests)")
     p.add_argument("--host", help="listen address of every service (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="the gateway's port (default 7100)")
+    p.add_argument("--model-backend", choices=["torch", "triton"],
+                   help="where the S2S step runs: torch in this process (default) or a running tritonserver "
+                        "serving `maata triton export`'s repository (see `maata triton serve`)")
+    p.add_argument("--triton-url", help="Triton's gRPC address for --model-backend triton (default 127.0.0.1:8001)")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser(
@@ -76,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["gateway"] = {"server": {"port": args.port}}
+    backend = {k: v for k, v in (("kind", args.model_backend), ("triton_url", args.triton_url)) if v}
+    if backend:
+        overrides["generation"] = {"model_backend": backend}
     config = load_config(args.config, **overrides)
     import logging
 

@@ -64,6 +64,7 @@ from maata.lm import ABSENT_CODE, LM, CodeError, SamplingParams, UnknownEmotionE
 from maata.lm.compat import check_compatible
 from maata.lm.model import CUSTOM_VOICE_NAME, LMState
 from services.common.aio import off_loop
+from services.common.model_backend import LMStepBackend
 from services.common.metrics import ServiceMetrics
 from services.common.sampling import check_sampling
 from services.common.phase import PhaseAligner
@@ -291,6 +292,7 @@ class Tick:
     batch: int = 0
     finished: list[Call] = field(default_factory=list)
     min_wait_s: float | None = None  # the shortest wait of a consumed user frame (None: none consumed)
+    failed: list[tuple[Call, str]] = field(default_factory=list)  # the model backend lost these calls (why)
 
 
 @dataclass
@@ -318,6 +320,50 @@ class _Computed:
     text: list[int]
     steps: list[list[int]]
     step_s: float
+    failed: dict[int, str] = field(default_factory=dict)  # slot -> why the backend could not step it
+
+
+class TorchLMBackend(LMStepBackend):
+    """The LM in this process: the engine's ``LMState`` of ``max_calls`` slots and ONE batched
+    ``lm.step`` per tick over its first ``n`` rows (views, no copy), ``n`` = the highest live
+    slot + 1 (slots are handed out lowest first, so a step costs what the live calls cost)."""
+
+    def __init__(self, lm: LM, max_calls: int) -> None:
+        self.lm = lm
+        self.state = lm.init_state(max_calls)
+
+    def prefill(self, spec: CallSpec, history: History) -> LMState:
+        """A one-slot state rebuilt from ``history``."""
+        scratch = self.lm.init_state(1)
+        self.lm.prefill(scratch, 0, history.user, history.agent_frames(self.lm), history.text,
+                        voice=history.voice or None, emotion=history.emotion or None, seed=spec.seed)
+        return scratch
+
+    def join(self, spec: CallSpec, history: History | None, prefilled: Any) -> int:
+        slot = self.lm.acquire_slot(self.state, seed=spec.seed)
+        if history is not None:
+            for full, one in zip(self.state.slot_tensors(), prefilled.slot_tensors(), strict=True):
+                full[slot] = one[0]
+        return slot
+
+    def leave(self, slot: int) -> None:
+        self.lm.release_slot(self.state, slot)
+
+    def _view(self, n: int) -> LMState:
+        """The state's first ``n`` slots as a state of its own (views: the step writes through)."""
+        s = self.state
+        if n == s.batch:
+            return s
+        return LMState(keys=[k[:n] for k in s.keys], values=[v[:n] for v in s.values], pos=s.pos[:n],
+                       recent=s.recent[:n], prev_text=s.prev_text[:n], seed=s.seed[:n], in_use=s.in_use[:n])
+
+    def compute(self, batch: _Batch) -> _Computed:
+        start = time.perf_counter()
+        out = self.lm.step(self._view(batch.n), batch.user, batch.active, voice=batch.voice, emotion=batch.emotion,
+                           sampling=batch.sampling)
+        step_s = time.perf_counter() - start
+        return _Computed(out.agent_codes.tolist(), out.ready.tolist(), out.text_token.tolist(),
+                         out.step_codes.tolist(), step_s)
 
 
 class GenerationMetrics:
@@ -351,7 +397,7 @@ class GenerationEngine:
 
     def __init__(self, lm: LM, max_calls: int, *, silence_codes: Sequence[int] | None = None, codec: Any = None,
                  max_queued_frames: int = 4, metrics: GenerationMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, backend: LMStepBackend | None = None) -> None:
         if max_calls < 1:
             raise ValueError(f"max_calls must be >= 1, got {max_calls}")
         if max_queued_frames < 1:
@@ -362,7 +408,7 @@ class GenerationEngine:
         self.silence = resolve_silence(lm, silence_codes, codec)
         self.metrics = metrics
         self.clock = clock
-        self.state = lm.init_state(max_calls)
+        self.backend = backend if backend is not None else TorchLMBackend(lm, max_calls)
         self._calls: dict[str, Call] = {}
         # totals since start
         self.steps = 0  # batched lm.step calls
@@ -386,15 +432,17 @@ class GenerationEngine:
     def get(self, call_id: str) -> Call | None:
         return self._calls.get(call_id)
 
-    def prefill(self, spec: CallSpec, history: History) -> LMState:
-        """A one-slot state rebuilt from ``history`` (the heavy part of a resume; touches no engine
-        state, so it may run in a thread while a step runs). CodeError etc. for a bad history."""
-        scratch = self.lm.init_state(1)
-        self.lm.prefill(scratch, 0, history.user, history.agent_frames(self.lm), history.text,
-                        voice=history.voice or None, emotion=history.emotion or None, seed=spec.seed)
-        return scratch
+    @property
+    def state(self) -> LMState | None:
+        """The in-process backend's LM state (None when the model runs elsewhere)."""
+        return getattr(self.backend, "state", None)
 
-    def join(self, spec: CallSpec, history: History | None = None, prefilled: LMState | None = None) -> Call:
+    def prefill(self, spec: CallSpec, history: History) -> Any:
+        """The heavy part of a resume, by the backend (touches no engine state, so it may run in a
+        thread while a step runs). CodeError etc. for a bad history."""
+        return self.backend.prefill(spec, history)
+
+    def join(self, spec: CallSpec, history: History | None = None, prefilled: Any = None) -> Call:
         """Start ``spec``'s call in a free slot (EngineFull if none): fresh, or continuing
         ``history`` (``prefilled``: ``prefill(spec, history)`` computed beforehand)."""
         if spec.call_id in self._calls:
@@ -403,13 +451,10 @@ class GenerationEngine:
             raise EngineFull(f"all {self.max_calls} generation slots are in use")
         if history is not None and prefilled is None:
             prefilled = self.prefill(spec, history)
-        slot = self.lm.acquire_slot(self.state, seed=spec.seed)
+        slot = self.backend.join(spec, history, prefilled)
         voice, emotion = spec.voice, spec.emotion
         call = Call(spec, slot, voice, emotion, last_heard=self.clock())
         if history is not None:
-            assert prefilled is not None
-            for full, one in zip(self.state.slot_tensors(), prefilled.slot_tensors(), strict=True):
-                full[slot] = one[0]
             call.frames = call.stored = history.frames
             call.voice, call.emotion = history.final_style
             call.resumed = True
@@ -423,7 +468,7 @@ class GenerationEngine:
         if self._calls.get(call.call_id) is not call:
             return
         del self._calls[call.call_id]
-        self.lm.release_slot(self.state, call.slot)
+        self.backend.leave(call.slot)
         call.queue.clear()
 
     def push(self, call: Call, codes: Sequence[int], seq: int = 0) -> bool:
@@ -506,22 +551,16 @@ class GenerationEngine:
                 self.metrics.base.observe("frame_wait", w)
         return _Batch(n, stepped, user, active, voice, emotion, sampling, seqs, filled, styled, finished, waits)
 
-    def _view(self, n: int) -> LMState:
-        """The state's first ``n`` slots as a state of its own (views: the step writes through)."""
-        s = self.state
-        if n == s.batch:
-            return s
-        return LMState(keys=[k[:n] for k in s.keys], values=[v[:n] for v in s.values], pos=s.pos[:n],
-                       recent=s.recent[:n], prev_text=s.prev_text[:n], seed=s.seed[:n], in_use=s.in_use[:n])
-
     def compute(self, batch: _Batch) -> _Computed:
-        """The batched model step over ``batch`` (worker thread)."""
-        start = time.perf_counter()
-        out = self.lm.step(self._view(batch.n), batch.user, batch.active, voice=batch.voice, emotion=batch.emotion,
-                           sampling=batch.sampling)
-        step_s = time.perf_counter() - start
-        return _Computed(out.agent_codes.tolist(), out.ready.tolist(), out.text_token.tolist(),
-                         out.step_codes.tolist(), step_s)
+        """The batched model step over ``batch`` (worker thread; in-process backends)."""
+        return self.backend.compute(batch)
+
+    async def step(self, batch: _Batch) -> _Computed:
+        """The tick's model step: the backend's own ``acompute`` on the loop, or ``compute`` in a
+        worker thread."""
+        if self.backend.is_async:
+            return await self.backend.acompute(batch)
+        return await off_loop(self.compute, batch)
 
     def finish(self, batch: _Batch, computed: _Computed | None) -> Tick:
         """Turn the step's output into each call's ``FrameOut`` and history frame."""
@@ -529,8 +568,13 @@ class GenerationEngine:
         if computed is None:
             return tick
         bos = self.lm.bos
+        stepped = 0
         for call, seq, filled, styled in zip(batch.calls, batch.seqs, batch.filled, batch.styled, strict=True):
             s = call.slot
+            if s in computed.failed:
+                tick.failed.append((call, computed.failed[s]))
+                continue
+            stepped += 1
             step_codes = [ABSENT_CODE if c == bos else c for c in computed.steps[s]]
             text = computed.text[s]
             record = StoredFrame(index=call.frames, user=CodeFrame(codes=batch.user[s].tolist()),
@@ -546,9 +590,9 @@ class GenerationEngine:
                 tick.finished.append(call)
         n_filled = sum(batch.filled)
         self.steps += 1
-        self.frames_stepped += len(batch.calls)
+        self.frames_stepped += stepped
         self.missed += n_filled
-        tick.step_s, tick.batch = computed.step_s, len(batch.calls)
+        tick.step_s, tick.batch = computed.step_s, stepped
         if self.metrics:
             self.metrics.base.observe("step", computed.step_s)
             if n_filled:
@@ -614,7 +658,7 @@ class FrameClock:
             if self._stopped:
                 return Tick()
             batch = self.engine.prepare()
-            computed = await off_loop(self.engine.compute, batch) if batch.calls else None
+            computed = await self.engine.step(batch) if batch.calls else None
             tick = self.engine.finish(batch, computed)
             self.ticks += 1
         expired = self.engine.expire(self.idle_timeout_s) if self.idle_timeout_s else []
@@ -660,6 +704,6 @@ class FrameClock:
 
 __all__ = [
     "AGENT_LAYOUT", "Call", "CallSpec", "EngineFull", "FrameClock", "FrameOut", "GenerationEngine",
-    "GenerationMetrics", "History", "HistoryError", "Tick", "check_codes", "check_emotion", "check_voice",
-    "codec_silence", "history_from_frames", "resolve_silence", "resolve_style", "sampling_params", "seed_to_int64",
+    "GenerationMetrics", "History", "HistoryError", "Tick", "TorchLMBackend", "check_codes", "check_emotion",
+    "check_voice",    "codec_silence", "history_from_frames", "resolve_silence", "resolve_style", "sampling_params", "seed_to_int64",
 ]

@@ -61,14 +61,15 @@ from maata import config as cfglib
 from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
 from services.common.config import ServerConfig
 from services.common.errors import RESUME_HINT, StatusError, abort, abort_with
+from services.common.model_backend import LMStepBackend, ModelBackendConfig
 from services.common.logs import CALL_ID
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
 from services.common.server import GrpcServer, Service
 from services.generation.engine import (AGENT_LAYOUT, Call, CallSpec, EngineFull, FrameClock, FrameOut,
                                         GenerationEngine, GenerationMetrics, History, HistoryError, Tick,
-                                        check_emotion, check_voice, history_from_frames, resolve_style,
-                                        sampling_params, seed_to_int64)
+                                        TorchLMBackend, check_emotion, check_voice, history_from_frames,
+                                        resolve_style, sampling_params, seed_to_int64)
 from services.session.client import RemoteSessionStore, open_store  # noqa: F401  (RemoteSessionStore: re-exported)
 from services.session.errors import (AlreadyExists, Conflict, InvalidArgument, LimitExceeded, NotFound, SessionError,
                                      StoreUnavailable)
@@ -108,6 +109,7 @@ class GenerationServiceConfig:
     history_flush_frames: int = 25  # N: append a call's history to the store every N steps (1 s)
     session_store: str = ""  # "": in process; redis://host:port/db: Redis; host:port: SessionStore service
     store_timeout_s: float = 2.0  # connect/command timeout of a Redis or remote store
+    model_backend: ModelBackendConfig = field(default_factory=ModelBackendConfig)  # torch (in process) or triton
     silence_codes: list[int] = field(default_factory=list)  # the codec's codes of digital silence
     codec_checkpoint: str = ""  # without silence_codes: compute them by encoding zeros with this codec
     align_phase: bool = True  # move the clock's phase to just after the callers' frames arrive (PhaseAligner)
@@ -215,6 +217,7 @@ class CallManager:
         self.streams: dict[str, _Stream] = {}
         self.draining = False
         self.abandoned = False
+        self.model_ready = True  # the model backend can serve (a Triton backend: its model is ready)
         self._reserved = 0
         self._opening: dict[str, tuple[asyncio.Lock, int]] = {}  # per call id: lock, streams using it
         self._flush_locks: dict[Call, asyncio.Lock] = {}
@@ -243,6 +246,8 @@ class CallManager:
         call_id = config.call_id
         if self.draining:
             raise StatusError(Code.UNAVAILABLE, f"the generation service is draining; {RESUME_HINT}")
+        if not self.model_ready:
+            raise StatusError(Code.UNAVAILABLE, f"the model backend is not ready; {RESUME_HINT}")
         lock, users = self._opening.get(call_id, (asyncio.Lock(), 0))
         self._opening[call_id] = (lock, users + 1)
         try:
@@ -338,6 +343,9 @@ class CallManager:
                     and out.call not in self._flushing):
                 self._flushing.add(out.call)
                 self._spawn(self._cadence_flush(stream))
+        for call, why in tick.failed:  # the model backend lost the call (Triton down or restarted)
+            if isinstance(call.tag, _Stream):
+                self._spawn(self.retire(call.tag, Code.UNAVAILABLE, f"the model backend failed ({why}); {RESUME_HINT}"))
         for call in tick.finished:
             if isinstance(call.tag, _Stream):
                 self._spawn(self.retire(call.tag, Code.OK, "", end_session=True))
@@ -629,9 +637,10 @@ async def serve_generation(config: GenerationServiceConfig, port: int | None = N
         tokenizer = Tokenizer.load(config.tokenizer)
     metrics = ServiceMetrics("generation")
     gen_metrics = GenerationMetrics(metrics)
+    backend = make_backend(config, lm)
     engine = GenerationEngine(lm, config.max_calls, silence_codes=config.silence_codes,
                               codec=codec if codec is not None else load_silence_codec(config),
-                              max_queued_frames=config.max_queued_frames, metrics=gen_metrics)
+                              max_queued_frames=config.max_queued_frames, metrics=gen_metrics, backend=backend)
     frame_s = config.frame_ms / 1000.0
     aligner = PhaseAligner(frame_s, config.phase_margin_ms / 1000.0) if config.align_phase else None
     clock = FrameClock(engine, frame_s, idle_timeout_s=config.idle_timeout_s, manual=config.manual_clock,
@@ -642,13 +651,66 @@ async def serve_generation(config: GenerationServiceConfig, port: int | None = N
     servicer = GenerationServicer(calls)
     server = GrpcServer("generation", server_config, metrics)
     server.add_service(servicer, SERVICE)
+    watcher = ReadinessWatcher(backend, calls, server, config.model_backend.ready_poll_s)
+    server.before_stop(watcher.stop)
     server.before_stop(calls.drain)
     server.after_stop(calls.close_store)
+    server.after_stop(backend.close)
     try:
         await server.start()
     except BaseException:
         if owns_store:
             await store.close()
+        await backend.close()
         raise
+    if config.model_backend.kind != "torch":
+        await watcher.check()
+        watcher.start()
     clock.start()
     return GenerationServer(server, engine, clock, calls, store, servicer)
+
+
+def make_backend(config: GenerationServiceConfig, lm: LM) -> LMStepBackend:
+    """The model backend ``config.model_backend`` names: the LM in process, or Triton's s2s_step."""
+    if config.model_backend.kind == "triton":
+        from services.triton.client import TritonModels
+        from services.triton.lm_backend import TritonLMBackend
+
+        models = TritonModels(config.model_backend.triton_url, timeout_s=config.model_backend.timeout_s)
+        return TritonLMBackend(lm, config.max_calls, models)
+    return TorchLMBackend(lm, config.max_calls)
+
+
+class ReadinessWatcher:
+    """The service's readiness follows its model backend's: polls ``backend.ready()`` every
+    ``period_s``; not ready -> health NOT_SERVING and new calls UNAVAILABLE, and back."""
+
+    def __init__(self, backend: LMStepBackend, calls: CallManager, server: GrpcServer, period_s: float) -> None:
+        self.backend, self.calls, self.server, self.period_s = backend, calls, server, period_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> bool:
+        ready = await self.backend.ready()
+        if ready != self.calls.model_ready and not self.calls.draining:
+            log.warning("model backend %s", "ready" if ready else "NOT ready: new calls are refused")
+            self.calls.model_ready = ready
+            await self.server.set_serving(ready)
+        return ready
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("model backend readiness check failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -23,14 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from services.triton import models as m
+from services.common.model_backend import ModelBackendUnavailable
+from services.triton import schema as m
 
 
 class TritonError(RuntimeError):
     """A request to Triton failed."""
 
 
-class TritonUnavailableError(TritonError):
+class TritonUnavailableError(TritonError, ModelBackendUnavailable):
     """Triton is down, not ready, or lost the sequence's state: resume the call later."""
 
 
@@ -78,7 +79,11 @@ class TritonModels:
         self.timeout_s = timeout_s
         self.names = {"encoder": encoder, "decoder": decoder, "s2s": s2s}
         self._g = grpcclient
-        self.client = grpcclient.InferenceServerClient(url)
+        # reconnect within a second of a restarted server (gRPC's default backoff grows to minutes)
+        self.client = grpcclient.InferenceServerClient(url, channel_args=[
+            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000)])
         self._ids = itertools.count()
 
     async def close(self) -> None:

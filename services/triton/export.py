@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.triton import models as m
+from services.triton import schema as m
 
 CODEC_FILE, LM_FILE = "codec.safetensors", "lm.safetensors"
 WARMUP_CORRID = 2**64 - 1  # the warmup's own sequence (calls get ids below 2**63)
