@@ -6,6 +6,12 @@ APT_PACKAGES := espeak-ng libespeak-ng1 festival festvox-te-nsk sox redis-server
 # the tests drive a real headless Chromium (WebRTC) inside a loopback network namespace (iproute2, util-linux);
 # torch.compile (inductor) needs a C++ compiler (g++)
 APT_TEST_PACKAGES := chromium chromium-driver fonts-lohit-telu iproute2 util-linux g++
+# Triton Inference Server (tests/test_triton.py, `maata triton serve`): the nvidia-pytriton wheel bundles
+# tritonserver 2.51 with its python backend; tritonclient talks to it. Installed with --no-deps: their declared pins
+# (numpy<2, protobuf<7, ml-dtypes<=0.5.4) would downgrade what the rest of the project needs, while the parts used
+# here (the server binary and python backend, tritonclient.grpc.aio, its model_config_pb2) work with this venv's
+# versions (tests/test_triton.py); python-rapidjson is tritonclient.grpc's one missing dependency.
+TRITON_PIP := nvidia-pytriton==0.7.0 tritonclient==2.73.0 python-rapidjson==1.25
 CHECKPOINT ?= checkpoints/codec_default.safetensors
 
 .PHONY: setup run test apt apt-test venv k8s-tools clean
@@ -27,11 +33,12 @@ apt-test: .setup-stamp-apt-test
 	@touch $@
 
 venv: .setup-stamp-venv
-.setup-stamp-venv: pyproject.toml
+.setup-stamp-venv: pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,data]'
+	$(PY) -m pip install -q --no-deps $(TRITON_PIP)
 	$(PY) -m services.protogen
 	@touch $@
 
