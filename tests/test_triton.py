@@ -285,6 +285,14 @@ def test_bad_input_gets_a_clear_error_and_harms_no_other_sequence(server: Triton
         assert results[0] is None and isinstance(results[1], TritonInputError)
         await step(4)
         await step(5)
+        await models.end("s2s", good)
+        # the refused STARTs hold no batch slot in Triton (the client ended them): all SLOTS slots start
+        # at once, well within the 15 s a held slot would take to idle out
+        quick = TritonModels(server.grpc_url, timeout_s=5.0)
+        fresh = [new_sequence_id() for _ in range(SLOTS)]
+        await asyncio.gather(*(quick.s2s_step(i, [0] * lm.n_q, **start) for i in fresh))
+        await asyncio.gather(*(quick.end("s2s", i) for i in fresh))
+        await quick.close()
         await models.close()
         return outs
 

@@ -11,12 +11,13 @@ Errors become two exceptions the services map to gRPC status codes:
 * ``TritonUnavailableError``: the server cannot be reached, is not ready, or no longer holds the
   sequence's state (it restarted or dropped the sequence): the call ends UNAVAILABLE and is
   resumed from the session store (a new sequence whose START carries the stored history);
-* ``TritonInputError``: Triton or the model refused the request's tensors (INVALID_ARGUMENT).
+* ``TritonInputError``: Triton or the model refused the request's tensors (INVALID_ARGUMENT); the
+  client then ends the sequence, so that its batch slot in Triton is not held until the idle timeout.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +85,6 @@ class TritonModels:
             ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000)])
-        self._ids = itertools.count()
 
     async def close(self) -> None:
         await self.client.close()
@@ -117,10 +117,18 @@ class TritonModels:
                 self.names[role], inputs, outputs=[self._g.InferRequestedOutput(o) for o in outputs],
                 sequence_id=seq_id, sequence_start=start, sequence_end=end, client_timeout=self.timeout_s)
         except InferenceServerException as err:
-            raise _classify(err) from None
+            failed: TritonError = _classify(err)
         except Exception as err:  # the channel itself failed
-            raise TritonUnavailableError(f"triton: {type(err).__name__}: {err}") from None
-        return {o: result.as_numpy(o)[0] for o in outputs}
+            failed = TritonUnavailableError(f"triton: {type(err).__name__}: {err}")
+        else:
+            return {o: result.as_numpy(o)[0] for o in outputs}
+        if not end and not isinstance(failed, TritonUnavailableError):
+            # the model refused the request, but Triton's sequence batcher holds the sequence's batch slot
+            # (a refused START included) until an END or the idle timeout: give it back now
+            with contextlib.suppress(Exception):
+                await self.client.infer(self.names[role], [], sequence_id=seq_id, sequence_end=True,
+                                        client_timeout=self.timeout_s)
+        raise failed
 
     async def end(self, role: str, seq_id: int) -> None:
         """End ``seq_id``'s sequence without a step (its slot is freed)."""

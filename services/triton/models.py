@@ -49,8 +49,9 @@ class InputError(ValueError):
 
 
 def _flag(request: Any, pb: Any, name: str) -> bool:
-    t = pb.get_input_tensor_by_name(request, name)
-    return t is not None and bool(np.asarray(t.as_numpy()).reshape(-1)[0])
+    """A sequence control flag (int32 0/1; absent: 0)."""
+    t = _tensor(request, pb, name, np.int32, required=False)
+    return t is not None and bool(t.reshape(-1)[0])
 
 
 def _tensor(request: Any, pb: Any, name: str, dtype: Any, required: bool = True) -> np.ndarray | None:
@@ -159,6 +160,10 @@ class _SequenceModel:
                 has_data = pb.get_input_tensor_by_name(request, self.DATA) is not None
                 if not has_data and not end:
                     raise InputError(f"input {self.DATA} is missing (only a request with END may come without it)")
+                if end and not has_data and not start:  # only the end: free the slot (if the sequence has one)
+                    self.table.release(corrid)
+                    responses[i] = pb.InferenceResponse(output_tensors=[])
+                    continue
                 payload = self.parse(request, start) if has_data else None
                 if start:
                     seq = self.table.start(corrid)
