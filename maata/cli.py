@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "maata.codec.commands",
     "training.commands",
     "training.lm_commands",  # adds `lm` to the `train` group, so it must come after it
+    "training.kubeflow_commands",  # adds `submit` and `pipeline` to the `train` group
     "maata.lm.commands",
     "services.commands",
     "services.triton.commands",
