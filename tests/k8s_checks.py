@@ -4,9 +4,6 @@ against the Kubernetes JSON schemas of a pinned version, and check what Maata's 
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import os
 import re
 import shutil
@@ -89,19 +86,6 @@ def _expand(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
 
 
-@functools.cache
-def _triton_in_tree() -> bool:
-    """Whether this tree has the Triton backend's commands (`maata triton ...`), which the GPU manifests run."""
-    from maata.cli import build_parser
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["triton", "--help"])
-    except SystemExit as done:
-        return done.code == 0
-    return True
-
-
 def serve_config_of(docs: list[dict], container: dict, namespace: str = "maata") -> Any:
     """The ServeConfig a Maata container would load: the mounted serve.yaml ConfigMap, then its MAATA_* env."""
     from services.serve import load_config
@@ -120,8 +104,6 @@ def serve_config_of(docs: list[dict], container: dict, namespace: str = "maata")
         else:
             env[e["name"]] = fields.get(e["name"], "")
     maata_env = {k: v for k, v in env.items() if k.startswith("MAATA_SERVE__") and v != ""}
-    if not _triton_in_tree():  # the Triton backend's settings are checked once that backend is in the tree
-        maata_env = {k: v for k, v in maata_env.items() if "__TRITON__" not in k}
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
@@ -170,10 +152,9 @@ def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace
         assert pod["terminationGracePeriodSeconds"] >= needed, f"{role}: termination period < {needed} s"
         assert server.port == port and config.host == "0.0.0.0"
         assert env["MAATA_PROBE_ADDR"] == f"127.0.0.1:{port}"
-        # the command is a real `maata` command (the Triton backend's flag once that backend is in the tree)
-        if "--model-backend" not in container["args"] or _triton_in_tree():
-            args = parser.parse_args(container["args"])
-            assert args.command == "serve" and args.role == role
+        # the command is a real `maata` command
+        args = parser.parse_args(container["args"])
+        assert args.command == "serve" and args.role == role
         assert any(p["containerPort"] == 9090 for p in container["ports"]), f"{role}: /metrics port"
 
     # the gateway reaches codec and generation through headless Services, with dns:/// targets
@@ -223,8 +204,13 @@ def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace
         assert gpu_limits, "a generation container holds nvidia.com/gpu"
         assert gen_pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gen_pod["tolerations"])
         export = gen_pod["initContainers"][0]
-        assert export["args"][:2] == ["triton", "export"]
+        assert parser.parse_args(export["args"]).kind == "gpu"
         triton = next(c for c in gen_pod["containers"] if c["name"] == "triton")
+        serve = parser.parse_args(triton["args"])
+        generation = parser.parse_args(next(c for c in gen_pod["containers"] if c["name"] == "generation")["args"])
+        assert generation.model_backend == "triton"
+        assert generation.triton_url == f"127.0.0.1:{serve.grpc_port}", "generation calls its Triton sidecar"
+        assert serve.repo == parser.parse_args(export["args"]).out
         shared = {m["name"] for m in export["volumeMounts"]} & {m["name"] for m in triton["volumeMounts"]}
         assert shared, "the exported model repository is mounted into Triton"
     else:

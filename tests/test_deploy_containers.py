@@ -126,6 +126,13 @@ def test_requirements_pin_what_pyproject_asks() -> None:
             continue
         assert name in pins, f"{name} is a dependency but not pinned in docker/requirements.txt"
         assert spec.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} violates {spec}"
+    # the Triton wheels: the Makefile's pins, installed with --no-deps like there
+    makefile = (ROOT / "Makefile").read_text()
+    triton_pip = re.search(r"^TRITON_PIP := (.+)$", makefile, re.M).group(1).split()
+    lines = (ROOT / "docker" / "requirements-triton.txt").read_text().splitlines()
+    assert sorted(line for line in lines if line and not line.startswith("#")) == sorted(triton_pip)
+    for dockerfile in DOCKERFILES:
+        assert "--no-deps --requirement /tmp/requirements-triton.txt" in dockerfile.read_text()
 
 
 # -- docker-compose.yml -----------------------------------------------------------------------------
@@ -168,11 +175,13 @@ def test_compose_topology() -> None:
     assert services["gateway"]["sysctls"]["net.ipv4.ip_local_port_range"] == "40000 40099"
     for name in CPU_SERVICES + ("redis",):
         assert "profiles" not in services[name], f"{name} runs by default"
-    for name in ("triton", "generation-gpu"):
+    for name in ("triton-export", "triton", "generation-gpu"):
         assert services[name]["profiles"] == ["gpu"]
-        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert services["triton-export"]["profiles"] == ["gpu"]
+    devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    gpu_generation = services["generation-gpu"]["command"]
+    assert gpu_generation[gpu_generation.index("--triton-url") + 1] == "triton:8001"
+    assert services["generation-gpu"]["depends_on"]["triton"]["condition"] == "service_healthy"
 
 
 def _service_env(service: dict) -> dict[str, str]:
@@ -212,19 +221,15 @@ def test_compose_dev_key_file_accepts_the_documented_key() -> None:
 
 
 def test_gpu_profile_commands_parse() -> None:
-    """The gpu profile runs `maata triton export|serve` and `serve --model-backend triton`
-    (the Triton backend's commands): they must parse once that backend is in the tree."""
+    """The gpu profile runs `maata triton export|serve` and `serve --model-backend triton`."""
     from maata.cli import build_parser
 
     parser = build_parser()
-    try:
-        parser.parse_args(["triton", "--help"])
-    except SystemExit as done:
-        if done.code != 0:
-            pytest.skip("`maata triton` is not in this tree yet (the Triton backend lands separately)")
     services = _compose()["services"]
-    for name in ("triton-export", "triton", "generation-gpu"):
-        parser.parse_args(services[name]["command"])
+    export, serve, generation = (parser.parse_args(services[name]["command"])
+                                 for name in ("triton-export", "triton", "generation-gpu"))
+    assert export.kind == "gpu" and serve.repo == export.out and serve.host == "0.0.0.0"
+    assert generation.model_backend == "triton" and generation.triton_url == f"triton:{serve.grpc_port}"
 
 
 # -- the HEALTHCHECK command against a real server ---------------------------------------------------
