@@ -484,3 +484,20 @@ def test_build_resumes_skipping_written_shards(tmp_path, codec_path, scripts):
         build_dialogues(out, codec_path, **{**kw, "repeats": 2})
     fresh = build_dialogues(out, codec_path, **{**kw, "repeats": 2}, overwrite=True)
     assert fresh.stats["resumed_shards"] == 0 and fresh.stats["dialogues"] == 2 * first.stats["dialogues"]
+
+
+def test_exchange_user_turns_are_reworded_after_the_first_rendering():
+    cs = load_conversations()
+    small = dataclasses.replace(cs, intents=(), exchanges=cs.exchanges[:6])
+    plans = plan_dialogues(small, repeats=4, seed=0)
+    changed = 0
+    for p in plans:
+        ex = small.exchanges[[e.id for e in small.exchanges].index(p.exchange)]
+        written = [t.text for t in ex.turns if t.speaker == "user"]
+        said = [t.text for t in p.turns if t.speaker == "user"]
+        if p.id.endswith("-r0"):
+            assert said == written
+        changed += sum(a != b for a, b in zip(said, written))
+    assert changed > 0
+    none = plan_dialogues(small, repeats=4, seed=0, exchange_paraphrase=0.0)
+    assert all(t.text in {u.text for e in small.exchanges for u in e.turns} for p in none for t in p.turns)

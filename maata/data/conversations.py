@@ -56,6 +56,7 @@ __all__ = [
     "ParaphraseRules",
     "ConversationSet",
     "paraphrase_intent",
+    "paraphrase_line",
     "load_conversations",
     "parse_conversations",
     "qa_pairs",
@@ -568,6 +569,14 @@ def paraphrase_intent(intent: Intent, rules: ParaphraseRules,
                              f"openers or substitutions, or lower per_question")
         out.extend(family)
     return tuple(out)
+
+
+def paraphrase_line(line: str, rules: ParaphraseRules, rng: random.Random) -> str:
+    """One variant of any user line drawn with ``rng`` (any rule kind, or the line itself when
+    no rule applies): used for the user turns of multi-turn exchanges, which are not evaluated
+    by phrasing, so that their renderings differ in wording too."""
+    pools = [pool for pool in _candidates(line, rules, rng).values() if pool]
+    return rng.choice(rng.choice(pools)) if pools else line
 
 
 def _paraphrase_all(source: str, intents: tuple[Intent, ...], rules: ParaphraseRules) -> tuple[Intent, ...]:

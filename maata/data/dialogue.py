@@ -83,7 +83,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from maata.data import voices as V
-from maata.data.conversations import ConversationSet, Phrasing, load_conversations
+from maata.data.conversations import ConversationSet, Phrasing, load_conversations, paraphrase_line
 from maata.data.manifest import SPLITS, ManifestRow, assign_splits
 from maata.data.shards import Record, write_shard
 from maata.data.synth import EspeakVoice, SynthError, espeak_variants, espeak_voices
@@ -348,13 +348,15 @@ def plan_dialogues(conversations: ConversationSet, repeats: int = 4, seed: int =
                    speakers: dict[str, list[EspeakVoice]] | None = None,
                    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
                    channel: UserChannelConfig = UserChannelConfig(),
-                   emotion_mix: float = 0.5) -> list[DialogueSpec]:
+                   emotion_mix: float = 0.5, exchange_paraphrase: float = 0.5) -> list[DialogueSpec]:
     """Every dialogue to make, in a fixed order: QA dialogues intent by intent, then exchanges.
 
     QA: ``repeats`` renderings of every phrasing of every intent (:meth:`Intent.all_phrasings`);
     seen phrasings are split train/valid/test by ``fractions``, held-out ones go to valid and
     test only. With ``emotion_mix`` the agent answers in another emotion than the intent's
-    (uniformly drawn), so the emotion condition is not implied by the words.
+    (uniformly drawn), so the emotion condition is not implied by the words. Exchanges: the
+    first rendering as written; later ones reword each user turn with probability
+    ``exchange_paraphrase`` (:func:`maata.data.conversations.paraphrase_line`).
     """
     if repeats < 1:
         raise DialogueError(f"repeats must be at least 1, got {repeats}")
@@ -375,6 +377,7 @@ def plan_dialogues(conversations: ConversationSet, repeats: int = 4, seed: int =
     cyclers = {s: _Cycler(speakers[s], rng) for s in SPLITS if available[s]}
     interruptions = list(conversations.interruptions)
     backchannels = list(conversations.backchannels)
+    rules = conversations.paraphrase
 
     def user_turn(text: str, emotion: str | None = None, prefix: str | None = None) -> TurnSpec:
         bc = rng.choice(backchannels) if backchannels and rng.random() < timing.backchannel_prob else None
@@ -428,7 +431,10 @@ def plan_dialogues(conversations: ConversationSet, repeats: int = 4, seed: int =
             turns = []
             for j, t in enumerate(ex.turns):
                 if t.speaker == "user":
-                    turns.append(user_turn(t.text, t.emotion,
+                    # the first rendering as written, later ones reworded half of the time
+                    reword = rules is not None and r > 0 and rng.random() < exchange_paraphrase
+                    text = paraphrase_line(t.text, rules, rng) if reword else t.text
+                    turns.append(user_turn(text, t.emotion,
                                            rng.choice(interruptions) if j == cut else None))
                 else:
                     turns.append(TurnSpec("agent", t.text, t.emotion))
