@@ -27,8 +27,8 @@ KEEP = 24  # logits kept per row (plus every row's logsumexp and argmax over the
 def _inputs() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(20240514)
     t = torch.arange(int(0.8 * 16000), dtype=torch.float64) / 16000
-    wav = 0.3 * torch.sin(2 * torch.pi * 180 * t) * torch.sin(2 * torch.pi * 3 * t) + 0.05 * torch.randn(t.shape, generator=g,
-                                                                                                           dtype=torch.float64)
+    noise = torch.randn(t.shape, generator=g, dtype=torch.float64)
+    wav = 0.3 * torch.sin(2 * torch.pi * 180 * t) * torch.sin(2 * torch.pi * 3 * t) + 0.05 * noise
     B, K, T, card, vocab = 2, 8, 12, 1024, 2000
     return {
         "wav": wav[None, None],
@@ -81,8 +81,8 @@ def _outputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         steps = []
         for t in range(T):
             active = torch.tensor([True, t % 3 != 1])
-            steps.append(lm.step(state, user[:, :, t], active, voice=voice, emotion="EXCITED", speaker=speaker.expand(B, -1),
-                                 sampling=sampling, return_logits=True))
+            steps.append(lm.step(state, user[:, :, t], active, voice=voice, emotion="EXCITED",
+                                 speaker=speaker.expand(B, -1), sampling=sampling, return_logits=True))
         out["lm.step.codes"] = torch.stack([s.step_codes for s in steps], dim=2)
         out["lm.step.text"] = torch.stack([s.text_token for s in steps], dim=1)
         for k, v in _fingerprint(torch.stack([s.audio_logits for s in steps], dim=2)).items():

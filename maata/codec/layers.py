@@ -9,17 +9,19 @@ Every stateful layer here runs two ways over the same weights:
 Feeding a sequence through ``step`` in chunks gives the same output as ``forward`` on the
 whole sequence (up to float rounding): the tests check this for every layer and for the codec.
 A slot of a batched state is reset by zeroing its rows (``state[mask] = 0``): all states are
-zeros at the start of a stream, which is exactly the offline causal left padding.
+zeros at the start of a stream, which is exactly the offline causal left padding. The
+bottleneck transformer is :class:`maata.nn.StreamingTransformer` (its ``step`` updates the
+state in place and returns the output only).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+
+from maata.nn import StreamingTransformer, TransformerState, interleaved_to_half_split
 
 
 def version_key(*tensors: torch.Tensor) -> tuple:
@@ -147,135 +149,49 @@ class ResidualUnit(nn.Module):
         return x + self.conv2(self.act2(h)), state
 
 
-def rope_tables(pos: torch.Tensor, head_dim: int, dtype: torch.dtype, base: float = 10000.0):
-    """cos, sin [B, 1, T, Dh/2] of rotary embeddings at absolute positions ``pos`` (long [B, T]).
+class BottleneckTransformer(StreamingTransformer):
+    """The codec's bottleneck transformer: :class:`maata.nn.StreamingTransformer` (LayerNorm,
+    GELU MLP, layer scale 0.01, RoPE) over channels-first latents [B, D, T], attending to the
+    last ``window`` frames.
 
-    Angles in float64: a call is hours of frames, and float32 angles at positions ~1e5 would be
-    off by ~1e-2 rad. Computed once per step and shared by every layer of a transformer.
+    Weights saved under the codec's earlier layer names (``norm1``, ``qkv``, ``proj``, ``norm2``,
+    ``ff.0``/``ff.2``, ``scale1``/``scale2``, RoPE on interleaved pairs) are renamed on load and
+    their q/k rows permuted to the half-split pairing, so those checkpoints compute the same.
     """
-    inv = torch.exp(-math.log(base) * torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float64) / head_dim)
-    ang = pos[:, None, :, None].double() * inv
-    return ang.cos().to(dtype), ang.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [..., T, Dh] by the angles of ``cos``/``sin``."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-
-
-class LocalAttentionLayer(nn.Module):
-    """Pre-norm causal transformer layer with attention limited to the last ``window`` frames.
-
-    Streaming keeps a ring buffer of the last ``window`` keys/values (already rotated with
-    RoPE at their absolute positions), so memory is fixed however long the call.
-    """
-
-    def __init__(self, dim: int, heads: int, window: int, ff_mult: int = 4):
-        super().__init__()
-        if dim % heads:
-            raise ValueError("dim must be divisible by heads")
-        self.heads, self.window, self.head_dim = heads, window, dim // heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
-        self.norm2 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
-        # layer scale, small at init so the transformer starts close to identity (Mimi)
-        self.scale1 = nn.Parameter(torch.full((dim,), 0.01))
-        self.scale2 = nn.Parameter(torch.full((dim,), 0.01))
-
-    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        B, T, D = x.shape
-        qkv = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        qk = apply_rope(qkv[:2], *rope)  # q and k rotated together
-        return qk[0], qk[1], qkv[2]
-
-    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Residual + projection of the attention output a [B, H, T, Dh], then the feed-forward."""
-        B, T, D = x.shape
-        x = torch.addcmul(x, self.scale1, self.proj(a.transpose(1, 2).reshape(B, T, D)))
-        return torch.addcmul(x, self.scale2, self.ff(self.norm2(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        pos = torch.arange(T, device=x.device)[None].expand(B, T)
-        q, k, v = self._qkv(x, rope_tables(pos, self.head_dim, x.dtype))
-        i = torch.arange(T, device=x.device)
-        mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
-        return self._finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
-
-    def init_state(self, batch: int, device=None, dtype=torch.float32):
-        k = torch.zeros(batch, self.heads, self.window, self.head_dim, device=device, dtype=dtype)
-        pos = torch.zeros(batch, dtype=torch.long, device=device)  # frames seen so far
-        return k, torch.zeros_like(k), pos
-
-    def frame_step(self, state, xt: torch.Tensor, rope, slot: torch.Tensor, valid: torch.Tensor):
-        """One frame xt [B, 1, D]; ``rope``, ``slot`` (ring index [B]) and ``valid`` (bool [B, W])
-        come from :func:`frame_inputs`, shared by all layers of a transformer."""
-        kc, vc, pos = state
-        q, k, v = self._qkv(xt, rope)
-        index = slot[:, None, None, None].expand(-1, self.heads, 1, self.head_dim)
-        kc, vc = kc.scatter(2, index, k), vc.scatter(2, index, v)
-        a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=valid[:, None, None, :])
-        return self._finish(xt, a), (kc, vc, pos + 1)
-
-    def step(self, state, x: torch.Tensor):
-        """x: [B, T, D] new frames (any T ≥ 1)."""
-        outs = []
-        for t in range(x.shape[1]):  # frame by frame: exact ring-buffer semantics for any chunk
-            y, state = self.frame_step(state, x[:, t: t + 1], *frame_inputs(state[2], self.window, self.head_dim, x.dtype))
-            outs.append(y)
-        return torch.cat(outs, dim=1), state
-
-
-def frame_inputs(pos: torch.Tensor, window: int, head_dim: int, dtype: torch.dtype):
-    """What every layer needs for the next frame, given frames seen so far ``pos`` (long [B]):
-    RoPE tables at ``pos``, the ring slot it writes, and which ring entries it may attend to
-    (those written within the last ``window`` frames, this one included)."""
-    slot = pos % window
-    age = (slot[:, None] - torch.arange(window, device=pos.device)) % window  # frames since slot j was written
-    valid = age <= pos[:, None]  # entries never written in this stream are invalid
-    return rope_tables(pos[:, None], head_dim, dtype), slot, valid
-
-
-class StreamingTransformer(nn.Module):
-    """A stack of LocalAttentionLayers over [B, D, T] feature maps (channels-first)."""
 
     def __init__(self, dim: int, layers: int, heads: int, window: int, ff_mult: int = 4):
-        super().__init__()
-        self.layers = nn.ModuleList(LocalAttentionLayer(dim, heads, window, ff_mult) for _ in range(layers))
+        super().__init__(dim, layers, heads, window, ff_mult * dim, norm="layer", ffn="gelu", layer_scale=0.01)
+        self.register_load_state_dict_pre_hook(_upgrade_interleaved_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.transpose(1, 2)
-        for layer in self.layers:
-            h = layer(h)
-        return h.transpose(1, 2)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
-    def init_state(self, batch: int, device=None, dtype=torch.float32):
-        return [layer.init_state(batch, device, dtype) for layer in self.layers]
+    def step(self, state: TransformerState, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames x [B, D, T] -> [B, D, T]; ``state`` is updated in place."""
+        return super().step(state, x.transpose(1, 2), active).transpose(1, 2)
 
-    def step(self, state, x: torch.Tensor):
-        if not self.layers:
-            return x, state
-        h, first = x.transpose(1, 2), self.layers[0]
-        outs = []
-        for t in range(h.shape[1]):  # every layer sees the same positions: one set of inputs per frame
-            shared = frame_inputs(state[0][2], first.window, first.head_dim, h.dtype)
-            ht, new = h[:, t: t + 1], []
-            for layer, s in zip(self.layers, state):
-                ht, s = layer.frame_step(s, ht, *shared)
-                new.append(s)
-            outs.append(ht)
-            state = new
-        return torch.cat(outs, dim=1).transpose(1, 2), state
+    def prefill(self, state: TransformerState, slot: int, x: torch.Tensor) -> torch.Tensor:
+        return super().prefill(state, slot, x.transpose(1, 2)).transpose(1, 2)
 
 
-def reset_state(state, mask: torch.Tensor):
-    """Zero the rows of ``mask`` (bool [B]) in every tensor of a nested state, in place."""
-    if isinstance(state, torch.Tensor):
-        state[mask] = 0  # every state tensor is batch-first
-        return state
-    for s in state:
-        reset_state(s, mask)
-    return state
+_RENAMED = {"norm1.": "attn_norm.", "proj.": "out_proj.", "norm2.": "ffn_norm.", "ff.0.": "ffn.w_in.",
+            "ff.2.": "ffn.w_out.", "scale1": "attn_scale", "scale2": "ffn_scale"}
+
+
+def _upgrade_interleaved_layers(module: BottleneckTransformer, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: earlier layer names and interleaved RoPE -> this layout (in place)."""
+    for i in range(len(module.layers)):
+        p = f"{prefix}layers.{i}."
+        if p + "qkv.weight" not in state_dict:
+            continue
+        w = state_dict.pop(p + "qkv.weight")
+        q, k, v = w.chunk(3, dim=0)
+        hd = module.head_dim
+        state_dict[p + "qkv_proj.weight"] = torch.cat([interleaved_to_half_split(q, hd),
+                                                       interleaved_to_half_split(k, hd), v])
+        for key in [key for key in state_dict if key.startswith(p)]:
+            rest = key[len(p):]
+            for old, new in _RENAMED.items():
+                if rest.startswith(old):
+                    state_dict[p + new + rest[len(old):]] = state_dict.pop(key)
+                    break

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from maata import config as cfglib
-from maata.codec.layers import (CausalConv1d, CausalConvTranspose1d, ResidualUnit, Snake, StreamingTransformer,
-                                reset_state)
+from maata.codec.layers import BottleneckTransformer, CausalConv1d, CausalConvTranspose1d, ResidualUnit, Snake
 from maata.codec.quantizer import DROPPED, ResidualVQ
+from maata.nn import TransformerState, reset_state
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -206,8 +206,8 @@ class CodecState:
 
     pending: torch.Tensor  # [B, n] input samples not yet making a whole frame (n < hop, shared)
     encoder: list
-    enc_transformer: list
-    dec_transformer: list
+    enc_transformer: TransformerState
+    dec_transformer: TransformerState
     decoder: list
 
     @property
@@ -223,8 +223,8 @@ class Codec(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         t = cfg.transformer
-        self.enc_transformer = StreamingTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
-        self.dec_transformer = StreamingTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
+        self.enc_transformer = BottleneckTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
+        self.dec_transformer = BottleneckTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
         q = cfg.quantizer
         self.quantizer = ResidualVQ(cfg.latent_dim, q.n_q, q.codebook_size, q.codebook_dim, dropout_prob=q.dropout_prob,
                                     l2norm=q.l2norm, ema=q.ema, decay=q.decay, dead_code_threshold=q.dead_code_threshold)
@@ -368,13 +368,13 @@ class Codec(nn.Module):
 
     # The two pure cores of a streaming step (states in, states out; no validation, no Python-side
     # bookkeeping): what torch.compile traces.
-    def _encode_frames(self, encoder_state: list, transformer_state: list, frames: torch.Tensor, n_q: int | None):
+    def _encode_frames(self, encoder_state: list, transformer_state: TransformerState, frames: torch.Tensor, n_q: int | None):
         z, encoder_state = self.encoder.step(encoder_state, frames)
-        z, transformer_state = self.enc_transformer.step(transformer_state, z)
+        z = self.enc_transformer.step(transformer_state, z)
         return self.quantizer.encode(z, n_q), encoder_state, transformer_state
 
-    def _decode_frames(self, decoder_state: list, transformer_state: list, codes: torch.Tensor):
-        z, transformer_state = self.dec_transformer.step(transformer_state, self.quantizer.decode(codes))
+    def _decode_frames(self, decoder_state: list, transformer_state: TransformerState, codes: torch.Tensor):
+        z = self.dec_transformer.step(transformer_state, self.quantizer.decode(codes))
         y, decoder_state = self.decoder.step(decoder_state, z)
         return y[:, 0], decoder_state, transformer_state
 

@@ -36,13 +36,11 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LM:
     """Rebuild an :class:`maata.lm.LM` from an export, ready for inference (eval mode, float32)."""
     cfg = read_lm_config(path)
     lm = LM(cfg)
-    expected = lm.state_dict()
-    weights = load_weights(path)
     # the export also holds non-persistent buffers (index offsets the model rebuilds itself)
-    persistent = {k: v for k, v in weights.items() if k in expected}
-    extra = sorted(set(weights) - set(expected) - {n for n, _ in lm.named_buffers()})
-    if extra:
-        raise ValueError(f"{path}: unexpected tensors for this LM config: {extra[:5]}")
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in persistent.items()}
-    lm.load_state_dict(sd, strict=True)
+    rebuilt = {n for n, _ in lm.named_buffers()} - set(lm.state_dict())
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_weights(path).items() if k not in rebuilt}
+    try:  # strict, after the modules' load hooks have renamed keys saved under earlier layouts
+        lm.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit this LM config: {' '.join(str(e).split())[:400]}") from e
     return lm.to(device).eval()

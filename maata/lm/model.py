@@ -48,6 +48,7 @@ from torch import nn
 
 from maata import config as cfglib
 from maata.lm.sampling import Rule, SamplingBatch, SamplingParams, counter_uniform, draw
+from maata.nn import RMSNorm, StreamingTransformer, TransformerLayer, TransformerState, rope_tables, swiglu_hidden
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -261,154 +262,15 @@ def undelay_codes(codes: torch.Tensor, delays: Sequence[int], fill: float | int,
 
 
 # -- layers -------------------------------------------------------------------------------------
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype in (torch.float16, torch.bfloat16):  # normalise in float32, then back
-            return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-
-Rope = tuple[torch.Tensor, torch.Tensor]
-
-
-def rope_tables(pos: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype) -> Rope:
-    """cos, sin [B, 1, T, Dh/2] of rotary embeddings at absolute positions ``pos`` (long [B, T]).
-
-    Angles are computed in float64: a call is hours of frames and float32 angles at positions
-    ~1e5 would already be off by ~1e-2 rad, blurring the relative positions RoPE encodes.
-    """
-    half = head_dim // 2
-    inv = torch.exp(-math.log(base) * torch.arange(half, device=pos.device, dtype=torch.float64) / half)
-    ang = pos[:, None, :, None].double() * inv
-    return ang.cos().to(dtype), ang.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Rotate x [B, H, T, Dh] (half-split pairing) with tables from ``rope_tables``."""
-    cos, sin = rope
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w_in = nn.Linear(dim, 2 * hidden, bias=False)
-        self.w_out = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.w_in(x).chunk(2, dim=-1)
-        return self.w_out(F.silu(a) * b)
-
-
 def _ffn_hidden(dim: int, hidden: int) -> int:
-    return hidden if hidden > 0 else 64 * math.ceil(8 * dim / 3 / 64)
+    return hidden if hidden > 0 else swiglu_hidden(dim)
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x += attn(norm(x)); x += SwiGLU(norm(x)).
-
-    The attention itself is left to the caller (``qkv`` then ``finish``) so the same weights
-    serve the offline masked pass, the ring-cache step and the depth transformer's tiny cache.
-    """
-
-    def __init__(self, dim: int, heads: int, ffn_hidden: int):
-        super().__init__()
-        self.heads = heads
-        self.attn_norm = RMSNorm(dim)
-        self.qkv_proj = nn.Linear(dim, 3 * dim, bias=False)
-        self.out_proj = nn.Linear(dim, dim, bias=False)
-        self.ffn_norm = RMSNorm(dim)
-        self.ffn = SwiGLU(dim, _ffn_hidden(dim, ffn_hidden))
-
-    def qkv(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, D] -> q, k, v [B, H, T, Dh] (q and k rotated when ``rope`` tables are given)."""
-        B, T, D = x.shape
-        q, k, v = self.qkv_proj(self.attn_norm(x)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        return q, k, v
-
-    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Residual attention output (attn [B, H, T, Dh]) then the feed-forward."""
-        B, T, D = x.shape
-        x = x + self.out_proj(attn.transpose(1, 2).reshape(B, T, D))
-        return x + self.ffn(self.ffn_norm(x))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope: Rope | None = None,
-                causal: bool = False) -> torch.Tensor:
-        q, k, v = self.qkv(x, rope)
-        return self.finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal))
-
-
-def _window_mask(q0: int, q1: int, k0: int, k1: int, context: int, device) -> torch.Tensor:
-    """Bool [q, k]: query i may see key j iff 0 ≤ i - j < context (absolute frame indices)."""
-    d = torch.arange(q0, q1, device=device)[:, None] - torch.arange(k0, k1, device=device)[None, :]
-    return (d >= 0) & (d < context)
-
-
-class TemporalTransformer(nn.Module):
-    """Causal transformer over frames with attention limited to the last ``context`` frames.
-
-    Offline, the sequence is processed in blocks of ``context`` queries, each attending to its
-    own block and the one before under the sliding-window mask: memory O(T · context), not
-    O(T²). Streaming (``step``), each layer keeps a ring buffer of the last ``context`` keys
-    and values per slot; entries are already RoPE-rotated at their absolute positions, so a
-    frame written at position p keeps meaning p however the ring wraps.
-    """
-
-    def __init__(self, cfg: TemporalConfig):
-        super().__init__()
-        self.context, self.heads, self.rope_base = cfg.context, cfg.heads, cfg.rope_base
-        self.head_dim = cfg.dim // cfg.heads
-        self.layers = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.ffn_hidden) for _ in range(cfg.layers))
-
-    def forward(self, x: torch.Tensor, tail: int = 0) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """x [B, T, D] -> (y [B, T, D], per layer the keys/values of the last ``tail`` frames)."""
-        B, T, _ = x.shape
-        C = self.context
-        rope = rope_tables(torch.arange(T, device=x.device)[None], self.head_dim, self.rope_base, x.dtype)
-        tails = []
-        for layer in self.layers:
-            q, k, v = layer.qkv(x, rope)
-            parts = []
-            for c in range(0, T, C):
-                e, s = min(c + C, T), max(0, c - C)
-                mask = _window_mask(c, e, s, e, C, x.device)
-                parts.append(F.scaled_dot_product_attention(q[:, :, c:e], k[:, :, s:e], v[:, :, s:e], attn_mask=mask))
-            if tail:
-                tails.append((k[:, :, T - min(tail, T):], v[:, :, T - min(tail, T):]))
-            x = layer.finish(x, torch.cat(parts, dim=2))
-        return x, tails
-
-    def step(self, x: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor,
-             active: torch.Tensor) -> torch.Tensor:
-        """One frame for every slot: x [B, 1, D] at positions ``pos`` [B] -> [B, 1, D].
-
-        Writes the new keys/values into the ring buffers of the ``active`` rows only; inactive
-        rows are computed (fixed shapes) but leave no trace. ``pos`` is not advanced here.
-        """
-        C = self.context
-        idx = pos % C
-        age = (idx[:, None] - torch.arange(C, device=x.device)[None, :]) % C  # frames since slot j was written
-        # entry j holds position pos - age, valid iff that is ≥ 0; the current entry (age 0) is
-        # always attended, which also keeps inactive rows (stale entry) finite
-        mask = (age <= pos[:, None])[:, None, None, :]
-        rows = active.nonzero()[:, 0]
-        at = idx[rows]
-        rope = rope_tables(pos[:, None], self.head_dim, self.rope_base, x.dtype)
-        for layer, kc, vc in zip(self.layers, keys, values):
-            q, k, v = layer.qkv(x, rope)
-            kc[rows, :, at] = k[rows, :, 0]
-            vc[rows, :, at] = v[rows, :, 0]
-            x = layer.finish(x, F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask))
-        return x
+def _temporal(cfg: TemporalConfig) -> StreamingTransformer:
+    """The temporal transformer: causal over frames, attention over the last ``context`` frames
+    (RMSNorm, SwiGLU, RoPE); streaming keeps a ring KV cache of ``context`` frames per slot."""
+    return StreamingTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.context, _ffn_hidden(cfg.dim, cfg.ffn_hidden),
+                                rope_base=cfg.rope_base)
 
 
 class DepthTransformer(nn.Module):
@@ -416,7 +278,8 @@ class DepthTransformer(nn.Module):
 
     Step j's input is a per-step projection of the temporal output plus the embedding of
     token j-1 (step 0 sees the projection only). No positional encoding is needed beyond the
-    per-step projections and embeddings.
+    per-step projections and embeddings. The stack is a :class:`StreamingTransformer` whose
+    context is the frame's steps: ``step`` fills a fresh state (``init_state``) step by step.
     """
 
     def __init__(self, cfg: DepthConfig, in_dim: int, in_vocabs: Sequence[int], out_vocabs: Sequence[int]):
@@ -426,9 +289,11 @@ class DepthTransformer(nn.Module):
         self.steps, self.dim = len(out_vocabs), cfg.dim
         self.proj = nn.Linear(in_dim, self.steps * cfg.dim, bias=False)
         self.emb = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in in_vocabs)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.ffn_hidden) for _ in range(cfg.layers))
+        self.transformer = StreamingTransformer(cfg.dim, cfg.layers, cfg.heads, self.steps,
+                                                _ffn_hidden(cfg.dim, cfg.ffn_hidden), rope_base=None)
         self.norm = RMSNorm(cfg.dim)
         self.heads = nn.ModuleList(nn.Linear(cfg.dim, v, bias=False) for v in out_vocabs)
+        self.register_load_state_dict_pre_hook(_upgrade_depth_keys)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Temporal output [N, D] -> every step's conditioning [N, steps, d]."""
@@ -439,27 +304,29 @@ class DepthTransformer(nn.Module):
         x = self.project(h)
         x = torch.cat([x[:, :1]] + [x[:, j:j + 1] + self.emb[j - 1](tokens[:, j - 1:j]) for j in range(1, self.steps)],
                       dim=1)
-        for block in self.blocks:
-            x = block(x, None, causal=True)
-        x = self.norm(x)
+        x = self.norm(self.transformer(x))
         return [head(x[:, j]) for j, head in enumerate(self.heads)]
 
-    def step(self, j: int, cond: torch.Tensor, prev: torch.Tensor | None,
-             cache: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
+    def init_state(self, n: int, device=None, dtype: torch.dtype = torch.float32) -> TransformerState:
+        """An empty frame for ``n`` rows (one per frame being drawn)."""
+        return self.transformer.init_state(n, device, dtype)
+
+    def step(self, j: int, cond: torch.Tensor, prev: torch.Tensor | None, state: TransformerState) -> torch.Tensor:
         """Step j: cond [N, d] (``project(h)[:, j]``), prev long [N] (token j-1; None at j=0).
 
-        ``cache`` is one list per block (start with ``[[] for _ in blocks]``) of the keys and
-        values of the earlier steps of this frame; it is extended in place.
+        ``state`` (from ``init_state``) holds the earlier steps of this frame; updated in place.
         """
         x = cond if prev is None else cond + self.emb[j - 1](prev)
-        x = x[:, None]
-        for block, c in zip(self.blocks, cache):
-            q, k, v = block.qkv(x, None)
-            c.append((k, v))
-            ks = torch.cat([kk for kk, _ in c], dim=2)
-            vs = torch.cat([vv for _, vv in c], dim=2)
-            x = block.finish(x, F.scaled_dot_product_attention(q, ks, vs))
+        x = self.transformer.step(state, x[:, None])
         return self.heads[j](self.norm(x)[:, 0])
+
+
+def _upgrade_depth_keys(module: DepthTransformer, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: the depth layers were saved as ``blocks.{i}`` before they became
+    a StreamingTransformer (``transformer.layers.{i}``); rename in place."""
+    old = prefix + "blocks."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "transformer.layers." + key[len(old):]] = state_dict.pop(key)
 
 
 class SpeakerEncoder(nn.Module):
@@ -476,7 +343,8 @@ class SpeakerEncoder(nn.Module):
         self.pad = codebook_size
         self.emb = nn.Embedding(n_q * (codebook_size + 1), cfg.hidden)
         self.register_buffer("offsets", torch.arange(n_q) * (codebook_size + 1), persistent=False)
-        self.blocks = nn.ModuleList(Block(cfg.hidden, cfg.heads, 0) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(TransformerLayer(cfg.hidden, cfg.heads, swiglu_hidden(cfg.hidden))
+                                    for _ in range(cfg.layers))
         self.head_dim = cfg.hidden // cfg.heads
         self.norm = RMSNorm(cfg.hidden)
         self.out = nn.Linear(2 * cfg.hidden, cfg.dim)
@@ -488,7 +356,7 @@ class SpeakerEncoder(nn.Module):
         valid = torch.arange(T, device=codes.device)[None, :] < lengths[:, None]  # [B, T]
         codes = torch.where(valid[:, None], codes, torch.full_like(codes, self.pad))
         x = self.emb(codes + self.offsets[:, None]).sum(1)  # [B, T, hidden]
-        rope = rope_tables(torch.arange(T, device=codes.device)[None], self.head_dim, 10000.0, x.dtype)
+        rope = rope_tables(torch.arange(T, device=codes.device)[None], self.head_dim, x.dtype)
         mask = valid[:, None, None, :]
         for block in self.blocks:
             x = block(x, mask, rope)
@@ -536,6 +404,11 @@ class LMState:
     @property
     def batch(self) -> int:
         return self.pos.shape[0]
+
+    @property
+    def temporal(self) -> TransformerState:
+        """The temporal transformer's state: a view of ``keys``, ``values`` and ``pos``."""
+        return TransformerState(self.keys, self.values, self.pos)
 
     def slot_tensors(self) -> list[torch.Tensor]:
         """Every per-slot tensor (all but in_use): row b is slot b."""
@@ -605,7 +478,7 @@ class LM(nn.Module):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=std)
 
-        self.temporal = TemporalTransformer(cfg.temporal)
+        self.temporal = _temporal(cfg.temporal)
         self.out_norm = RMSNorm(D)
         text = [self.text_vocab] if self.text_enabled else []
         # depth step j+1 embeds token j: the text token, then codebooks 1..K-1 (which may be BOS)
@@ -810,7 +683,7 @@ class LM(nn.Module):
             prev_text = torch.cat([torch.full((B, 1), self.text_bos, dtype=torch.long, device=text.device),
                                    text[:, :-1]], dim=1)
         x = self._embed(prev, user, prev_text, voice_t, emotion_t, sp)
-        h, _ = self.temporal(x)
+        h = self.temporal(x)
         h = self.out_norm(h).reshape(B * T, -1)
         targets = steps.transpose(1, 2)  # [B, T, K]
         if text is not None:
@@ -873,13 +746,12 @@ class LM(nn.Module):
             raise SlotError(f"max_batch must be a positive integer, got {max_batch!r}")
         p = next(self.parameters())
         device, dtype = p.device, p.dtype
-        t = self.temporal
-        shape = (max_batch, t.heads, t.context, t.head_dim)
+        t = self.temporal.init_state(max_batch, device, dtype)
         long = dict(dtype=torch.long, device=device)
         return LMState(
-            keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in t.layers],
-            values=[torch.zeros(shape, device=device, dtype=dtype) for _ in t.layers],
-            pos=torch.zeros(max_batch, **long),
+            keys=t.keys,
+            values=t.values,
+            pos=t.pos,
             recent=torch.zeros(max_batch, self.max_delay + 1, self.n_q, **long),
             prev_text=torch.zeros(max_batch, **long),
             seed=torch.zeros(max_batch, **long),
@@ -969,7 +841,7 @@ class LM(nn.Module):
         prev_text = torch.where(first, self.text_bos, state.prev_text)[:, None] if self.text_enabled else None
         x = self._embed(prev[:, :, None], inp.user[:, :, None], prev_text, inp.voice[:, None], inp.emotion[:, None],
                         inp.speaker)
-        h = self.out_norm(self.temporal.step(x, state.keys, state.values, p, active))[:, 0]
+        h = self.out_norm(self.temporal.step(state.temporal, x, active))[:, 0]  # advances state.pos
         text_tok, step_codes, text_logits, audio_logits = self._depth_generate(h, p, state.seed, inp)
 
         # commit the active slots
@@ -980,7 +852,6 @@ class LM(nn.Module):
         frame = p - self.max_delay
         ready = active & (frame >= 0)
         agent = state.recent[rows[:, None], (frame[:, None] + self.delay_steps) % M, torch.arange(K, device=dev)]
-        state.pos[act] += 1
 
         neg = torch.full_like(step_codes, -1)
         return StepOutput(
@@ -1039,7 +910,7 @@ class LM(nn.Module):
         """
         B, K = h.shape[0], self.n_q
         cond = self.depth.project(h)
-        cache: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.depth.blocks]
+        cache = self.depth.init_state(B, h.device, h.dtype)
         uniform = counter_uniform(seed, p, [TEXT_STREAM] + [1 + k for k in range(K)])  # [B, 1 + K]
         params = inp.params
         audio_rule = Rule.make(params.temperature, params.top_k, self.card)
@@ -1114,16 +985,9 @@ class LM(nn.Module):
             prev_text = torch.cat([torch.full((1, 1), self.text_bos, dtype=torch.long, device=text.device),
                                    text[:, :-1]], dim=1)
         x = self._embed(prev, user, prev_text, voice_t, emotion_t, sp)
-        C = self.temporal.context
-        _, tails = self.temporal(x, tail=C)
-        n = min(T, C)
-        at = torch.arange(T - n, T, device=agent.device) % C
-        for (k, v), kc, vc in zip(tails, state.keys, state.values):
-            kc[slot][:, at] = k[0].to(kc.dtype)
-            vc[slot][:, at] = v[0].to(vc.dtype)
+        self.temporal.prefill(state.temporal, slot, x)  # the ring cache and pos, as after T steps
         M = state.recent.shape[1]
         for s in range(max(0, T - M), T):
             state.recent[slot, s % M] = steps[0, :, s]
         if text is not None:
             state.prev_text[slot] = text[0, -1]
-        state.pos[slot] = T

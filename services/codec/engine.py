@@ -43,7 +43,8 @@ def _tree_map(fn: Any, tree: Any) -> Any:
     """Apply ``fn`` to every tensor of a nested list/tuple state, keeping the nesting."""
     if isinstance(tree, torch.Tensor):
         return fn(tree)
-    return type(tree)(_tree_map(fn, t) for t in tree)
+    items = [_tree_map(fn, t) for t in tree]
+    return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)  # named tuples take fields
 
 
 def _tree_put(full: Any, rows: torch.Tensor, sub: Any) -> None:
