@@ -135,6 +135,24 @@ def test_prefill_equals_stepping_through(T):
     torch.testing.assert_close(after, tr(x)[0, T:], atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("variant", ["rms-swiglu-rope", "no-positions"])
+def test_aligned_steps_equal_indexed_steps(variant):
+    """``step(at=...)`` (every slot at one known position, no wrap: slices instead of scatter and
+    masks) gives what the general step gives, and refuses what it cannot do."""
+    tr = make(variant, context=6)
+    x = torch.randn(3, 6, 16, dtype=torch.float64)
+    with torch.no_grad():
+        general, aligned = tr.init_state(3, dtype=torch.float64), tr.init_state(3, dtype=torch.float64)
+        want = tr.step(general, x)
+        got = torch.cat([tr.step(aligned, x[:, :2], at=0), tr.step(aligned, x[:, 2:], at=2)], dim=1)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert aligned.pos.tolist() == [6, 6, 6]
+    with pytest.raises(ValueError, match="wrapping"):
+        tr.step(aligned, x[:, :2], at=5)
+    with pytest.raises(ValueError, match="active"):
+        tr.step(tr.init_state(3, dtype=torch.float64), x[:, :1], torch.tensor([True, False, True]), at=0)
+
+
 def test_float32_streaming_is_close_to_offline():
     tr = make(context=6).float()
     x = torch.randn(2, 20, 16)
@@ -200,3 +218,34 @@ def test_bad_configurations_and_inputs_are_refused():
     tr = make()
     with pytest.raises(ValueError, match="one stream"):
         tr.prefill(tr.init_state(2, dtype=torch.float64), 0, torch.randn(2, 3, 16, dtype=torch.float64))
+
+
+# -- mel ----------------------------------------------------------------------------------------------
+def test_mel_filters_have_unit_area_and_rising_centres():
+    from maata.nn.mel import hz_to_mel, mel_filterbank
+
+    fb = mel_filterbank(16000, 2048, 40, dtype=torch.float64)
+    df = 16000 / 2048
+    assert fb.shape == (40, 1025)
+    wide = (fb > 0).sum(1) >= 8  # filters several bins wide integrate to 1 (Hz units)
+    torch.testing.assert_close((fb.sum(1) * df)[wide], torch.ones(int(wide.sum()), dtype=torch.float64),
+                               atol=0.03, rtol=0)
+    assert bool((fb.argmax(1).diff() >= 0).all()) and int(fb.argmax(1)[-1]) > int(fb.argmax(1)[0])
+    centre = 700 * (10 ** (hz_to_mel(8000) * 20 / 41 / 2595) - 1)  # the 20th filter's centre in Hz
+    assert abs(int(fb[19].argmax()) * df - centre) <= df
+    assert torch.equal(mel_filterbank(16000, 512, 20), mel_filterbank(16000, 512, 20))
+    with pytest.raises(ValueError, match="f_min"):
+        mel_filterbank(16000, 512, 20, f_min=9000)
+
+
+def test_mel_spectrogram_puts_a_tone_in_its_band():
+    from maata.nn.mel import MelSpectrogram, mel_filterbank
+
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * torch.pi * 1000 * t)[None]
+    mel = MelSpectrogram(16000, 1024, 64, power=2)(tone)  # [1, 64, frames]
+    band = int(mel[0].mean(1).argmax())
+    assert band == int(mel_filterbank(16000, 1024, 64)[:, round(1000 * 1024 / 16000)].argmax())
+    torch.testing.assert_close(MelSpectrogram(16000, 1024, 64, power=2)(2 * tone), 4 * mel)  # power: quadratic
+    magnitude = MelSpectrogram(16000, 1024, 64, power=1)
+    torch.testing.assert_close(magnitude(2 * tone), 2 * magnitude(tone))  # magnitude: linear

@@ -317,7 +317,7 @@ class DepthTransformer(nn.Module):
         ``state`` (from ``init_state``) holds the earlier steps of this frame; updated in place.
         """
         x = cond if prev is None else cond + self.emb[j - 1](prev)
-        x = self.transformer.step(state, x[:, None])
+        x = self.transformer.step(state, x[:, None], at=j)
         return self.heads[j](self.norm(x)[:, 0])
 
 
