@@ -17,11 +17,12 @@ from maata.audio import write_wav
 from maata.codec.model import preset_names
 from maata.data.manifest import ManifestRow, write_manifest
 from maata.data.phonemes import IGNORE, PhonemeVocab
+from maata.nn.mel import mel_filterbank
 from training import checkpointing, codec_trainer
 from training.codec_trainer import CodecTrainer, TrainConfig, load_config
 from training.discriminators import Discriminator, DiscriminatorConfig
 from training.losses import (MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
-                             feature_matching_loss, generator_hinge_loss, mel_filterbank, semantic_loss)
+                             feature_matching_loss, generator_hinge_loss, semantic_loss)
 
 torch.set_num_threads(1)
 SR = 16000

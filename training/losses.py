@@ -20,54 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maata.data.phonemes import IGNORE  # phoneme label meaning "no target for this frame"
-
-
-def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
-    """HTK mel scale."""
-    return 2595.0 * torch.log10(1.0 + f / 700.0)
-
-
-def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
-                   f_max: float | None = None) -> torch.Tensor:
-    """Triangular mel filters [n_mels, n_fft // 2 + 1] (HTK scale, area-normalised like Slaney).
-
-    Area normalisation (each filter scaled by 2 / bandwidth) keeps wide high-frequency bands
-    from dominating the log-mel distance.
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    if not 0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
-    bins = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mels = torch.linspace(float(_hz_to_mel(torch.tensor(f_min))), float(_hz_to_mel(torch.tensor(f_max))), n_mels + 2,
-                          dtype=torch.float64)
-    edges = _mel_to_hz(mels)  # [n_mels + 2]
-    lo, center, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bins[None] - lo) / (center - lo)
-    falling = (hi - bins[None]) / (hi - center)
-    fb = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    fb *= 2.0 / (hi - lo)
-    return fb.float()
-
-
-class MelSpectrogram(nn.Module):
-    """Magnitude mel spectrogram of [B, 1, T] or [B, T] audio -> [B, n_mels, frames] (float32)."""
-
-    def __init__(self, sample_rate: int, n_fft: int, n_mels: int, hop: int | None = None):
-        super().__init__()
-        self.n_fft, self.hop = n_fft, hop or n_fft // 4
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.reshape(-1, x.shape[-1]).float()
-            spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=True, pad_mode="reflect",
-                              return_complex=True).abs()
-            return self.filters @ spec
+from maata.nn.mel import MelSpectrogram
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -183,6 +136,6 @@ def code_counts(codes: torch.Tensor, n_q: torch.Tensor, codebook_size: int) -> t
     return hist.reshape(levels, codebook_size)
 
 
-__all__ = ["DiscOutput", "MelSpectrogram", "MultiScaleMelLoss", "code_counts", "codebook_stats",
-           "discriminator_hinge_loss", "feature_matching_loss", "generator_hinge_loss", "mel_filterbank",
+__all__ = ["DiscOutput", "MultiScaleMelLoss", "code_counts", "codebook_stats",
+           "discriminator_hinge_loss", "feature_matching_loss", "generator_hinge_loss",
            "semantic_loss", "split_batch"]

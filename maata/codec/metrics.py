@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from maata.audio import check_pcm, rms_dbfs
+from maata.nn.mel import MelSpectrogram
 
 if TYPE_CHECKING:
     from maata.codec.model import Codec
@@ -115,33 +116,12 @@ def si_sdr(ref: np.ndarray, deg: np.ndarray, floor_db: float = -100.0, ceil_db: 
 
 
 # -- log-mel distance ----------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
-def mel_filterbank(sr: int = SR, n_fft: int = 1024, n_mels: int = 80, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
-    """Triangular HTK-mel filterbank [n_mels, n_fft // 2 + 1], each filter of unit area (Slaney norm)."""
-    fmax = fmax or sr / 2
-
-    def hz_to_mel(f):
-        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
-
-    def mel_to_hz(m):
-        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
-
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    fb = np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
-    fb *= (2.0 / (hi - lo))  # equal area, so wide high filters do not dominate
-    fb.setflags(write=False)
-    return fb.astype(np.float32)
-
-
 def log_mel(x: np.ndarray, n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> np.ndarray:
     """Natural-log mel power spectrogram [n_mels, frames] (floor 1e-5), Hann window, centred frames."""
     x = _signal(x, "audio", n_fft / SR)
-    spec = torch.stft(torch.from_numpy(x), n_fft, hop, window=torch.hann_window(n_fft), return_complex=True)
-    power = spec.abs().pow(2).numpy()
-    return np.log(np.maximum(mel_filterbank(SR, n_fft, n_mels) @ power, 1e-5))
+    with torch.no_grad():
+        power = MelSpectrogram(SR, n_fft, n_mels, hop, power=2)(torch.from_numpy(x)[None])[0]
+    return np.log(np.maximum(power.numpy(), 1e-5))
 
 
 def mel_distance(ref: np.ndarray, deg: np.ndarray, n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> float:
