@@ -21,8 +21,9 @@ from maata.audio import write_wav
 from maata.checkpoint import save_model
 from maata.codec import Codec
 from maata.codec import load_preset as codec_preset
-from maata.lm.evaluate import (Dialogue, LinearProbe, SpeechDetector, TurnStats, dtw_distances, load_dialogues,
-                               markdown_table)
+from maata.lm.dialogues import Dialogue, load_dialogues
+from maata.lm.metrics import LinearProbe, SpeechDetector, TurnStats, dtw_distances
+from maata.lm.report import markdown_table
 from maata.lm.model import LM, load_preset
 
 from maata.data.shards import Record, write_shard

@@ -182,7 +182,7 @@ def _contains(codes: np.ndarray, piece: np.ndarray) -> bool:
 
 
 def test_held_emotion_gives_no_onset_cue():
-    from maata.lm.evaluate import held_emotion
+    from maata.lm.dialogues import held_emotion
 
     e = np.array([0, 0, 0, 1, 1, 0, 0, 2, 2, 0])
     held = [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]  # each turn's emotion from the end of the one before

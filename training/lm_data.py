@@ -9,7 +9,7 @@ Shards are the data contract of :mod:`maata.data.shards`. Two kinds of items:
   codes, the agent's inner-monologue ``text`` (EPAD = no text this frame), the ``user_text``
   transcript of what the user has said (each word from the frame where it ends; the auxiliary
   ASR-mode target, when the shards have it), its ``emotion``
-  per frame — *held* from before each agent turn (``maata.lm.evaluate.held_emotion``) so its
+  per frame — *held* from before each agent turn (``maata.lm.dialogues.held_emotion``) so its
   onset is no cue for when to speak — and its named ``voice`` (record metadata). With
   ``custom_fraction`` > 0 (stage 3) that share of the items (in every batch, not whole batches)
   is marked *custom voice* and carries a reference clip: a segment of
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from maata.data.shards import ShardReader
-from maata.lm.evaluate import emotion_table, find_shards, held_emotion, record_split, spans
+from maata.data.shards import ShardReader, find_shards, record_split, spans
+from maata.lm.dialogues import emotion_table, held_emotion
 from maata.lm.model import ABSENT_CODE, CUSTOM_VOICE
 
 log = logging.getLogger(__name__)

@@ -117,3 +117,60 @@ def shard_paths(root: str | Path, split: str | None = None) -> list[Path]:
     if not paths:
         raise FileNotFoundError(f"no shards under {base}")
     return paths
+
+
+# -- finding shards, reading record metadata ---------------------------------------------------------
+DEFAULT_SPLIT = "train"  # the split of records whose metadata names none
+
+
+def find_shards(root: str | Path, split: str | None) -> tuple[list[Path], bool]:
+    """Shard files for ``split`` and whether their records must still be filtered by ``meta["split"]``.
+
+    ``<root>/<split>/*.safetensors`` when that folder holds shards; otherwise every shard under
+    ``root`` (recursively), filtered by metadata. ``root`` may be a single shard file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"shards not found: {root}")
+    if root.is_file():
+        return [root], split is not None
+    if split is not None and (root / split).is_dir():
+        paths = sorted((root / split).glob("*.safetensors"))
+        if paths:
+            return paths, False
+    paths = sorted(root.rglob("*.safetensors"))
+    if not paths:
+        raise FileNotFoundError(f"no shards (*.safetensors) under {root}")
+    return paths, split is not None
+
+
+def record_split(meta: dict[str, Any]) -> str:
+    return str(meta.get("split") or DEFAULT_SPLIT)
+
+
+def spans(meta: dict[str, Any], key: str) -> list[tuple[int, int]]:
+    """Frame spans ``[(start, end), ...]`` from ``meta[key]`` (pairs, or dicts with start/end)."""
+    out = []
+    for v in meta.get(key) or []:
+        if isinstance(v, dict):
+            a, b = v.get("start"), v.get("end", v.get("stop"))
+        elif isinstance(v, (list, tuple)) and len(v) >= 2:
+            a, b = v[0], v[1]
+        else:
+            continue
+        if a is not None and b is not None:
+            out.append((int(a), int(b)))
+    return sorted(out)
+
+
+def points(meta: dict[str, Any], key: str) -> list[int]:
+    """Frame indices from ``meta[key]``: plain numbers, or the start of pairs / dicts."""
+    out = []
+    for v in meta.get(key) or []:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(int(v))
+        elif isinstance(v, dict) and ("start" in v or "frame" in v):
+            out.append(int(v.get("start", v.get("frame"))))
+        elif isinstance(v, (list, tuple)) and v:
+            out.append(int(v[0]))
+    return sorted(out)

@@ -405,7 +405,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lm = load_lm_checkpoint(args.checkpoint, args.device)
     codec = load_codec_checkpoint(args.codec, args.device)
     _compatible(lm, codec, args.checkpoint, args.codec)
-    from maata.lm.evaluate import EvalConfig, evaluate, markdown_table
+    from maata.lm.evaluate import EvalConfig, evaluate
+    from maata.lm.report import markdown_table
 
     cfg = EvalConfig(split=args.split, reference_split=args.reference_split, max_dialogues=args.limit,
                      max_references=args.max_references, sampling=_sampling(args, greedy_default=True),
