@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="listen address of every service (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="the gateway's port (default 7100)")
     p.add_argument("--model-backend", choices=["torch", "triton"],
-                   help="where the S2S step runs: torch in this process (default) or a running tritonserver "
+                   help="where the codec and the S2S step run: torch in this process (default) or a running tritonserver "
                         "serving `maata triton export`'s repository (see `maata triton serve`)")
     p.add_argument("--triton-url", help="Triton's gRPC address for --model-backend triton (default 127.0.0.1:8001)")
     p.set_defaults(func=cmd_serve)
@@ -81,8 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["gateway"] = {"server": {"port": args.port}}
     backend = {k: v for k, v in (("kind", args.model_backend), ("triton_url", args.triton_url)) if v}
-    if backend:
+    if backend:  # the codec and the S2S step both on Triton (or both in process)
         overrides["generation"] = {"model_backend": backend}
+        overrides["codec"] = {"model_backend": backend}
     config = load_config(args.config, **overrides)
     import logging
 

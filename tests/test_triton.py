@@ -301,6 +301,46 @@ def test_bad_input_gets_a_clear_error_and_harms_no_other_sequence(server: Triton
     assert server.ready()  # no stub died
 
 
+def test_codec_service_on_triton_equals_in_process(server: TritonServer, codec) -> None:
+    """The codec gRPC service on the Triton backend: uneven PCM chunks encode to the same codes as
+    the in-process service (the trailing partial frame zero-padded the same way), and decode to
+    the same PCM16 (within 1 LSB)."""
+    from maata.audio import float_to_pcm16
+    from services.codec.service import CodecServiceConfig, serve_codec
+
+    from maata.v1 import codec_pb2
+    from maata.v1.codec_pb2_grpc import CodecStub
+
+    g = torch.Generator().manual_seed(4)
+    pcm = (0.1 * torch.randn(7 * codec.hop + 300, generator=g)).numpy()
+    chunks = [pcm[i:i + 1000] for i in range(0, len(pcm), 1000)]
+    rate = codec.cfg.sample_rate
+
+    async def through(backend: ModelBackendConfig) -> tuple[list[list[int]], bytes]:
+        svc = await serve_codec(CodecServiceConfig(server=ServerConfig(grace_seconds=2.0), model_backend=backend,
+                                                   max_streams=SLOTS), port=0, host="127.0.0.1", codec=codec)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as ch:
+                stub = CodecStub(ch)
+                frames = []
+                async for reply in stub.Encode(iter([codec_pb2.AudioChunk(pcm16=float_to_pcm16(c), sample_rate=rate,
+                                                                           seq=i) for i, c in enumerate(chunks)])):
+                    frames += [list(f.codes) for f in reply.frames]
+                audio = b""
+                messages = [codec_pb2.CodeFrames(frames=[CodeFrame(codes=f)], seq=t) for t, f in enumerate(frames)]
+                async for reply in stub.Decode(iter(messages)):
+                    audio += reply.pcm16
+            return frames, audio
+        finally:
+            await svc.drain()
+
+    local = run(through(ModelBackendConfig()))
+    remote = run(through(ModelBackendConfig(kind="triton", triton_url=server.grpc_url, timeout_s=TIMEOUT)))
+    assert len(local[0]) == 8 and remote[0] == local[0]
+    a, b = (np.frombuffer(x, dtype=np.int16).astype(np.int32) for x in (local[1], remote[1]))
+    assert len(a) == len(b) == 8 * codec.hop and np.abs(a - b).max() <= 1
+
+
 # -- the generation service on Triton: kill, restart, resume ------------------------------------------------
 def test_generation_service_on_triton_resumes_after_triton_restart(server: TritonServer, lm: LM) -> None:
     """A call runs through the generation service on the Triton backend; Triton is killed mid-call:

@@ -43,6 +43,7 @@ from maata.checkpoint import fold_weight_norm, load_codec
 from maata.codec import Codec, CodeError, load_preset
 from services.common.config import ServerConfig
 from services.common.metrics import ServiceMetrics
+from services.common.model_backend import ModelBackendConfig, ModelBackendUnavailable, ReadinessWatcher
 from services.common.aio import off_loop
 from services.common.errors import abort
 from services.common.server import GrpcServer, Service
@@ -71,6 +72,7 @@ class CodecServiceConfig:
     frame_batch_window_ms: float = 5.0  # longest wait for other streams' input before a step runs
     max_chunk_samples: int = 16000  # longest AudioChunk accepted (1 s at 16 kHz)
     device: str = "cpu"
+    model_backend: ModelBackendConfig = field(default_factory=ModelBackendConfig)  # torch (in process) or triton
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -245,6 +247,7 @@ class CodecServicer:
         self.batcher = batcher
         self.engine = batcher.engine
         self.config = config
+        self.model_ready = True  # the model backend can serve (a Triton backend: its models are ready)
 
     async def Info(self, request: codec_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> codec_pb2.CodecInfo:
         cfg = self.engine.codec.cfg
@@ -260,10 +263,10 @@ class CodecServicer:
                 pcm = await self._audio(chunk, context)
                 seq = chunk.seq
                 if pcm.numel():
-                    codes = await self.batcher.submit("encode", slot, pcm)
+                    codes = await self._submit(context, "encode", slot, pcm)
                     if codes.shape[-1]:
                         yield _code_frames(codes, seq)
-            codes = await self.batcher.submit("encode", slot, None, flush=True)  # the trailing partial frame
+            codes = await self._submit(context, "encode", slot, None, flush=True)  # the trailing partial frame
             if codes.shape[-1]:
                 yield _code_frames(codes, seq)
 
@@ -273,13 +276,23 @@ class CodecServicer:
             async for message in requests:
                 codes = await self._codes(message, context)
                 if codes.shape[-1]:
-                    pcm = await self.batcher.submit("decode", slot, codes)
+                    pcm = await self._submit(context, "decode", slot, codes)
                     yield codec_pb2.AudioChunk(pcm16=float_to_pcm16(pcm.cpu().numpy()),
                                                sample_rate=self.engine.sample_rate, seq=message.seq)
+
+    async def _submit(self, context: grpc.aio.ServicerContext, kind: Kind, slot: int, payload: torch.Tensor | None,
+                      flush: bool = False) -> torch.Tensor:
+        """The batcher's output for the stream's input; UNAVAILABLE when the model backend is gone."""
+        try:
+            return await self.batcher.submit(kind, slot, payload, flush)
+        except ModelBackendUnavailable as err:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"the codec's model backend is unavailable: {err}")
 
     @contextlib.asynccontextmanager
     async def _slot(self, kind: Kind, context: grpc.aio.ServicerContext) -> AsyncIterator[int]:
         """A slot for the stream's lifetime (RESOURCE_EXHAUSTED when all are taken)."""
+        if not self.model_ready:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "the codec's model backend is not ready; retry later")
         try:
             slot = self.batcher.open(kind)
         except SlotsFull as err:
@@ -346,12 +359,30 @@ async def serve_codec(config: CodecServiceConfig, port: int | None = None, host:
     one, see ``.port``) with ``codec`` or the model ``config`` names (``load_model``)."""
     server_config = dataclasses.replace(config.server, port=config.server.port if port is None else port,
                                         host=config.server.host if host is None else host)
-    engine = BatchedCodec(codec if codec is not None else load_model(config), config.max_streams)
+    model = codec if codec is not None else load_model(config)
     metrics = ServiceMetrics("codec")
-    batcher = FrameBatcher(engine, config.frame_batch_window_ms / 1000.0, metrics)
+    watcher = None
+    if config.model_backend.kind == "triton":
+        from services.triton.client import TritonModels
+        from services.triton.codec_backend import TritonCodecBatcher
+
+        engine = BatchedCodec(model, 1)  # validation and the codec's description only; Triton holds the streams
+        models = TritonModels(config.model_backend.triton_url, timeout_s=config.model_backend.timeout_s)
+        batcher: Any = TritonCodecBatcher(engine, models, config.max_streams, metrics)
+    else:
+        engine = BatchedCodec(model, config.max_streams)
+        batcher = FrameBatcher(engine, config.frame_batch_window_ms / 1000.0, metrics)
     server = GrpcServer("codec", server_config, metrics)
     servicer = CodecServicer(batcher, config)
     server.add_service(servicer, SERVICE)
+    if config.model_backend.kind == "triton":
+        async def readiness_changed(ready: bool) -> None:
+            servicer.model_ready = ready
+            await server.set_serving(ready)
+
+        watcher = ReadinessWatcher(lambda: models.ready(("encoder", "decoder")), readiness_changed,
+                                   config.model_backend.ready_poll_s)
+        server.before_stop(watcher.stop)
     server.after_stop(batcher.stop)
     batcher.start()
     try:
@@ -359,4 +390,7 @@ async def serve_codec(config: CodecServiceConfig, port: int | None = None, host:
     except BaseException:
         await batcher.stop()
         raise
+    if watcher is not None:
+        await watcher.check()
+        watcher.start()
     return CodecServer(server, engine, batcher, servicer)

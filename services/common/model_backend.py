@@ -21,7 +21,11 @@ resumes from the session store once the server is back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from services.generation.engine import CallSpec, History, _Batch, _Computed
 
 KINDS = ("torch", "triton")
+log = logging.getLogger("maata.services")
 
 
 @dataclass(frozen=True)
@@ -82,3 +87,41 @@ class LMStepBackend(ABC):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+class ReadinessWatcher:
+    """A service's readiness follows its model backend's: ``ready()`` is polled every ``period_s``
+    and each change is handed to ``on_change(ready)`` (the service sets its health SERVING or
+    NOT_SERVING and refuses new calls while not ready)."""
+
+    def __init__(self, ready: Callable[[], Awaitable[bool]], on_change: Callable[[bool], Awaitable[None]],
+                 period_s: float) -> None:
+        self._ready, self._on_change, self.period_s = ready, on_change, period_s
+        self.state = True
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> bool:
+        ready = await self._ready()
+        if ready != self.state:
+            log.warning("model backend %s", "ready" if ready else "NOT ready: new calls are refused")
+            self.state = ready
+            await self._on_change(ready)
+        return ready
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("model backend readiness check failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -61,7 +61,7 @@ from maata import config as cfglib
 from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
 from services.common.config import ServerConfig
 from services.common.errors import RESUME_HINT, StatusError, abort, abort_with
-from services.common.model_backend import LMStepBackend, ModelBackendConfig
+from services.common.model_backend import LMStepBackend, ModelBackendConfig, ReadinessWatcher
 from services.common.logs import CALL_ID
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
@@ -651,7 +651,12 @@ async def serve_generation(config: GenerationServiceConfig, port: int | None = N
     servicer = GenerationServicer(calls)
     server = GrpcServer("generation", server_config, metrics)
     server.add_service(servicer, SERVICE)
-    watcher = ReadinessWatcher(backend, calls, server, config.model_backend.ready_poll_s)
+    async def readiness_changed(ready: bool) -> None:
+        calls.model_ready = ready
+        if not calls.draining:
+            await server.set_serving(ready)
+
+    watcher = ReadinessWatcher(backend.ready, readiness_changed, config.model_backend.ready_poll_s)
     server.before_stop(watcher.stop)
     server.before_stop(calls.drain)
     server.after_stop(calls.close_store)
@@ -679,38 +684,3 @@ def make_backend(config: GenerationServiceConfig, lm: LM) -> LMStepBackend:
         models = TritonModels(config.model_backend.triton_url, timeout_s=config.model_backend.timeout_s)
         return TritonLMBackend(lm, config.max_calls, models)
     return TorchLMBackend(lm, config.max_calls)
-
-
-class ReadinessWatcher:
-    """The service's readiness follows its model backend's: polls ``backend.ready()`` every
-    ``period_s``; not ready -> health NOT_SERVING and new calls UNAVAILABLE, and back."""
-
-    def __init__(self, backend: LMStepBackend, calls: CallManager, server: GrpcServer, period_s: float) -> None:
-        self.backend, self.calls, self.server, self.period_s = backend, calls, server, period_s
-        self._task: asyncio.Task[None] | None = None
-
-    async def check(self) -> bool:
-        ready = await self.backend.ready()
-        if ready != self.calls.model_ready and not self.calls.draining:
-            log.warning("model backend %s", "ready" if ready else "NOT ready: new calls are refused")
-            self.calls.model_ready = ready
-            await self.server.set_serving(ready)
-        return ready
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.period_s)
-            try:
-                await self.check()
-            except Exception:
-                log.exception("model backend readiness check failed")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None

@@ -121,7 +121,7 @@ class TritonModels:
         except Exception as err:  # the channel itself failed
             failed = TritonUnavailableError(f"triton: {type(err).__name__}: {err}")
         else:
-            return {o: result.as_numpy(o)[0] for o in outputs}
+            return {o: np.array(result.as_numpy(o)[0]) for o in outputs}  # owned, writable copies
         if not end and not isinstance(failed, TritonUnavailableError):
             # the model refused the request, but Triton's sequence batcher holds the sequence's batch slot
             # (a refused START included) until an END or the idle timeout: give it back now
