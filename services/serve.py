@@ -270,7 +270,7 @@ async def _start_gateway(config: ServeConfig, stack: Stack, inproc: bool) -> tup
     else:
         codec = gw.codec or f"{host}:{stack.codec.port if stack.codec else config.codec.server.port}"
         generation = gw.generation or f"{host}:{stack.generation.port if stack.generation else config.generation.server.port}"
-        backends = GrpcBackends(codec, generation, options)
+        backends = GrpcBackends(codec, generation, options, lb_policy=gw.lb_policy)
         path = "loopback gRPC" if stack.role == "all" else "gRPC"
     if stack.session is not None:
         store, owns_store = stack.session.store, False

@@ -164,6 +164,9 @@ def check_maata_workloads(docs: list[dict], *, gpu: bool, webrtc: str, namespace
         assert services[backend]["spec"]["clusterIP"] == "None", f"{backend}: headless Service"
         target = getattr(config.gateway, backend)
         assert target == f"dns:///{prefix}{backend}.{namespace}.svc.cluster.local:{port}", target
+    assert config.gateway.lb_policy == "round_robin", "the gateway spreads calls, not connections"
+    for backend in ("codec", "generation"):  # connections age out, so gateways re-resolve and find new pods
+        assert getattr(config, backend).server.max_connection_age_s > 0
     assert config.gateway.session_store.startswith(f"redis://{prefix}redis:")
     assert config.gateway.auth.keys_file
     assert config.generation.session_store.startswith(f"redis://{prefix}redis:")

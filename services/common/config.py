@@ -44,6 +44,9 @@ class ServerConfig:
     keepalive_timeout_s: float = 10.0  # and drop it when the ping is not answered in this time
     min_client_ping_interval_s: float = 10.0  # pings from a client closer than this are strikes
     max_ping_strikes: int = 2  # strikes before the server sends GOAWAY (gRPC's default)
+    max_connection_age_s: float = 0.0  # GOAWAY a connection this old (0: never), so clients re-resolve DNS and
+    #                                    spread new calls onto replicas added since; its streams keep going for
+    max_connection_age_grace_s: float = 86400.0  # this long (a call is never cut by the age limit in practice)
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -60,5 +63,8 @@ class ServerConfig:
         if self.min_client_ping_interval_s > self.keepalive_time_s:
             raise ValueError(f"server min_client_ping_interval_s ({self.min_client_ping_interval_s}) must not "
                              f"exceed keepalive_time_s ({self.keepalive_time_s}): clients ping at that interval")
+        if self.max_connection_age_s < 0 or self.max_connection_age_grace_s <= 0:
+            raise ValueError("server max_connection_age_s must be >= 0 (0: off) and max_connection_age_grace_s > 0, "
+                             f"got {self.max_connection_age_s} and {self.max_connection_age_grace_s}")
         if self.max_ping_strikes < 0:
             raise ValueError(f"server max_ping_strikes must be >= 0, got {self.max_ping_strikes}")

@@ -70,11 +70,15 @@ def _both_ends(config: ServerConfig) -> Options:
 
 def server_options(config: ServerConfig) -> Options:
     """The grpc.aio server's channel arguments for ``config``."""
-    return [
+    options = [
         *_both_ends(config),
         ("grpc.http2.min_ping_interval_without_data_ms", int(config.min_client_ping_interval_s * 1000)),
         ("grpc.http2.max_ping_strikes", config.max_ping_strikes),
     ]
+    if config.max_connection_age_s:
+        options += [("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000))]
+    return options
 
 
 def channel_options(config: ServerConfig) -> Options:

@@ -236,11 +236,18 @@ RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reco
 
 class GrpcBackends(Backends):
     """The codec and generation services over gRPC (``options``: ``channel_options`` of their
-    servers' config; a lost connection is retried within ``RECONNECT_OPTIONS``' 2 s)."""
+    servers' config; a lost connection is retried within ``RECONNECT_OPTIONS``' 2 s).
 
-    def __init__(self, codec: str, generation: str, options: Sequence[tuple[str, Any]] | None = None) -> None:
+    Scale-out: a target may resolve to several replicas (``dns:///`` a headless Service, or an
+    ``ipv4:a:p,b:p`` list). With ``lb_policy`` round_robin the channel keeps a connection to every
+    ready replica and starts each new stream, i.e. each call's encode, generate or decode stream, on
+    the next one: calls spread over replicas although each call's stream stays on one. A replica that
+    goes away drops out of the rotation; its calls end UNAVAILABLE and resume on another."""
+
+    def __init__(self, codec: str, generation: str, options: Sequence[tuple[str, Any]] | None = None,
+                 lb_policy: str = "round_robin") -> None:
         self.codec_address, self.generation_address = codec, generation
-        options = [*(options or ()), *RECONNECT_OPTIONS]
+        options = [*(options or ()), *RECONNECT_OPTIONS, ("grpc.lb_policy_name", lb_policy)]
         self._codec_channel = grpc.aio.insecure_channel(codec, options=options)
         self._generation_channel = (self._codec_channel if generation == codec
                                     else grpc.aio.insecure_channel(generation, options=options))

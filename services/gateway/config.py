@@ -20,6 +20,7 @@ from services.gateway.speech import SpeechConfig
 
 ENV_PREFIX = "MAATA_GATEWAY__"
 SAMPLE_RATES = (8000, 16000, 24000, 48000)
+LB_POLICIES = ("round_robin", "pick_first")  # how the gateway's channels pick a backend replica per call
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     codec: str = ""  # the codec service's host:port (``maata serve`` fills it in)
     generation: str = ""  # the generation service's host:port
+    # Both targets may name several replicas: "dns:///generation.ns.svc.cluster.local:7102" (a headless
+    # Service: one address per ready pod) or "ipv4:10.0.0.5:7102,10.0.0.6:7102". Each call is one
+    # long-lived stream, so balancing connections would pin every call to one replica; round_robin puts
+    # each new call's stream on the next ready replica, and skips one that is down (its calls resume on
+    # another from the session store). pick_first: one replica, the next only when it fails.
+    lb_policy: str = "round_robin"
     session_store: str = ""  # the call histories: SessionStore host:port or redis:// URL ("": no resume check)
     store_timeout_s: float = 2.0
     connect_timeout_s: float = 30.0  # how long start-up waits for the backends
@@ -108,6 +115,8 @@ class GatewayConfig:
         for name in ("store_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"gateway {name} must be positive, got {getattr(self, name)}")
+        if self.lb_policy not in LB_POLICIES:
+            raise ValueError(f"gateway lb_policy must be one of {LB_POLICIES}, got {self.lb_policy!r}")
 
     def pipeline(self) -> PipelineConfig:
         return PipelineConfig(max_ahead_frames=self.lossless_max_ahead, user_speech=self.user_speech,
