@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""Mouth-to-ear latency of a browser call, measured in a real headless Chromium on loopback.
+"""Mouth-to-ear latency of a browser call, measured in a real headless Chromium on loopback, for
+the current media path and each latency lever, interleaved in one run.
 
-    python bench/browser_latency.py [--seconds 60] [--quick] [--untrained] [--no-baseline]
-                                    [--json out/bench/browser_latency.json] [--png docs/browser_latency.png]
+    python bench/browser_latency.py [--seconds 20] [--rounds 2] [--quick] [--untrained]
+                                    [--variants baseline,ptime10,...] [--model-variants baseline,levers]
+                                    [--json out/bench/browser_latency.json] [--png out/bench/browser_latency.png]
 
 Runs the whole system in this process (``maata serve``'s stack, demo checkpoints) with the
 browser front end, re-executed inside a loopback-only network namespace (``unshare -n``) so
 Chromium and aiortc meet on 127.0.0.1. Chromium's fake microphone plays Telugu sentences with
-pauses between them (espeak-ng). Two calls of ``--seconds`` each, then the same two against the
-**baseline**: the stack with the generation frame clock's phase alignment off (its ticks keep
-the chance phase they started with; ``--no-baseline`` skips it):
+pauses between them (espeak-ng). Each **variant** is a set of ``gateway.webrtc`` settings (and
+page options) applied to the one running stack between calls (``VARIANTS``: the current path,
+one lever each, all levers together); every round calls each variant in turn, so a variant and
+the baseline see the same machine load:
 
 * **(a) echo**: the codec-only path (user codes come straight back: encode -> decode). The page
   records the level envelope of its microphone track and of the agent's track on one AudioContext
@@ -17,19 +20,22 @@ the chance phase they started with; ``--no-baseline`` skips it):
   **measured** mouth-to-ear delay per window (capture -> Opus -> network -> gateway -> codec ->
   Opus -> jitter buffer -> playout graph). Only windows whose correlation peak is clear count.
 * **(b) model**: the full S2S model. Its answer is not an echo, so the delay cannot be read off
-  the audio; the page's **estimate** is used: codec frame (40 ms) + the browser's Opus packet
-  (20 ms) + network RTT + the server's per-frame time (arrival -> agent frame out, p50 of the
-  last second) + the server's output queue + the browser's jitter buffer (getStats). Run (a)
-  reports the same estimate beside its measurement, which shows how far the estimate is off, and
-  (b) is also shown **calibrated** by that offset.
+  the audio; the page's **estimate** is used: codec frame + the browser's Opus packet + network
+  RTT + the server's per-frame time (arrival -> agent frame out, p50 of the last second) + the
+  server's output queue + the browser's jitter buffer (getStats). The echo call of the same
+  variant and round measures how far that estimate is off, and (b) is shown **calibrated** by
+  that offset.
 
-Prints a table, writes JSON and a PNG (latency histograms). The machine is shared: the JSON
-records the load average; timings move with it.
+Chrome's concealment counters (concealedSamples, insertedSamplesForDeceleration,
+removedSamplesForAcceleration) are recorded per call: a lever must not buy latency with
+concealment. Prints a table, writes JSON and a PNG. The machine is shared: the JSON records the
+load average; timings move with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -51,7 +57,20 @@ from tests.support.chromium import Browser, in_netns, loopback_netns_command  # 
 
 SENTENCES = ["నమస్కారం, మీ పేరు ఏమిటి?", "ఈ రోజు వాతావరణం ఎలా ఉంది?", "బ్యాంక్ ఎన్ని గంటలకు తెరుస్తారు?",
              "నాకు హైదరాబాద్ కి దారి చెప్పండి.", "మీకు ఏ భోజనం ఇష్టం?"]
-TARGETS_MS = {"echo": 100.0, "model": 200.0}
+TARGETS_MS = {"echo": 130.0, "model": 160.0}
+# each lever on its own against the current path, and all the levers that paid together
+# (webrtc settings, plus "page": URL options of the call page)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "resample_ld": {"resample_quality": "LD"},
+    "ptime10": {"ptime_in_ms": 10, "ptime_out_ms": 10},
+    "arrival_jb": {"in_jitter_packets": 0},
+    "anchored": {"out_pacing": "anchored", "out_late_ms": 20.0},
+    "opus_lowdelay": {"opus_application": "lowdelay"},
+    "chrome_jbt_default": {"page": "&jbt=none"},
+    "levers": {"resample_quality": "LD", "ptime_in_ms": 10, "ptime_out_ms": 10, "in_jitter_packets": 0,
+               "out_pacing": "anchored", "out_late_ms": 20.0, "opus_application": "lowdelay"},
+}
 WINDOW_S, HOP_S, MAX_LAG_S, MIN_CORR = 4.0, 2.0, 0.8, 0.6
 
 
@@ -103,8 +122,8 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def one_call(browser: Browser, url: str, mode: str, seconds: float) -> dict[str, Any]:
-    browser.open(url + f"?mode={mode}&aec=0&record=1&voice=female_1&emotion=NEUTRAL")
+def one_call(browser: Browser, url: str, mode: str, seconds: float, page: str = "") -> dict[str, Any]:
+    browser.open(url + f"?mode={mode}&aec=0&record=1&voice=female_1&emotion=NEUTRAL{page}")
     browser.js("maata.call()")
     browser.wait("return maata.state === 'connected'", 30)
     browser.wait("return maata.stats.server_ms_p50 != null", 20)
@@ -135,13 +154,40 @@ def one_call(browser: Browser, url: str, mode: str, seconds: float) -> dict[str,
         "jitter_ms_p50": pct([s["browser"]["jitter_ms"] for s in samples if s["browser"].get("jitter_ms") is not None], 50),
         "frames_in": last.get("frames_in"), "stale_in": last.get("stale_in"), "frames_out": last.get("frames_out"),
         "dropped_out": last.get("dropped_out"), "turn_ms": events,
+        "late_out": last.get("late_out"), "silent_out": last.get("silent_out"), "clock_moved_ms": last.get("clock_moved_ms"),
+        "jitter_target_ms_p50": pct([s["browser"]["jitter_target_ms"] for s in samples
+                                     if s["browser"].get("jitter_target_ms") is not None], 50),
+        "ptime_in_ms": pct([s["browser"]["ptime_out_ms"] for s in samples if s["browser"].get("ptime_out_ms")], 50),
     }
+    final = samples[-1]["browser"] if samples else {}
+    for key in ("concealed", "decelerated", "accelerated", "concealment_events", "packets_in"):
+        result[key] = final.get(key)
     if mode == "echo":
         windows = measure_delays(env)
         good = [w["lag_ms"] for w in windows if w["corr"] >= MIN_CORR]
         result.update(windows=windows, measured_windows=len(good), measured_ms_p50=pct(good, 50),
                       measured_ms_p99=pct(good, 99), measured_ms=good)
     return result
+
+
+def summarise(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant and mode over all rounds: pooled measured delays (echo) or calibrated estimates
+    (model), and the per-call medians of everything else."""
+    out: dict[str, Any] = {"calls": len(calls)}
+    measured = [v for c in calls for v in c.get("measured_ms", [])]
+    calibrated = [v for c in calls for v in c.get("calibrated_ms", [])]
+    out["measured_ms_p50"], out["measured_ms_p99"] = pct(measured, 50), pct(measured, 99)
+    out["measured_windows"] = len(measured)
+    out["calibrated_ms_p50"], out["calibrated_ms_p99"] = pct(calibrated, 50), pct(calibrated, 99)
+    for key in ("estimate_ms_p50", "server_ms_p50", "server_ms_p99", "out_queue_ms_p50", "jitter_ms_p50",
+                "jitter_target_ms_p50", "rtt_ms_p50", "ptime_in_ms", "encode_ms_p50", "generate_ms_p50",
+                "step_ms_p50", "decode_ms_p50"):
+        values = [c[key] for c in calls if c.get(key) is not None]
+        out[key] = pct(values, 50)
+    for key in ("concealed", "decelerated", "accelerated", "concealment_events", "packets_in", "late_out",
+                "silent_out", "dropped_out", "stale_in"):
+        out[key] = sum(c.get(key) or 0 for c in calls)
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -151,28 +197,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-
-    def shown(run: dict[str, Any], mode: str) -> tuple[list[float], str]:
-        """The echo call's measured delays; the model call's estimates, calibrated when possible."""
-        r = run["calls"][mode]
-        if r.get("measured_ms"):
-            return r["measured_ms"], "measured"
-        offset = run.get("estimate_offset_ms")
-        if offset is None:
-            return r["estimates_ms"], "estimate"
-        return [e + offset for e in r["estimates_ms"]], f"calibrated estimate ({offset:+.0f} ms)"
-
+    bins = np.arange(0, 400, 5)
     for ax, mode in zip(axes, ("echo", "model")):
-        if mode not in results["calls"]:
-            continue
-        bins = np.arange(0, 500, 10)
-        values, what = shown(results, mode)
-        ax.hist(values, bins=bins, alpha=0.7, label=f"envelope xcorr: {what}" if what == "measured" else what)
-        if mode == "echo":
-            ax.hist(results["calls"][mode]["estimates_ms"], bins=bins, alpha=0.5, label="estimate (getStats + server)")
-        if mode in results.get("baseline", {}).get("calls", {}):
-            values, what = shown(results["baseline"], mode)
-            ax.hist(values, bins=bins, histtype="step", color="black", lw=1.2, label=f"baseline, fixed phase: {what}")
+        key = "measured_ms" if mode == "echo" else "calibrated_ms"
+        for name in results["variants"]:
+            values = [v for c in results["calls"] if c["variant"] == name and c["mode"] == mode for v in c.get(key, [])]
+            if values and name in ("baseline", "levers"):
+                ax.hist(values, bins=bins, alpha=0.6, label=f"{name} ({'measured' if mode == 'echo' else 'calibrated estimate'})")
         ax.axvline(TARGETS_MS[mode], color="red", ls="--", label=f"target {TARGETS_MS[mode]:.0f} ms")
         ax.set_title(f"({'a' if mode == 'echo' else 'b'}) {mode}: mouth-to-ear")
         ax.set_xlabel("ms")
@@ -187,35 +218,38 @@ def print_table(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    calls = results["calls"]
-    table = Table(title=f"Browser mouth-to-ear, {results['seconds']:.0f} s per call, loopback "
-                        f"({results['models']}; load {results['loadavg'][0]:.1f})")
-    table.add_column("path")
-    for col in ("measured p50/p99", "estimate p50/p99", "calibrated p50/p99", "server p50/p99", "enc/gen(step)/dec p50",
-                "out queue", "RTT", "jitter buf", "target", "met"):
+    load = results["loadavg"][0], results["loadavg_end"][0]
+    table = Table(title=f"Browser mouth-to-ear, {results['rounds']} round(s) x {results['seconds']:.0f} s calls, loopback "
+                        f"({results['models']}; load {load[0]:.1f} -> {load[1]:.1f})")
+    table.add_column("variant")
+    for col in ("path", "mouth-to-ear p50/p99", "vs baseline p50", "server p50/p99", "out queue", "jitter buf (target)",
+                "page ptime", "concealed / decel / accel", "late / silent out", "met"):
         table.add_column(col, justify="right")
 
     def pair(a: Any, b: Any) -> str:
         return "–" if a is None else f"{a:.0f} / {b:.0f}"
 
-    rows = [(mode, "", r) for mode, r in calls.items()]
-    rows += [(mode, ", fixed phase (baseline)", r) for mode, r in results.get("baseline", {}).get("calls", {}).items()]
-    for mode, label, r in rows:
-        headline = r.get("measured_ms_p50") if mode == "echo" else r.get("calibrated_ms_p50")
-        headline99 = r.get("measured_ms_p99") if mode == "echo" else r.get("calibrated_ms_p99")
-        met = headline is not None and headline99 is not None and headline <= TARGETS_MS[mode]
-        table.add_row(f"({'a' if mode == 'echo' else 'b'}) {mode}{label}", pair(r.get("measured_ms_p50"), r.get("measured_ms_p99")),
-                      pair(r["estimate_ms_p50"], r["estimate_ms_p99"]),
-                      pair(r.get("calibrated_ms_p50"), r.get("calibrated_ms_p99")),
-                      pair(r["server_ms_p50"], r["server_ms_p99"]),
-                      f"{r['encode_ms_p50']}/{r['generate_ms_p50']}({r['step_ms_p50']})/{r['decode_ms_p50']}",
-                      f"{r['out_queue_ms_p50']}", f"{r['rtt_ms_p50']}", f"{r['jitter_ms_p50']}",
-                      f"≤ {TARGETS_MS[mode]:.0f}", "yes" if met else "no")
+    for mode in ("echo", "model"):
+        base = results["summary"].get("baseline", {}).get(mode, {})
+        for name, modes in results["summary"].items():
+            r = modes.get(mode)
+            if r is None:
+                continue
+            head = r["measured_ms_p50"] if mode == "echo" else r["calibrated_ms_p50"]
+            head99 = r["measured_ms_p99"] if mode == "echo" else r["calibrated_ms_p99"]
+            base_head = base.get("measured_ms_p50" if mode == "echo" else "calibrated_ms_p50")
+            delta = "–" if head is None or base_head is None or name == "baseline" else f"{head - base_head:+.0f}"
+            met = head is not None and head99 is not None and head <= TARGETS_MS[mode] and head99 - head <= 30
+            table.add_row(name, f"({'a' if mode == 'echo' else 'b'}) {mode}" + ("" if mode == "echo" else " (calibrated)"),
+                          pair(head, head99), delta, pair(r["server_ms_p50"], r["server_ms_p99"]),
+                          f"{r['out_queue_ms_p50']}", f"{r['jitter_ms_p50']} ({r['jitter_target_ms_p50']})",
+                          f"{r['ptime_in_ms']}", f"{r['concealed']} / {r['decelerated']} / {r['accelerated']}",
+                          f"{r['late_out']} / {r['silent_out']}", "yes" if met else "no")
     Console().print(table)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.serve import load_config
+    from services.serve import BackgroundStack, load_config
 
     out = Path(args.json).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -226,59 +260,79 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if in_netns():
         env["MAATA_SERVE__GATEWAY__WEBRTC__HOST_ADDRESSES"] = "['127.0.0.1']"
     untrained = args.untrained or not (ROOT / "checkpoints" / "lm_demo.safetensors").exists()
-    results: dict[str, Any] = {"seconds": args.seconds, "models": "untrained tiny" if untrained else "demo checkpoints",
+    variants = args.variants.split(",")
+    model_variants = [v for v in args.model_variants.split(",") if v]
+    for name in variants + model_variants:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    results: dict[str, Any] = {"seconds": args.seconds, "rounds": args.rounds,
+                               "models": "untrained tiny" if untrained else "demo checkpoints",
                                "loadavg": list(os.getloadavg()), "cpu": platform.processor() or platform.machine(),
-                               "cpus": os.cpu_count(), "netns": in_netns(), "targets_ms": TARGETS_MS}
-    results.update(calls_on_a_stack(load_config(environ=env), untrained, wav, args.seconds))
-    if args.baseline:
-        fixed = {**env, "MAATA_SERVE__GENERATION__ALIGN_PHASE": "false"}
-        print("baseline: the generation clock's phase alignment off", file=sys.stderr, flush=True)
-        results["baseline"] = calls_on_a_stack(load_config(environ=fixed), untrained, wav, args.seconds)
+                               "cpus": os.cpu_count(), "netns": in_netns(), "targets_ms": TARGETS_MS,
+                               "variants": {n: VARIANTS[n] for n in dict.fromkeys(variants + model_variants)},
+                               "calls": []}
+    config = load_config(environ=env)
+    stack = BackgroundStack(config, untrained=untrained)
+    try:
+        server = stack.stack.gateway.webrtc
+        base_config = server.config
+        url = stack.stack.browser_url
+        with Browser(wav) as browser:
+            for rnd in range(args.rounds):
+                plan = [(n, "echo") for n in variants] + [(n, "model") for n in model_variants]
+                for name, mode in plan:
+                    settings = {k: v for k, v in VARIANTS[name].items() if k != "page"}
+                    server.config = dataclasses.replace(base_config, **settings)
+                    print(f"round {rnd + 1}/{args.rounds}: {name} {mode}, {args.seconds:.0f} s (load "
+                          f"{os.getloadavg()[0]:.1f}) ...", file=sys.stderr, flush=True)
+                    call = one_call(browser, url, mode, args.seconds, VARIANTS[name].get("page", ""))
+                    call.update(variant=name, round=rnd, loadavg=os.getloadavg()[0])
+                    results["calls"].append(call)
+    finally:
+        stack.stop()
+    calibrate(results["calls"])
+    summary: dict[str, dict[str, Any]] = {}
+    for name in results["variants"]:
+        for mode in ("echo", "model"):
+            calls = [c for c in results["calls"] if c["variant"] == name and c["mode"] == mode]
+            if calls:
+                summary.setdefault(name, {})[mode] = summarise(calls)
+    results["summary"] = summary
     results["loadavg_end"] = list(os.getloadavg())
     return results
 
 
-def calls_on_a_stack(config: Any, untrained: bool, wav: Path, seconds: float) -> dict[str, Any]:
-    """The echo and the model call against one stack built from ``config``; the model call's
-    estimate calibrated by the echo call's measured offset."""
-    from services.serve import BackgroundStack
-
-    stack = BackgroundStack(config, untrained=untrained)
-    calls: dict[str, Any] = {}
-    result: dict[str, Any] = {"calls": calls}
-    try:
-        url = stack.stack.browser_url
-        with Browser(wav) as browser:
-            for mode in ("echo", "model"):
-                print(f"{mode} call, {seconds:.0f} s ...", file=sys.stderr, flush=True)
-                calls[mode] = one_call(browser, url, mode, seconds)
-    finally:
-        stack.stop()
-    echo = calls["echo"]
-    if echo.get("measured_ms_p50") is not None and echo["estimate_ms_p50"] is not None:
+def calibrate(calls: list[dict[str, Any]]) -> None:
+    """Each model call's estimates shifted by the offset (measured - estimate) of the echo call of
+    the same variant and round (the same media path, minutes apart on the same machine)."""
+    for call in calls:
+        if call["mode"] != "model":
+            continue
+        echo = next((c for c in calls if c["mode"] == "echo" and c["variant"] == call["variant"]
+                     and c["round"] == call["round"] and c.get("measured_ms_p50") is not None), None)
+        if echo is None or echo["estimate_ms_p50"] is None:
+            continue
         offset = echo["measured_ms_p50"] - echo["estimate_ms_p50"]
-        result["estimate_offset_ms"] = round(offset, 1)
-        for r in calls.values():
-            if r["estimate_ms_p50"] is not None:
-                r["calibrated_ms_p50"] = round(r["estimate_ms_p50"] + offset, 1)
-                r["calibrated_ms_p99"] = round(r["estimate_ms_p99"] + offset, 1)
-    return result
+        call["estimate_offset_ms"] = round(offset, 1)
+        call["calibrated_ms"] = [e + offset for e in call["estimates_ms"]]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="Browser mouth-to-ear latency (echo and full model) in headless Chromium.")
-    p.add_argument("--seconds", type=float, default=60.0, help="length of each call (default 60)")
-    p.add_argument("--quick", action="store_true", help="15 s calls")
+    p = argparse.ArgumentParser(description="Browser mouth-to-ear latency (echo and full model) in headless Chromium, "
+                                            "per media-path variant.")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each call (default 20)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds over the variants (interleaved; default 2)")
+    p.add_argument("--quick", action="store_true", help="one round of 12 s calls, baseline and levers only")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="echo calls: variants to measure (default all)")
+    p.add_argument("--model-variants", default="baseline,levers", help="model calls: variants (default baseline,levers)")
     p.add_argument("--untrained", action="store_true", help="tiny random models instead of the demo checkpoints")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     p.add_argument("--json", default="out/bench/browser_latency.json")
     p.add_argument("--png", default="out/bench/browser_latency.png")
     p.add_argument("--no-netns", action="store_true", help="do not re-run inside a loopback network namespace")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false",
-                   help="skip the baseline calls (generation phase alignment off)")
     args = p.parse_args()
     if args.quick:
-        args.seconds = 15.0
+        args.seconds, args.rounds, args.variants = 12.0, 1, "baseline,levers"
     if not in_netns() and not args.no_netns:
         argv = [sys.executable, *sys.argv]
         return subprocess.run(loopback_netns_command(argv), env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode

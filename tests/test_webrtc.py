@@ -26,7 +26,10 @@ import pytest
 import services  # noqa: F401  (generates maata.v1)
 from tests.support.chromium import loopback_netns_command
 from services.gateway.config import IceServer, WebRTCConfig
-from services.gateway.webrtc import PACKET, TRIM_WINDOW, AgentTrack, host_candidates, to_mono_float
+from services.gateway.webrtc import TRIM_WINDOW_S, AgentTrack, host_candidates, to_mono_float
+
+PACKET = 960  # 20 ms at 48 kHz
+TRIM_WINDOW = round(TRIM_WINDOW_S / 0.02)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "webrtc_call.png"

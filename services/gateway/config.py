@@ -52,10 +52,16 @@ class WebRTCConfig:
     connect_timeout_s: float = 15.0  # answer -> connected, else the call is dropped
     out_queue_ms: int = 120  # agent audio buffered for sending at most; older 20 ms frames are dropped
     in_stale_ms: int = 120  # user audio later than this behind real time is dropped, not queued
-    in_jitter_packets: int = 1  # aiortc's receive jitter buffer (its default 4 = 80 ms; 1 = 20 ms)
+    in_jitter_packets: int = 1  # aiortc's receive jitter buffer in packets (its default 4; 0 = each packet as it arrives)
+    ptime_in_ms: int = 0  # Opus packet length the answer asks the browser for (10 or 20; 0 = the browser's choice, 20)
+    ptime_out_ms: int = 20  # Opus packet length of the agent's audio (10 or 20)
+    opus_application: str = "voip"  # the agent's Opus encoder: voip, lowdelay (CELT only, 4 ms less look-ahead), audio
+    out_pacing: str = "fixed"  # the agent's send clock: fixed (from media start) or anchored (to the first agent audio)
+    out_late_ms: float = 0.0  # anchored: how long a tick waits for a late frame before sending silence
+    browser_jitter_target_ms: int | None = 0  # the page's RTCRtpReceiver.jitterBufferTarget (None: Chrome's own)
     echo: bool = True  # allow mode "echo" (codec only: the user hears themself through the codec)
     stats_interval_s: float = 1.0  # data-channel stats events
-    resample_quality: str = "HQ"  # soxr quality of the 48 kHz <-> 16 kHz streams
+    resample_quality: str = "HQ"  # the 48 kHz <-> 16 kHz streams: LD (low-delay FIR) or a soxr quality (QQ .. VHQ)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -64,8 +70,23 @@ class WebRTCConfig:
             raise ValueError(f"webrtc max_calls_per_client must be >= 1, got {self.max_calls_per_client}")
         if self.max_offer_bytes < 1024:
             raise ValueError(f"webrtc max_offer_bytes must be >= 1024, got {self.max_offer_bytes}")
-        if not 1 <= self.in_jitter_packets <= 8:
-            raise ValueError(f"webrtc in_jitter_packets must be in [1, 8], got {self.in_jitter_packets}")
+        if not 0 <= self.in_jitter_packets <= 8:
+            raise ValueError(f"webrtc in_jitter_packets must be in [0, 8], got {self.in_jitter_packets}")
+        if self.ptime_in_ms not in (0, 10, 20) or self.ptime_out_ms not in (10, 20):
+            raise ValueError(f"webrtc ptime_in_ms must be 0, 10 or 20 and ptime_out_ms 10 or 20 (Opus packet ms), "
+                             f"got {self.ptime_in_ms} and {self.ptime_out_ms}")
+        if self.opus_application not in ("voip", "lowdelay", "audio"):
+            raise ValueError(f"webrtc opus_application must be voip, lowdelay or audio, got {self.opus_application!r}")
+        if self.out_pacing not in ("fixed", "anchored"):
+            raise ValueError(f"webrtc out_pacing must be fixed or anchored, got {self.out_pacing!r}")
+        if not 0 <= self.out_late_ms <= 100:
+            raise ValueError(f"webrtc out_late_ms must be in [0, 100], got {self.out_late_ms}")
+        if self.browser_jitter_target_ms is not None and not 0 <= self.browser_jitter_target_ms <= 4000:
+            raise ValueError(f"webrtc browser_jitter_target_ms must be in [0, 4000] or null, "
+                             f"got {self.browser_jitter_target_ms}")
+        if self.resample_quality not in ("LD", "QQ", "LQ", "MQ", "HQ", "VHQ"):
+            raise ValueError(f"webrtc resample_quality must be LD or a soxr quality (QQ, LQ, MQ, HQ, VHQ), "
+                             f"got {self.resample_quality!r}")
         if self.out_queue_ms < 40 or self.in_stale_ms < 40:
             raise ValueError("webrtc out_queue_ms and in_stale_ms must be >= 40 (one frame)")
         for name in ("connect_timeout_s", "stats_interval_s"):

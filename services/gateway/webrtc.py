@@ -82,10 +82,12 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
 from maata.audio import float_to_int16, int16_to_float, rms_dbfs
+from maata.resample_stream import FirResampleStream
 from services.common.errors import StatusError
 from services.gateway.backends import SAMPLE_RATE, EchoBackends
 from services.gateway.config import WebRTCConfig
 from services.gateway.core import Gateway
+from services.gateway.media import ArrivalJitterBuffer, PacketOpusEncoder, set_ptime, use_encoder
 from services.gateway.pipeline import AgentAudio, CallSetup, Ended, Latency, Pipeline, Speaking, Text
 
 from maata.v1.common_pb2 import Style
@@ -94,11 +96,10 @@ log = logging.getLogger("maata.services.gateway.webrtc")
 
 STATIC = Path(__file__).parent / "static"
 RTC_RATE = 48000  # WebRTC's Opus clock
-PACKET = 960  # 20 ms at 48 kHz: one outgoing frame
-PACKET_S = PACKET / RTC_RATE
 MODES = ("model", "echo")
-TRIM_WINDOW = 25  # outgoing frames (0.5 s) over which a standing backlog is measured
-TRIM_KEEP = 1  # frames of standing backlog kept as jitter margin (20 ms)
+PACINGS = ("fixed", "anchored")  # AgentTrack's send clock
+TRIM_WINDOW_S = 0.5  # the window over which a standing backlog in the outgoing queue is measured
+TRIM_KEEP = 1  # packets the queue may hold at every tick (measured before the tick's packet leaves)
 MAX_CONTROL_BYTES = 4096  # one data-channel control message
 VOICED_DBFS = -50.0  # a frame counts as voiced above this level (the counters the page and tests read)
 Code = grpc.StatusCode
@@ -113,66 +114,126 @@ def _error(status: int, message: str, code: str = "") -> web.Response:
 
 # -- the outgoing audio -------------------------------------------------------------------------------
 class AgentTrack(MediaStreamTrack):
-    """The agent's audio as an aiortc track: 20 ms mono s16 frames at 48 kHz on a fixed clock.
-    ``put`` queues PCM (int16, 48 kHz); at most ``max_frames`` frames wait, older ones are dropped."""
+    """The agent's audio as an aiortc track: ``ptime_ms`` mono s16 frames at 48 kHz on a regular
+    send clock. ``put`` queues PCM (int16, 48 kHz); at most ``max_frames`` packets wait, older ones
+    are dropped, and a standing backlog is trimmed (``_trim``).
+
+    ``pacing`` places the clock. ``"fixed"``: it starts at the first ``recv`` (when media starts)
+    and an empty queue at a tick sends silence at once. ``"anchored"``: it starts at the first
+    ``put`` (the first agent audio), so the agent frames land just before their ticks instead of
+    a chance 0..ptime before; a tick that finds the queue empty waits up to ``late_ms`` for the
+    frame and sends it the moment it exists, with the RTP timestamp it would have had (the
+    browser sees ordinary network jitter, and the audio keeps its place instead of being pushed
+    one packet later behind a silence packet); and when every frame of a trim window arrived late,
+    the clock moves to the earliest of them, so the packets go out regularly again."""
 
     kind = "audio"
 
-    def __init__(self, max_frames: int) -> None:
+    def __init__(self, max_frames: int, ptime_ms: int = 20, pacing: str = "fixed", late_ms: float = 0.0) -> None:
         super().__init__()
+        if pacing not in PACINGS:
+            raise ValueError(f"pacing must be one of {PACINGS}, got {pacing!r}")
         self.max_frames = max_frames
+        self.samples = RTC_RATE * ptime_ms // 1000
+        self.packet_s = self.samples / RTC_RATE
+        self.pacing = pacing
+        self.late_s = late_ms / 1e3 if pacing == "anchored" else 0.0
+        self.window = max(1, round(TRIM_WINDOW_S / self.packet_s))
         self._queue: deque[np.ndarray] = deque()
         self._partial = np.zeros(0, np.int16)
         self._start: float | None = None
         self._sent = 0
         self._window, self._min_depth = 0, 1 << 30
-        self.dropped = 0  # frames dropped: the queue was full, or a standing backlog was trimmed
-        self.voiced = 0  # voiced frames sent
+        self._arrived = asyncio.Event()
+        self._lateness: list[float] = []  # this window: how late each frame that found its tick passed was (s)
+        self._frames_in_window = 0
+        self.dropped = 0  # packets dropped: the queue was full, or a standing backlog was trimmed
+        self.voiced = 0  # voiced packets sent
+        self.late = 0  # packets sent after their tick (anchored: the frame came late)
+        self.silent = 0  # ticks that found no audio and sent silence
+        self.moved_ms = 0.0  # how far the anchored clock moved later in all
 
     @property
     def queued_ms(self) -> float:
-        return len(self._queue) * PACKET_S * 1e3
+        return len(self._queue) * self.packet_s * 1e3
 
     def _trim(self) -> None:
-        """Every ``TRIM_WINDOW`` frames: the queue's minimum depth over the window is a standing
-        backlog (audio that only adds delay); drop it down to ``TRIM_KEEP`` frames."""
+        """Every trim window (0.5 s): the queue's minimum depth over the window is a standing
+        backlog (audio that only adds delay); drop it down to ``TRIM_KEEP`` packets. Anchored:
+        when every frame of the window came after its tick, move the clock later by the least
+        lateness, so the frames meet their ticks again."""
         self._min_depth = min(self._min_depth, len(self._queue))
         self._window += 1
-        if self._window >= TRIM_WINDOW:
+        if self._window >= self.window:
             for _ in range(max(0, self._min_depth - TRIM_KEEP)):
                 self._queue.popleft()
                 self.dropped += 1
+            if self._start is not None and self._frames_in_window and len(self._lateness) >= self._frames_in_window:
+                move = min(self._lateness)
+                self._start += move
+                self.moved_ms += move * 1e3
             self._window, self._min_depth = 0, 1 << 30
+            self._lateness, self._frames_in_window = [], 0
 
     def put(self, pcm: np.ndarray) -> None:
+        if self._start is None and self.pacing == "anchored":
+            self._start = time.monotonic()
         pcm = np.concatenate([self._partial, pcm]) if self._partial.size else pcm
-        whole = pcm.size // PACKET * PACKET
-        for i in range(0, whole, PACKET):
-            self._queue.append(pcm[i:i + PACKET])
+        whole = pcm.size // self.samples * self.samples
+        for i in range(0, whole, self.samples):
+            self._queue.append(pcm[i:i + self.samples])
         self._partial = pcm[whole:].copy()
         while len(self._queue) > self.max_frames:
             self._queue.popleft()
             self.dropped += 1
+        self._frames_in_window += 1
+        self._arrived.set()
+
+    def stop(self) -> None:
+        super().stop()
+        self._arrived.set()  # a recv waiting for audio ends now
+
+    async def _wait_audio(self, timeout: float | None) -> bool:
+        """Wait until audio is queued (or the track stops); False after ``timeout`` seconds."""
+        while not self._queue and self.readyState == "live":
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                return False
+        return bool(self._queue)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._start is None and self.pacing == "anchored":
+            await self._wait_audio(None)  # the clock starts with the first agent audio
+            if self.readyState != "live":
+                raise MediaStreamError
         now = time.monotonic()
         if self._start is None:
             self._start = now
         else:
-            wait = self._start + self._sent * PACKET_S - now
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -5 * PACKET_S:  # the loop stalled: re-anchor the clock instead of bursting to catch up
-                self._start = now - self._sent * PACKET_S
+            due = self._start + self._sent * self.packet_s
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif due < now - 5 * self.packet_s - self.late_s:  # the loop stalled: re-anchor instead of bursting
+                self._start = now - self._sent * self.packet_s
+            if not self._queue and self.late_s > 0:
+                if await self._wait_audio(self.late_s):
+                    self.late += 1
+                    self._lateness.append(max(0.0, time.monotonic() - due))
         self._trim()
-        pcm = self._queue.popleft() if self._queue else np.zeros(PACKET, np.int16)
+        if self._queue:
+            pcm = self._queue.popleft()
+        else:
+            pcm = np.zeros(self.samples, np.int16)
+            self.silent += 1
         if pcm.any() and rms_dbfs(int16_to_float(pcm)) > VOICED_DBFS:
             self.voiced += 1
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RTC_RATE
-        frame.pts = self._sent * PACKET
+        frame.pts = self._sent * self.samples
         frame.time_base = fractions.Fraction(1, RTC_RATE)
         self._sent += 1
         return frame
@@ -216,13 +277,14 @@ class BrowserCall:
         backends = server.gateway.backends if mode == "model" else EchoBackends(server.gateway.backends)
         self.pipeline = Pipeline(backends, CallSetup(f"webrtc:{self.call_id}", style, None, text, False, True),
                                  server.gateway.config.pipeline(), server.gateway.metrics)
-        self.track = AgentTrack(max(2, cfg.out_queue_ms // round(PACKET_S * 1e3)))
+        self.track = AgentTrack(max(2, cfg.out_queue_ms // cfg.ptime_out_ms), cfg.ptime_out_ms, cfg.out_pacing,
+                                cfg.out_late_ms)
         self.counters = Counters()
         self.state = "new"
         self.channel: Any = None
-        self._in: soxr.ResampleStream | None = None
+        self._in: Any = None  # the 48 -> 16 kHz stream (the rate the browser's frames come at)
         self._in_rate = 0
-        self._out = soxr.ResampleStream(SAMPLE_RATE, RTC_RATE, 1, dtype="float32", quality=cfg.resample_quality)
+        self._out = resample_stream(SAMPLE_RATE, RTC_RATE, cfg.resample_quality)
         self._anchor: float | None = None  # min over frames of (arrival - media time): the real-time reference
         self._tasks: list[asyncio.Task[Any]] = []
         self._closed = asyncio.Event()
@@ -291,8 +353,7 @@ class BrowserCall:
                 c.voiced_in += 1
             if frame.sample_rate != self._in_rate:
                 self._in_rate = frame.sample_rate
-                self._in = (soxr.ResampleStream(self._in_rate, SAMPLE_RATE, 1, dtype="float32",
-                                                quality=self.server.config.resample_quality)
+                self._in = (resample_stream(self._in_rate, SAMPLE_RATE, self.server.config.resample_quality)
                             if self._in_rate != SAMPLE_RATE else None)
             await self.pipeline.push(self._in.resample_chunk(x) if self._in is not None else x)
         await self.hang_up()
@@ -358,7 +419,9 @@ class BrowserCall:
                 "decode_ms_p50": stages[3], "backlog_dropped": self.pipeline.backlog_dropped,
                 "out_queue_ms": round(self.track.queued_ms, 1), "frame_ms": round(self.pipeline.frame_s * 1e3),
                 "frames_in": c.frames_in, "voiced_in": c.voiced_in, "stale_in": c.stale_in,
-                "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped}
+                "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped,
+                "late_out": self.track.late, "silent_out": self.track.silent,
+                "clock_moved_ms": round(self.track.moved_ms, 1)}
 
     def send(self, message: dict[str, Any]) -> None:
         channel = self.channel
@@ -441,14 +504,24 @@ class BrowserCall:
 
 
 # -- the server --------------------------------------------------------------------------------------
+def resample_stream(in_rate: int, out_rate: int, quality: str) -> Any:
+    """A streaming resampler: ``"LD"`` the low-delay FIR (every sample out as soon as it can be,
+    1.25 ms fixed delay), else soxr at that quality (which releases its output in blocks)."""
+    if quality == "LD":
+        return FirResampleStream(in_rate, out_rate)
+    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality=quality)
+
+
 def shorten_jitter_buffers(pc: RTCPeerConnection, packets: int) -> None:
     """aiortc's audio receivers hold back each packet until 4 later ones arrived (80 ms at 20 ms
-    packets); ``packets`` sets that prefetch (1: a packet goes on when the next arrives, 20 ms).
-    aiortc has no option for it, so the receiver's buffer is replaced before media flows."""
+    packets); ``packets`` sets that prefetch (1: a packet goes on when the next arrives), and 0
+    hands each packet on as it arrives (``media.ArrivalJitterBuffer``). aiortc has no option for
+    it, so the receiver's buffer is replaced before media flows."""
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
         if transceiver.kind == "audio" and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=packets)
+            receiver._RTCRtpReceiver__jitter_buffer = (ArrivalJitterBuffer() if packets == 0 else
+                                                       JitterBuffer(capacity=16, prefetch=packets))
         elif transceiver.kind == "audio":
             log.warning("this aiortc has no receiver jitter buffer to shorten; audio input keeps its default delay")
 
@@ -532,7 +605,8 @@ class WebRTCServer:
                for s in self.config.ice_servers]
         return web.json_response({"voices": list(self.gateway.voices), "emotions": list(self.gateway.emotions),
                                   "modes": [m for m in MODES if m != "echo" or self.config.echo],
-                                  "ice_servers": ice})
+                                  "ice_servers": ice, "ptime_ms": self.config.ptime_out_ms,
+                                  "jitter_buffer_target_ms": self.config.browser_jitter_target_ms})
 
     async def list_calls(self, request: web.Request) -> web.Response:
         return web.json_response({"calls": [call.describe() for call in self.calls.values()],
@@ -582,10 +656,14 @@ class WebRTCServer:
         self.calls[call.call_id] = call
         self._per_client[client] = self._per_client.get(client, 0) + 1
         try:
-            pc.addTrack(call.track)
+            sender = pc.addTrack(call.track)
+            use_encoder(sender, PacketOpusEncoder(self.config.ptime_out_ms, self.config.opus_application))
             await call.start()
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)  # aiortc gathers every candidate here (no trickle ICE)
+            sdp = pc.localDescription.sdp
+            if self.config.ptime_in_ms:  # ask the browser for packets of that length
+                sdp = set_ptime(sdp, self.config.ptime_in_ms)
         except Exception as err:
             log.exception("browser call set-up failed", extra={"call_id": call.call_id})
             await call.close()
@@ -596,8 +674,7 @@ class WebRTCServer:
         releaser.add_done_callback(self._releasers.discard)
         log.info("browser call started", extra={"call_id": call.call_id, "mode": mode, "voice": style.voice,
                                                 "emotion": style.emotion})
-        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
-                                  "call_id": call.call_id})
+        return web.json_response({"sdp": sdp, "type": pc.localDescription.type, "call_id": call.call_id})
 
     def _parse(self, body: Any) -> tuple[str, Style, bool]:
         if not isinstance(body, dict):

@@ -1,7 +1,8 @@
 // Maata's browser client: one WebRTC call to the gateway (POST /api/offer, no trickle ICE), the
 // microphone up, the agent's audio down, events and control on the "events" data channel.
 // URL options: ?mode=echo|model  ?voice=female_1  ?emotion=HAPPY  ?aec=0 (no echo cancellation,
-// noise suppression or AGC)  ?record=1 (keep level envelopes for the latency benchmark).
+// noise suppression or AGC)  ?record=1 (keep level envelopes for the latency benchmark)
+// ?jbt=MS|none (the receiver's jitterBufferTarget; default the server's jitter_buffer_target_ms).
 "use strict";
 
 const VOICES = { male_1: "పురుషుడు 1 · Male 1", male_2: "పురుషుడు 2 · Male 2",
@@ -68,7 +69,8 @@ async function call() {
   channel.onmessage = (e) => { if (current()) onEvent(JSON.parse(e.data)); };
   conn.ontrack = (e) => {
     if (!current()) return;
-    if ("jitterBufferTarget" in e.receiver) e.receiver.jitterBufferTarget = 0;  // ask for the smallest playout delay
+    const jbt = jitterTarget();
+    if (jbt != null && "jitterBufferTarget" in e.receiver) e.receiver.jitterBufferTarget = jbt;  // playout delay wish (ms)
     const el = $("remote"); el.srcObject = e.streams[0] || new MediaStream([e.track]); el.play().catch(() => {}); startMeters(e.track);
   };
   conn.onconnectionstatechange = () => {
@@ -83,7 +85,7 @@ async function call() {
     await iceComplete(conn, 5000);
     if (!current()) return;  // hung up while the offer was being prepared
     const r = await fetch("/api/offer", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: conn.localDescription.sdp, type: "offer", voice: $("voice").value,
+      body: JSON.stringify({ sdp: withPtime(conn.localDescription.sdp), type: "offer", voice: $("voice").value,
                              emotion: $("emotion").value, mode: $("mode").value, text: true }) });
     const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
     if (!current()) return;
@@ -99,6 +101,24 @@ async function call() {
     if (!current()) return;
     showError(`కాల్ కుదరలేదు · Call failed: ${err && err.message}`); end("failed");
   }
+}
+
+// The receiver's jitterBufferTarget in ms, or null to leave Chrome's own adaptive target.
+function jitterTarget() {
+  const p = params.get("jbt");
+  if (p === "none") return null;
+  if (p != null && p !== "") return Number(p);
+  const c = maata.config && maata.config.jitter_buffer_target_ms;
+  return c == null ? null : c;
+}
+
+// The offer tells the server which Opus packet length this page would like to receive (the
+// server's own, from /api/config): a=ptime in the audio section.
+function withPtime(sdp) {
+  const ptime = maata.config && maata.config.ptime_ms;
+  if (!ptime) return sdp;
+  return sdp.replace(/(m=audio[^]*?)(?=\r\nm=|\r\n$)/, (audio) =>
+    audio.replace(/\r\na=ptime:\d+/g, "") + `\r\na=ptime:${ptime}`);
 }
 
 function iceComplete(pc, timeoutMs) {
@@ -139,7 +159,17 @@ async function pollStats() {
       b.samples_in = s.totalSamplesReceived;
       if (s.jitterBufferEmittedCount) b.jitter_ms = 1000 * s.jitterBufferDelay / s.jitterBufferEmittedCount;
     }
-    if (s.type === "outbound-rtp" && s.kind === "audio") b.packets_out = s.packetsSent;
+    if (s.type === "inbound-rtp" && s.kind === "audio") {
+      b.concealed = s.concealedSamples; b.decelerated = s.insertedSamplesForDeceleration;
+      b.accelerated = s.removedSamplesForAcceleration; b.concealment_events = s.concealmentEvents;
+      if (s.jitterBufferTargetDelay && s.jitterBufferEmittedCount) b.jitter_target_ms = 1000 * s.jitterBufferTargetDelay / s.jitterBufferEmittedCount;
+    }
+    if (s.type === "outbound-rtp" && s.kind === "audio") {
+      if (maata.browser.packets_out != null && maata.browser.t != null && s.packetsSent > maata.browser.packets_out)
+        b.ptime_out_ms = (s.timestamp - maata.browser.t) / (s.packetsSent - maata.browser.packets_out);  // this page's packet length
+      else if (maata.browser.ptime_out_ms) b.ptime_out_ms = maata.browser.ptime_out_ms;
+      b.packets_out = s.packetsSent; b.t = s.timestamp;
+    }
   });
   maata.browser = b; showLatency();
 }
@@ -153,7 +183,7 @@ function showLatency() {
   $("lat-rtt").textContent = ms(b.rtt_ms);
   $("lat-jitter").textContent = ms(b.jitter_ms);
   if (s.server_ms_p50 != null) {
-    maata.m2e_ms = (s.frame_ms || 40) + 20 + (b.rtt_ms || 0) + s.server_ms_p50 + (s.out_queue_ms || 0) + (b.jitter_ms || 0);
+    maata.m2e_ms = (s.frame_ms || 40) + (b.ptime_out_ms || 20) + (b.rtt_ms || 0) + s.server_ms_p50 + (s.out_queue_ms || 0) + (b.jitter_ms || 0);
     $("lat-m2e").textContent = ms(maata.m2e_ms);
   }
 }
