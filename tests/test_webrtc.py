@@ -88,6 +88,16 @@ def test_data_channel_carries_text_and_latency(call: dict[str, Any]) -> None:
     assert call["m2e_estimate_ms"] > stats["server_ms_p50"]
 
 
+def test_browser_sends_the_packet_length_the_answer_asks_for(call: dict[str, Any]) -> None:
+    """Chrome follows the answer's a=ptime (default config): the server receives frames of that
+    length and the page's own packet rate agrees; the agent's packets come at ptime_out_ms."""
+    config = WebRTCConfig()
+    asked = config.ptime_in_ms or 20  # no ptime in the answer: Chrome's default, 20 ms
+    assert call["stats_event"]["in_frame_ms"] == asked
+    assert abs(call["browser"]["ptime_out_ms"] - asked) < 3
+    assert abs(call["browser"]["ptime_in_ms"] - config.ptime_out_ms) < 3
+
+
 def test_voice_change_mid_call(call: dict[str, Any]) -> None:
     (live,) = call["after_style"]["calls"]
     assert (live["voice"], live["emotion"]) == ("male_1", "HAPPY")
@@ -186,3 +196,156 @@ def test_webrtc_config_validation() -> None:
     with pytest.raises(ValueError, match="out_queue_ms"):
         WebRTCConfig(out_queue_ms=10)
     assert WebRTCConfig(ice_servers=[IceServer(urls=["turn:turn.example.org:3478"], username="u", credential="p")])
+
+
+# -- the media path's latency settings ---------------------------------------------------------------
+CHROME_OFFER_AUDIO = ("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+                      "m=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n"
+                      "a=fmtp:111 minptime=20;useinbandfec=1\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n"
+                      "a=ptime:20\r\n"
+                      "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n")
+
+
+def test_set_ptime_asks_for_10ms_packets_in_the_audio_section_only() -> None:
+    from services.gateway.media import set_ptime
+
+    sdp = set_ptime(CHROME_OFFER_AUDIO, 10)
+    audio, data = sdp.split("m=application")
+    assert "a=ptime:10\r\n" in audio and "a=ptime:20" not in sdp
+    assert "a=fmtp:111 minptime=10;useinbandfec=1\r\n" in audio  # Opus asks for 10 ms at least
+    assert "a=fmtp:63 111/111\r\n" in audio  # RED's parameters are not Opus's
+    assert "ptime" not in data
+    with pytest.raises(ValueError, match="ptime"):
+        set_ptime(CHROME_OFFER_AUDIO, 15)
+
+
+def test_packet_encoder_sends_10ms_opus_with_the_frames_timestamps() -> None:
+    from services.gateway.media import PacketOpusEncoder
+
+    encoder = PacketOpusEncoder(ptime_ms=10, application="lowdelay")
+    decoder = av.CodecContext.create("libopus", "r")
+    t = np.arange(480 * 6) / 48000
+    pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    timestamps, decoded = [], []
+    for k in range(6):
+        frame = av.AudioFrame.from_ndarray(pcm[k * 480:(k + 1) * 480].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, 1000 + k * 480, Fraction(1, 48000)
+        payloads, ts = encoder.encode(frame)
+        assert len(payloads) == 1  # one packet per 10 ms frame, nothing held back
+        timestamps.append(ts)
+        for out in decoder.decode(av.Packet(payloads[0])):
+            decoded.append(out.samples)
+    assert timestamps == [1000 + k * 480 for k in range(6)]  # the RTP clock follows the track's pts
+    assert decoded == [480] * 6  # each packet is exactly 10 ms of audio
+    with pytest.raises(ValueError, match="480 samples"):
+        frame = av.AudioFrame.from_ndarray(pcm[:960].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        encoder.encode(frame)
+
+
+def test_arrival_jitter_buffer_hands_each_packet_on_at_once() -> None:
+    from aiortc.rtp import RtpPacket
+
+    from services.gateway.media import ArrivalJitterBuffer
+
+    def packet(seq: int) -> RtpPacket:
+        p = RtpPacket(payload_type=111, sequence_number=seq % 65536, timestamp=seq * 480)
+        p._data = bytes([seq % 256])  # type: ignore[attr-defined]
+        return p
+
+    jb = ArrivalJitterBuffer()
+    got = [jb.add(packet(s))[1] for s in (65533, 65534, 65535, 0, 1)]  # across the wrap
+    assert [f.data[0] for f in got] == [65533 % 256, 65534 % 256, 255, 0, 1]  # no packet waits for the next
+    frame = jb.add(packet(3))[1]  # 2 is missing: 3 goes on at once, 2 counts as skipped
+    assert frame is not None and frame.timestamp == 3 * 480 and jb.skipped == 1
+    assert jb.add(packet(2))[1] is None and jb.late == 1  # too late to play in order
+
+
+def test_anchored_track_starts_with_the_agent_audio_and_waits_for_a_late_frame() -> None:
+    async def run() -> dict[str, Any]:
+        track = AgentTrack(max_frames=12, ptime_ms=10, pacing="anchored", late_ms=20.0)
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(track.recv())
+        await asyncio.sleep(0.05)
+        assert not first.done()  # no agent audio yet: nothing is sent
+        t_put = loop.time()
+        track.put(np.full(480 * 4, 1000, np.int16))  # one 40 ms agent frame = four 10 ms packets
+        frame = await first
+        waited_first = loop.time() - t_put
+        for _ in range(3):
+            await track.recv()
+        late = asyncio.ensure_future(track.recv())  # the next frame is 15 ms late
+        await asyncio.sleep(0.025)
+        t_late = loop.time()
+        track.put(np.full(480 * 4, 2000, np.int16))
+        frame_late = await late
+        waited_late = loop.time() - t_late
+        track.stop()
+        return {"first": frame, "waited_first": waited_first, "late": frame_late, "waited_late": waited_late,
+                "counters": (track.late, track.silent, track.dropped)}
+
+    r = asyncio.run(run())
+    assert r["first"].samples == 480 and r["first"].pts == 0 and r["waited_first"] < 0.01
+    # the late frame goes out the moment it exists, with the RTP time it would have had: no silence
+    assert r["waited_late"] < 0.01 and r["late"].pts == 4 * 480
+    assert r["late"].to_ndarray().max() == 2000
+    assert r["counters"] == (1, 0, 0)
+
+
+def test_fixed_track_sends_silence_when_the_frame_is_late() -> None:
+    async def run() -> tuple[int, int]:
+        track = AgentTrack(max_frames=12, ptime_ms=10)
+        track.put(np.full(480, 1000, np.int16))
+        await track.recv()
+        frame = await track.recv()  # nothing queued at this tick: silence at once
+        track.stop()
+        return int(np.abs(frame.to_ndarray()).max()), track.silent
+
+    assert asyncio.run(run()) == (0, 1)
+
+
+def test_low_delay_resampler_streams_what_it_gets() -> None:
+    """Every 10 or 20 ms packet at 48 kHz gives its 16 kHz samples at once (soxr HQ holds some
+    back until later packets), equal to the one-shot polyphase filter, with speech intact."""
+    import scipy.signal
+
+    from maata.resample_stream import FirResampleStream
+
+    rng = np.random.default_rng(0)
+    chunks = [480, 960, 7, 953, 480] * 20
+    x = rng.standard_normal(sum(chunks)).astype(np.float32)
+    down = FirResampleStream(48000, 16000)
+    out, i = [], 0
+    for n in chunks:
+        y = down.resample_chunk(x[i:i + n])
+        assert y.size == -(-(i + n) // 3) - -(-i // 3)  # every output whose input has arrived
+        out.append(y)
+        i += n
+    y = np.concatenate(out)
+    assert [o.size for o in out[:2]] == [160, 320]  # nothing held back
+    ref = scipy.signal.upfirdn(down.filter, x[:i].astype(np.float64), 1, 3)[:y.size]
+    assert np.abs(y - ref).max() < 1e-5
+    up = FirResampleStream(16000, 48000)
+    tone = np.sin(2 * np.pi * 1000 * np.arange(1600) / 16000).astype(np.float32)
+    z = np.concatenate([up.resample_chunk(tone[k:k + 160]) for k in range(0, 1600, 160)])
+    assert z.size == 4800
+    lag = round(up.delay * 48000)
+    expect = np.sin(2 * np.pi * 1000 * (np.arange(4800) - lag) / 48000)
+    assert np.abs(z[400:] - expect[400:]).max() < 0.01  # a 1 kHz tone passes unchanged, delayed 1.25 ms
+    assert up.delay * 1e3 < 1.5
+    with pytest.raises(ValueError, match="rational"):
+        FirResampleStream(44100, 48001)
+
+
+def test_media_settings_validation() -> None:
+    with pytest.raises(ValueError, match="ptime"):
+        WebRTCConfig(ptime_out_ms=30)
+    with pytest.raises(ValueError, match="ptime"):
+        WebRTCConfig(ptime_in_ms=5)
+    with pytest.raises(ValueError, match="out_pacing"):
+        WebRTCConfig(out_pacing="burst")
+    with pytest.raises(ValueError, match="resample_quality"):
+        WebRTCConfig(resample_quality="best")
+    with pytest.raises(ValueError, match="opus_application"):
+        WebRTCConfig(opus_application="music")
+    assert WebRTCConfig(in_jitter_packets=0, browser_jitter_target_ms=None).in_jitter_packets == 0

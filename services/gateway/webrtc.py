@@ -252,7 +252,8 @@ def to_mono_float(frame: av.AudioFrame) -> np.ndarray:
 # -- one browser call ------------------------------------------------------------------------------
 @dataclass
 class Counters:
-    frames_in: int = 0  # 20 ms frames received from the browser
+    frames_in: int = 0  # frames (one per Opus packet) received from the browser
+    in_frame_ms: float = 0.0  # the length of the last one: the browser's packet length
     voiced_in: int = 0  # of them, above VOICED_DBFS
     stale_in: int = 0  # dropped: later than in_stale_ms behind real time
     frames_out: int = 0  # 40 ms agent frames from the pipeline
@@ -344,6 +345,7 @@ class BrowserCall:
             now = time.monotonic()
             c = self.counters
             c.frames_in += 1
+            c.in_frame_ms = frame.samples / frame.sample_rate * 1e3 if frame.sample_rate else 0.0
             lag = self._lag(frame, now)
             if lag > stale_s:
                 c.stale_in += 1
@@ -418,7 +420,7 @@ class BrowserCall:
                 "encode_ms_p50": stages[0], "generate_ms_p50": stages[1], "step_ms_p50": stages[2],
                 "decode_ms_p50": stages[3], "backlog_dropped": self.pipeline.backlog_dropped,
                 "out_queue_ms": round(self.track.queued_ms, 1), "frame_ms": round(self.pipeline.frame_s * 1e3),
-                "frames_in": c.frames_in, "voiced_in": c.voiced_in, "stale_in": c.stale_in,
+                "frames_in": c.frames_in, "in_frame_ms": round(c.in_frame_ms, 1), "voiced_in": c.voiced_in, "stale_in": c.stale_in,
                 "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped,
                 "late_out": self.track.late, "silent_out": self.track.silent,
                 "clock_moved_ms": round(self.track.moved_ms, 1)}

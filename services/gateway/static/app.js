@@ -157,6 +157,10 @@ async function pollStats() {
     if (s.type === "inbound-rtp" && s.kind === "audio") {
       b.packets_in = s.packetsReceived; b.lost_in = s.packetsLost; b.level_in = s.audioLevel;
       b.samples_in = s.totalSamplesReceived;
+      if (maata.browser.packets_in != null && maata.browser.t_in != null && s.packetsReceived > maata.browser.packets_in)
+        b.ptime_in_ms = (s.timestamp - maata.browser.t_in) / (s.packetsReceived - maata.browser.packets_in);  // the agent's packet length
+      else if (maata.browser.ptime_in_ms) b.ptime_in_ms = maata.browser.ptime_in_ms;
+      b.t_in = s.timestamp;
       if (s.jitterBufferEmittedCount) b.jitter_ms = 1000 * s.jitterBufferDelay / s.jitterBufferEmittedCount;
     }
     if (s.type === "inbound-rtp" && s.kind === "audio") {
