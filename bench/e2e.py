@@ -2,7 +2,7 @@
 """End-to-end latency and capacity of a Maata call through the real services on loopback.
 
     python bench/e2e.py [--quick] [--minutes 10] [--max-calls 8] [--target microservices|one_process]
-                        [--json out/bench/e2e.json] [--untrained]
+                        [--json out/bench/e2e.json] [--untrained] [--no-triton]
 
 Runs the services as real processes (``maata serve``) and drives calls through the partner API
 from this process with ``services.client.converse`` (40 ms chunks of 16 kHz PCM16 in real time,
@@ -27,6 +27,13 @@ per-frame server timings on):
    minus step over 80 ms: the frame clock fell behind real time) -- or when it was never
    answered (dropped from a full queue). A level passes with at most 1 % of frames missed; the
    capacity is the largest level that passes with every level below it.
+2b. **Triton** (unless ``--no-triton``): the same one-process deployment with the codec and the S2S
+   step on a real ``tritonserver`` (``maata triton export`` of the same checkpoints, one python-
+   backend instance per model, 1 torch thread each like the services; ``maata serve
+   --model-backend triton``): its latency row beside in-process, the overhead in ms and as a ratio
+   (one process on Triton / one process in process), and both deployments' capacity ramps; at
+   each level, the mean batch Triton's sequence batcher formed for ``s2s_step`` (from its
+   :8002 metrics: inferences / executions) against our own batched step (every live call).
 3. **Long call** (``--target``): one live call for ``--minutes`` (``--quick``: 30 s); the p99
    round trip of its last minute against its first (``--quick``: the last 10 s against the first
    10 s), which shows drift (growing queues, state, memory).
@@ -74,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", choices=["microservices", "one_process"], default="microservices",
                    help="the deployment the ramp and the long call run on (default: microservices)")
     p.add_argument("--json", type=Path, default=ROOT / "out" / "bench" / "e2e.json", help="write the results here")
+    p.add_argument("--deployments", default="",
+                   help="comma-separated subset of the latency rows to run (e.g. one_process,one_process_triton: "
+                        "the Triton comparison alone); default: all")
+    p.add_argument("--no-triton", dest="triton", action="store_false",
+                   help="skip the Triton deployment (tritonserver from the nvidia-pytriton wheel)")
     return p.parse_args(argv)
 
 
@@ -209,11 +221,16 @@ async def run_latency(address: str, key: str, seconds: float) -> dict[str, Any]:
             "breakdown": breakdown(result.latencies)}
 
 
-async def run_ramp(address: str, key: str, seconds: float, max_calls: int) -> dict[str, Any]:
+async def run_ramp(address: str, key: str, seconds: float, max_calls: int, triton: Any = None) -> dict[str, Any]:
+    """The capacity ramp; with ``triton`` (a running TritonServer), each level also records the
+    mean batch Triton formed for s2s_step during it."""
+    from services.triton.launcher import batch_stats
+
     levels: list[dict[str, Any]] = []
     n = 1
     capacity = 0
     while n <= max_calls:
+        before = batch_stats(triton.metrics(), "s2s_step") if triton is not None else None
         results = await live_calls(address, key, n, seconds)
         sent = missed = 0
         for r in results:
@@ -224,6 +241,10 @@ async def run_ramp(address: str, key: str, seconds: float, max_calls: int) -> di
                  "p50": pct(rtts, 50), "p99": pct(rtts, 99),
                  "statuses": sorted({r.code.name for r in results})}
         level["ok"] = level["miss_rate"] <= MISS_BUDGET and level["statuses"] == ["OK"]
+        if before is not None:
+            after = batch_stats(triton.metrics(), "s2s_step")
+            inferences, executions = (after[k] - before[k] for k in ("inferences", "executions"))
+            level["triton_batch"] = inferences / executions if executions else float("nan")
         levels.append(level)
         if level["ok"] and capacity == n // 2:
             capacity = n
@@ -264,10 +285,26 @@ def report(r: dict[str, Any]) -> None:
     for mode, b in ((m, x["breakdown"]) for m, x in r["latency"].items()):
         t.add_row(mode.replace("_", " "), *(f"{b[k]['p50']:.1f} / {b[k]['p99']:.1f}" for k, _ in cols))
     console.print(t)
-    console.print(f"microservice overhead: client round trip p50 {r['overhead']['p50_ms']:+.1f} ms, "
-                  f"x{r['overhead']['p50_ratio']:.2f}, p99 x{r['overhead']['p99_ratio']:.2f} "
-                  "(microservices / one process)")
+    if "overhead" in r:
+        console.print(f"microservice overhead: client round trip p50 {r['overhead']['p50_ms']:+.1f} ms, "
+                      f"x{r['overhead']['p50_ratio']:.2f}, p99 x{r['overhead']['p99_ratio']:.2f} "
+                      "(microservices / one process)")
+    if "triton_overhead" in r:
+        o = r["triton_overhead"]
+        console.print(f"Triton overhead: client round trip p50 {o['p50_ms']:+.1f} ms (x{o['p50_ratio']:.2f}), "
+                      f"p99 {o['p99_ms']:+.1f} ms (x{o['p99_ratio']:.2f}) (one process on Triton / in process)")
+        t = Table(title="Capacity, one process: in process vs Triton (mean s2s_step batch Triton formed vs ours)")
+        for name in ("calls", "in-process miss rate", "rtt p50 / p99", "our batch", "Triton miss rate",
+                     "rtt p50 / p99", "Triton batch"):
+            t.add_column(name, justify="right")
+        for a, b in zip(r["ramp_one_process"]["levels"], r["ramp_triton"]["levels"]):
+            t.add_row(str(a["calls"]), f"{a['miss_rate']:.1%}", f"{a['p50']:.1f} / {a['p99']:.1f}", str(a["calls"]),
+                      f"{b['miss_rate']:.1%}", f"{b['p50']:.1f} / {b['p99']:.1f}", f"{b.get('triton_batch', 0):.2f}")
+        console.print(t)
+        console.print(f"capacity: in process {r['ramp_one_process']['capacity']}, Triton {r['ramp_triton']['capacity']}")
 
+    if "ramp" not in r:
+        return
     t = Table(title=f"Real-time capacity ({r['target'].replace('_', ' ')}): a stage over {FRAME_MS:.0f} ms or "
                     f"a dropped frame is a miss; <= {MISS_BUDGET:.0%} missed")
     for name in ("calls", "frames sent", "missed", "miss rate", "rtt p50", "rtt p99", "status", "ok"):
@@ -309,18 +346,55 @@ def main(argv: list[str] | None = None) -> int:
     deployments = {"microservices": (["session", "codec", "generation", "gateway"], False, None),
                    "one_process": (["all"], False, None), "one_process_loopback": (["all"], True, None),
                    "one_process_fixed_phase": (["all"], False, fixed_phase)}
-    for mode, (roles, loopback, env) in deployments.items():
-        print(f"bench/e2e: {mode.replace('_', ' ')} ({r['models']} models)", file=sys.stderr)
-        with Deployment(roles, untrained, key, loopback, env) as d:
-            r["latency"][mode] = asyncio.run(run_latency(d.address, key, latency_s))
-            if mode == args.target:
-                print("bench/e2e: ramp", file=sys.stderr)
-                r["ramp"] = asyncio.run(run_ramp(d.address, key, ramp_s, args.max_calls))
-                print(f"bench/e2e: long call ({long_s:.0f} s)", file=sys.stderr)
-                r["long"] = asyncio.run(run_long(d.address, key, long_s, window))
-    micro, one = (r["latency"][m]["breakdown"]["client_rtt"] for m in ("microservices", "one_process"))
-    r["overhead"] = {"p50_ratio": micro["p50"] / one["p50"], "p99_ratio": micro["p99"] / one["p99"],
-                     "p50_ms": micro["p50"] - one["p50"]}
+    triton = None
+    if args.triton:
+        if untrained:
+            raise SystemExit("bench/e2e: the Triton deployment needs the checkpoints (or pass --no-triton)")
+        from services.triton.export import ExportConfig, export_repository
+        from services.triton.launcher import TritonServer
+
+        repo = args.json.parent / "triton_repo"
+        export_repository(repo, ROOT / "checkpoints/codec_default.safetensors",
+                          ROOT / "checkpoints/lm_demo.safetensors", ExportConfig(slots=64, threads=1))
+        print("bench/e2e: starting tritonserver", file=sys.stderr)
+        triton = TritonServer(repo, log_path=args.json.parent / "tritonserver.log").start()
+        on_triton = {f"MAATA_SERVE__{svc}__MODEL_BACKEND__{k}": v for svc in ("CODEC", "GENERATION")
+                     for k, v in (("KIND", "triton"), ("TRITON_URL", triton.grpc_url))}
+        deployments["one_process_triton"] = (["all"], False, on_triton)
+    if args.deployments:
+        wanted = set(args.deployments.split(","))
+        unknown = wanted - set(deployments)
+        if unknown:
+            raise SystemExit(f"bench/e2e: unknown deployments {sorted(unknown)}; known: {sorted(deployments)}")
+        deployments = {k: v for k, v in deployments.items() if k in wanted}
+    try:
+        for mode, (roles, loopback, env) in deployments.items():
+            print(f"bench/e2e: {mode.replace('_', ' ')} ({r['models']} models)", file=sys.stderr)
+            with Deployment(roles, untrained, key, loopback, env) as d:
+                r["latency"][mode] = asyncio.run(run_latency(d.address, key, latency_s))
+                if mode == args.target:
+                    print("bench/e2e: ramp", file=sys.stderr)
+                    r["ramp"] = asyncio.run(run_ramp(d.address, key, ramp_s, args.max_calls))
+                    print(f"bench/e2e: long call ({long_s:.0f} s)", file=sys.stderr)
+                    r["long"] = asyncio.run(run_long(d.address, key, long_s, window))
+                if triton is not None and mode in ("one_process", "one_process_triton"):
+                    print(f"bench/e2e: ramp ({mode.replace('_', ' ')})", file=sys.stderr)
+                    r["ramp_triton" if mode == "one_process_triton" else "ramp_one_process"] = asyncio.run(
+                        run_ramp(d.address, key, ramp_s, args.max_calls,
+                                 triton if mode == "one_process_triton" else None))
+    finally:
+        if triton is not None:
+            triton.close()
+    lat = r["latency"]
+    if "microservices" in lat and "one_process" in lat:
+        micro, one = (lat[m]["breakdown"]["client_rtt"] for m in ("microservices", "one_process"))
+        r["overhead"] = {"p50_ratio": micro["p50"] / one["p50"], "p99_ratio": micro["p99"] / one["p99"],
+                         "p50_ms": micro["p50"] - one["p50"]}
+    if triton is not None and "one_process_triton" in lat and "one_process" in lat:
+        one = lat["one_process"]["breakdown"]["client_rtt"]
+        tri = r["latency"]["one_process_triton"]["breakdown"]["client_rtt"]
+        r["triton_overhead"] = {"p50_ms": tri["p50"] - one["p50"], "p99_ms": tri["p99"] - one["p99"],
+                                "p50_ratio": tri["p50"] / one["p50"], "p99_ratio": tri["p99"] / one["p99"]}
     r["machine"]["load_1m_end"] = os.getloadavg()[0]
     report(r)
     args.json.parent.mkdir(parents=True, exist_ok=True)
