@@ -48,3 +48,100 @@ def test_user_text_items_and_batches(tmp_path, with_user_text):
     off = DialogueDataset(tmp_path, "train", 64, n_q=K, codebook_size=CARD, epad_id=EPAD, voices=VOICES,
                           emotions=EMOTIONS, user_text=False)
     assert off[0]["has_user_text"] is False
+
+
+# -- the head, old exports, the trainer --------------------------------------------------------------
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny(user_stream: bool = True):
+    from maata.lm.model import LM, load_preset
+
+    cfg = load_preset("tiny", env_prefix=None, codebook_size=CARD, temporal={"dim": 32, "layers": 1, "heads": 2,
+                                                                          "context": 32},
+                      depth={"dim": 32, "layers": 1, "heads": 2}, text={"vocab_size": 400, "user_stream": user_stream},
+                      conditioning={"speaker": {"dim": 16, "hidden": 16, "layers": 1, "heads": 2, "min_frames": 4,
+                                                "max_frames": 32}})
+    torch.manual_seed(0)
+    return LM(cfg)
+
+
+def test_user_text_head_logits_and_loss():
+    lm = _tiny()
+    B, T = 2, 12
+    user, agent = torch.randint(0, CARD, (B, K, T)), torch.randint(0, CARD, (B, K, T))
+    text, user_text = torch.randint(0, 400, (B, T)), torch.full((B, T), EPAD)
+    user_text[:, 4] = 301
+    out = lm(user, agent, text)
+    assert out.user_text_logits.shape == (B, T, 400)
+    plain = lm.loss(out, agent, text)
+    assert plain.user_text is None
+    with_user = lm.loss(out, agent, text, user_text=user_text)
+    lc = lm.cfg.loss
+    assert with_user.user_text > 0
+    assert torch.allclose(with_user.total, plain.total + lc.user_text_weight * with_user.user_text)
+    with_user.user_text.backward()
+    assert lm.user_text_head.weight.grad.abs().sum() > 0
+    assert lm.agent_emb.weight.grad.abs().sum() > 0  # it trains the temporal state that reads the user
+    none = lm.loss(out, agent, text, user_text=user_text, user_text_mask=torch.zeros(B, T, dtype=torch.bool))
+    assert float(none.user_text.detach()) == 0.0
+    off = _tiny(user_stream=False)
+    assert off.user_text_head is None and off(user, agent, text).user_text_logits is None
+
+
+def test_exports_without_the_head_still_load(tmp_path):
+    from maata.checkpoint import read_metadata, save_model
+    from maata.lm.checkpoint import load_lm, read_lm_config
+
+    demo = REPO / "checkpoints" / "lm_demo.safetensors"
+    assert "user_stream" not in read_metadata(demo)["config"]  # written before the head existed
+    lm = load_lm(demo)
+    assert lm.user_text_head is None and lm.cfg.text.user_stream is False
+    lm.add_user_text_head()
+    assert lm.user_text_head.weight.shape == (lm.text_vocab, lm.cfg.temporal.dim)
+    path = save_model(tmp_path / "lm.safetensors", lm, lm.cfg, kind="lm")
+    again = load_lm(path)
+    assert read_lm_config(path).text.user_stream is True
+    assert torch.equal(again.user_text_head.weight, lm.user_text_head.weight)
+
+
+def test_trainer_adds_the_head_trains_it_and_runs_the_curriculum(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_lm_training import write_dialogue_shards
+
+    from maata.checkpoint import save_model
+    from maata.data.shards import ShardReader, shard_paths
+    from training.lm_trainer import LMTrainer, load_config
+
+    shards = write_dialogue_shards(tmp_path / "shards", n_train=4, n_valid=2, by_folder=True)
+    for split in ("train", "valid"):
+        for path in shard_paths(shards, split):
+            records = list(ShardReader(path))
+            for rec in records:
+                ut = np.full(rec.frames, EPAD, np.int32)
+                ut[2:6] = [10, 11, 12, 13]
+                rec.arrays["user_text"] = ut
+            write_shard(path, records)
+    old = _tiny(user_stream=False)  # stands for an export made before the head existed
+    init = save_model(tmp_path / "old.safetensors", old, old.cfg, kind="lm")
+    cfg = load_config("lm_dialogue_smoke", {"data": {"shards": str(shards)}, "init_from": str(init),
+                                            "loss": {"curriculum_text_steps": 1}, "batch_size": 2})
+    trainer = LMTrainer(cfg, tmp_path / "run")
+    assert trainer.lm.user_text_head is not None and trainer.lm.user_text_head.weight.requires_grad
+    batches = trainer._batches()
+    first = trainer.train_step(next(batches))  # the text phase: audio weighted 0
+    assert "user_text" in first and float(first["user_text"]) > 0
+    total_text = float(first["text"]) * trainer.step_module.text_weight + \
+        float(first["user_text"]) * trainer.step_module.user_text_weight
+    assert float(first["total"]) == pytest.approx(total_text, rel=1e-4)
+    trainer.step = 1
+    second = trainer.train_step(next(batches))  # then everything
+    assert float(second["total"]) > float(second["text"]) * trainer.step_module.text_weight
+    pre = LMTrainer(load_config("lm_dialogue_smoke", {"data": {"shards": str(shards)},
+                                                      "loss": {"user_text": False}}), tmp_path / "run2")
+    assert pre.lm.user_text_head is not None and not pre.lm.user_text_head.weight.requires_grad
+    assert "user_text" not in pre.train_step(next(pre._batches()))

@@ -110,6 +110,14 @@ class LMOptimConfig:
 @dataclass
 class LMLossConfig:
     text_weight: float | None = None  # None: the model config's loss.text_weight
+    # the user-transcript head (text.user_stream; the shards' user_text): trained in the dialogue
+    # stages, and added to a model initialised from an export made without one
+    user_text: bool = True
+    user_text_weight: float | None = None  # None: the model config's loss.user_text_weight
+    # curriculum: for the first N steps the audio loss is scaled by curriculum_audio_weight, so the
+    # model first learns the text mapping (the user's words -> the answer's words), then the audio
+    curriculum_text_steps: int = 0
+    curriculum_audio_weight: float = 0.0
 
 
 @dataclass
@@ -142,6 +150,12 @@ class LMTrainConfig:
             raise cfglib.ConfigError(f"voice.custom_fraction must be in [0, 1], got {self.voice.custom_fraction}")
         if self.stage == "pretrain" and self.voice.custom_fraction > 0:
             raise cfglib.ConfigError("custom voices need dialogue records (stage voice), not pretraining")
+        if self.loss.curriculum_text_steps < 0 or not 0.0 <= self.loss.curriculum_audio_weight <= 1.0:
+            raise cfglib.ConfigError("loss.curriculum_text_steps must be ≥ 0 and loss.curriculum_audio_weight in "
+                                     f"[0, 1], got {self.loss.curriculum_text_steps}, "
+                                     f"{self.loss.curriculum_audio_weight}")
+        if self.loss.user_text_weight is not None and self.loss.user_text_weight < 0:
+            raise cfglib.ConfigError(f"loss.user_text_weight must be ≥ 0, got {self.loss.user_text_weight}")
         return self
 
 
@@ -181,11 +195,13 @@ class TrainStep(nn.Module):
     """Speaker embedding + teacher-forced forward + losses in one module, so that DDP sees (and
     all-reduces) every parameter that takes part, the speaker encoder included."""
 
-    def __init__(self, lm: LM, text_weight: float, train_speaker: bool):
+    def __init__(self, lm: LM, text_weight: float, train_speaker: bool, user_text_weight: float = 0.0):
         super().__init__()
         self.lm = lm
         self.text_weight = text_weight
         self.train_speaker = train_speaker
+        self.user_text_weight = user_text_weight
+        self.audio_scale = 1.0  # the curriculum's weight of the audio loss (1 once the text phase is over)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         lm = self.lm
@@ -212,12 +228,18 @@ class TrainStep(nn.Module):
         losses = lm.loss(LMOutput(out.audio_logits, out.audio_mask, None), batch["agent"], None,
                          frame_mask=batch["frame_mask"])
         result = {"audio": losses.audio, "per_codebook": losses.per_codebook}
-        total = losses.audio
+        total = self.audio_scale * losses.audio
         if out.text_logits is not None:
             text_loss, text_acc, n_text = masked_text_loss(out.text_logits, batch["text"], batch["text_mask"],
                                                            lm.cfg.text.epad_id, lm.cfg.loss.epad_weight)
             total = total + self.text_weight * text_loss
             result.update(text=text_loss, text_acc=text_acc, text_frames=n_text)
+        if self.user_text_weight > 0 and out.user_text_logits is not None and "user_text" in batch:
+            mask = batch["user_text_mask"] & batch["frame_mask"]
+            u_loss, u_acc, n_user = masked_text_loss(out.user_text_logits, batch["user_text"], mask,
+                                                     lm.cfg.text.epad_id, lm.cfg.loss.epad_weight)
+            total = total + self.user_text_weight * u_loss
+            result.update(user_text=u_loss, user_text_acc=u_acc, user_text_frames=n_user)
         if anchor is not None:
             total = total + anchor
         result["total"] = total
@@ -283,13 +305,19 @@ class LMTrainer:
             raise ValueError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --out")
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.lm, self.source = build_model(cfg, self.out, resume)
+        use_user_text = cfg.loss.user_text and cfg.stage != "pretrain" and self.lm.text_enabled
+        if use_user_text and self.lm.user_text_head is None:
+            self.lm.add_user_text_head()  # an export made before the head existed
         self.lm.to(self.device).train()
+        if self.lm.user_text_head is not None and not use_user_text:  # no transcript this stage: frozen
+            self.lm.user_text_head.requires_grad_(False)
         self.train_speaker = cfg.stage == "voice" and cfg.voice.custom_fraction > 0
         if not self.train_speaker:  # unused this stage: frozen, so DDP expects no gradient
             for m in (self.lm.speaker_encoder, self.lm.speaker_proj):
                 m.requires_grad_(False)
         tw = cfg.loss.text_weight if cfg.loss.text_weight is not None else self.lm.cfg.loss.text_weight
-        self.step_module = TrainStep(self.lm, tw, self.train_speaker)
+        uw = cfg.loss.user_text_weight if cfg.loss.user_text_weight is not None else self.lm.cfg.loss.user_text_weight
+        self.step_module = TrainStep(self.lm, tw, self.train_speaker, uw if use_user_text else 0.0)
         o = cfg.optim
         self.opt = torch.optim.AdamW(param_groups(self.lm, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o.warmup_steps, cfg.steps, o.min_lr_ratio))
@@ -375,6 +403,8 @@ class LMTrainer:
     # -- one step -----------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = self._to_device(batch)
+        lc = self.cfg.loss
+        self.step_module.audio_scale = lc.curriculum_audio_weight if self.step < lc.curriculum_text_steps else 1.0
         with self._autocast():
             res = self.ddp(batch)
         self.opt.zero_grad(set_to_none=True)
@@ -383,7 +413,8 @@ class LMTrainer:
                                              self.cfg.optim.clip)
         self.opt.step()
         self.sched.step()
-        skip = {"per_codebook", "acc_per_codebook", "text_frames"} | (set() if self.has_text else {"text", "text_acc"})
+        skip = ({"per_codebook", "acc_per_codebook", "text_frames", "user_text_frames"}
+                | (set() if self.has_text else {"text", "text_acc"}))
         metrics = {k: v.detach().float() for k, v in res.items() if k not in skip}
         for k, v in enumerate(res["per_codebook"].detach()):
             metrics[f"cb{k + 1}"] = v.float()
@@ -477,6 +508,7 @@ class LMTrainer:
         if self.valid_set is None:
             return None
         self.lm.eval()
+        scale, self.step_module.audio_scale = self.step_module.audio_scale, 1.0  # valid totals stay comparable
         keys = ("total", "audio", "text", "text_acc") + tuple(f"cb{k + 1}" for k in range(self.lm.n_q))
         if not self.has_text:
             keys = keys[:2] + keys[4:]
@@ -498,6 +530,7 @@ class LMTrainer:
                                         + [torch.tensor(n, device=self.device)])
         finally:
             self.lm.train()
+            self.step_module.audio_scale = scale
         distributed.all_reduce_sum(sums)
         if float(sums[-1]) == 0:
             return None

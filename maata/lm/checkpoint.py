@@ -21,6 +21,12 @@ from maata.lm.model import LM, LMConfig
 
 
 def lm_config_from_dict(data: dict[str, Any]) -> LMConfig:
+    """An LMConfig from its JSON form. A config written before the user-transcript head existed
+    (no ``text.user_stream``) describes a model without one, so it loads with ``False``."""
+    data = dict(data)
+    text = dict(data.get("text") or {})
+    text.setdefault("user_stream", False)
+    data["text"] = text
     return cfglib.from_dict(LMConfig, data).validate()
 
 

@@ -447,7 +447,9 @@ def check_codes(lm: LM, dialogues: Sequence[Dialogue], split: str) -> None:
 def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray], gen_speaking, true_speaking,
                  by_intent: dict[str, list[tuple[str | None, str, torch.Tensor]]], codec,
                  window: int | None = None) -> dict[str, Any]:
-    """Top-1/top-3 intent accuracy of the generated replies by DTW against every intent's references."""
+    """Top-1/top-3 intent accuracy of the generated replies by DTW against every intent's references;
+    when the records say how the question was phrased (``meta["heldout_phrasing"]``, the dialogue
+    builder's), also separately for phrasings training saw (``seen``) and never saw (``heldout``)."""
     intents = sorted(by_intent)
     res: dict[str, Any] = {"method": "DTW over codec latents (1 - cosine), path-normalised; references of the "
                                      "same agent voice when the intent has one",
@@ -474,21 +476,30 @@ def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray],
             scores = scores.scatter_reduce(0, torch.tensor(owner), dtw_distances(z, refs), "amin")
         return [intents[k] for k in torch.argsort(scores, stable=True).tolist()]
 
-    top1 = top3 = ref1 = silent = 0
+    rows = []  # (heldout phrasing or None, top1, top3, reference top1, silent)
     for d, g, gs, ts in qa:
         span = _reply(d, gs, window)
-        if span is None:
-            silent += 1
-        else:
+        hit1 = hit3 = ref = False
+        if span is not None:
             rank = ranking(latents(codec, g[:, span[0]:span[1]]), d.voice, d.id)
-            top1 += rank[0] == d.intent
-            top3 += d.intent in rank[:3]
+            hit1, hit3 = rank[0] == d.intent, d.intent in rank[:3]
         turns = _true_turns(d, ts)
         if turns:
             a, b = max(turns, key=lambda s: s[1] - s[0])
-            ref1 += ranking(latents(codec, d.agent[:, a:b].clip(min=0)), d.voice, d.id)[0] == d.intent
-    n = len(qa)
-    res.update(top1=top1 / n, top3=top3 / n, reference_top1=ref1 / n, silent_replies=silent / n)
+            ref = ranking(latents(codec, d.agent[:, a:b].clip(min=0)), d.voice, d.id)[0] == d.intent
+        held = d.meta.get("heldout_phrasing")
+        rows.append((None if held is None else bool(held), hit1, hit3, ref, span is None))
+
+    def summary(part: list[tuple]) -> dict[str, Any]:
+        n = len(part)
+        return {"n": n, "top1": sum(r[1] for r in part) / n, "top3": sum(r[2] for r in part) / n,
+                "reference_top1": sum(r[3] for r in part) / n, "silent_replies": sum(r[4] for r in part) / n}
+
+    res.update(summary(rows))
+    if any(r[0] is not None for r in rows):
+        for name, flag in (("seen", False), ("heldout", True)):
+            part = [r for r in rows if r[0] is flag]
+            res[f"{name}_phrasings"] = summary(part) if part else {"n": 0}
     return res
 
 

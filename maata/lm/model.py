@@ -123,6 +123,10 @@ class TextConfig:
     enabled: bool = True  # inner-monologue text stream
     vocab_size: int = 2000  # must equal the tokenizer's vocab_size
     epad_id: int = 3  # the tokenizer's EPAD ("no text this frame"), down-weighted in the loss
+    # a head reading the user's transcript (what the user has said so far, each word once heard)
+    # off the temporal state: an auxiliary training target (Moshi's ASR mode) that makes the model
+    # follow the question's words; unused at inference. Exports made before it load with False.
+    user_stream: bool = True
 
 
 @dataclass
@@ -150,6 +154,7 @@ class LossConfig:
     other_codebook_weight: float = 1.0
     text_weight: float = 1.0
     epad_weight: float = 0.5  # weight of EPAD text targets (they dominate the text stream)
+    user_text_weight: float = 0.5  # the user-transcript head's loss (text.user_stream)
 
 
 @dataclass
@@ -192,6 +197,7 @@ class LMConfig:
         need(self.temporal.context >= 1, f"temporal.context must be ≥ 1 frame, got {self.temporal.context}")
         if self.text.enabled:
             need(self.text.vocab_size >= 2, f"text.vocab_size must be ≥ 2, got {self.text.vocab_size}")
+            need(self.loss.user_text_weight >= 0, f"loss.user_text_weight must be ≥ 0, got {self.loss.user_text_weight}")
             need(0 <= self.text.epad_id < self.text.vocab_size,
                  f"text.epad_id {self.text.epad_id} is outside the vocabulary of {self.text.vocab_size}")
         cond = self.conditioning
@@ -377,14 +383,16 @@ class LMOutput:
     audio_logits: torch.Tensor  # [B, K, T, codebook_size]: logits of agent_codes[:, k, t]
     audio_mask: torch.Tensor  # bool [B, K, T]: False where codebook k of frame t falls past the window (delay)
     text_logits: torch.Tensor | None  # [B, T, text_vocab]: logits of text[:, t]
+    user_text_logits: torch.Tensor | None = None  # [B, T, text_vocab]: logits of user_text[:, t]
 
 
 @dataclass
 class LMLoss:
-    total: torch.Tensor  # text_weight · text + audio
+    total: torch.Tensor  # text_weight · text + user_text_weight · user_text + audio
     audio: torch.Tensor  # weighted mean of per_codebook
     per_codebook: torch.Tensor  # [K] cross-entropy of each codebook (unweighted)
     text: torch.Tensor | None  # cross-entropy of the text stream (EPAD down-weighted)
+    user_text: torch.Tensor | None = None  # cross-entropy of the user's transcript (EPAD down-weighted)
 
 
 @dataclass
@@ -484,6 +492,22 @@ class LM(nn.Module):
         # depth step j+1 embeds token j: the text token, then codebooks 1..K-1 (which may be BOS)
         self.depth = DepthTransformer(cfg.depth, D, in_vocabs=text + [V + 1] * (K - 1), out_vocabs=text + [V] * K)
         self.text_offset = int(self.text_enabled)  # depth step of codebook 0
+        self.user_text_head = None
+        if self.text_enabled and cfg.text.user_stream:
+            self.add_user_text_head()
+
+    def add_user_text_head(self) -> None:
+        """Give the model the user-transcript head (``text.user_stream``): a linear map from the
+        temporal state of frame t to the logits of ``user_text[t]``. Also how a model exported
+        without one (an earlier checkpoint) gets it for further training."""
+        if not self.text_enabled:
+            raise LMInputError("the user-transcript head needs the text stream (text.enabled)")
+        if self.user_text_head is None:
+            self.cfg.text.user_stream = True
+            self.user_text_head = nn.Linear(self.cfg.temporal.dim, self.text_vocab)
+            nn.init.normal_(self.user_text_head.weight, std=0.02)
+            nn.init.zeros_(self.user_text_head.bias)
+            self.user_text_head.to(self.out_norm.weight.device)
 
     # -- names and ids ----------------------------------------------------------------------------
     @property
@@ -690,19 +714,23 @@ class LM(nn.Module):
             targets = torch.cat([text[..., None], targets], dim=-1)
         logits = self.depth(h, targets.reshape(B * T, -1))
         text_logits = logits[0].view(B, T, -1) if self.text_enabled else None
+        user_text_logits = self.user_text_head(h).view(B, T, -1) if self.user_text_head is not None else None
         audio = torch.stack([lg.view(B, T, -1) for lg in logits[self.text_offset:]], dim=1)  # [B, K, T, V]
         audio = undelay_codes(audio, self.delays, 0.0, time_dim=2)
         t = torch.arange(T, device=agent.device)
         mask = (t[None, :] + self.delay_steps[:, None]) < T  # [K, T]
-        return LMOutput(audio, mask[None].expand(B, -1, -1), text_logits)
+        return LMOutput(audio, mask[None].expand(B, -1, -1), text_logits, user_text_logits)
 
     def loss(self, out: LMOutput, agent_codes: torch.Tensor, text: torch.Tensor | None = None,
-             frame_mask: torch.Tensor | None = None) -> LMLoss:
+             frame_mask: torch.Tensor | None = None, user_text: torch.Tensor | None = None,
+             user_text_mask: torch.Tensor | None = None) -> LMLoss:
         """Cross-entropies of ``forward``'s logits against the targets it was given.
 
         frame_mask: bool [B, T], False on padding frames. Codebook 1 is weighted by
         ``loss.first_codebook_weight`` against ``other_codebook_weight`` for the rest; EPAD
-        text targets by ``loss.epad_weight``.
+        text targets by ``loss.epad_weight``. ``user_text`` [B, T] (with ``user_text_mask``, True
+        on frames that have the transcript) adds the user-transcript loss, weighted
+        ``loss.user_text_weight``, when the model has the head.
         """
         lc = self.cfg.loss
         B, K, T, V = out.audio_logits.shape
@@ -728,7 +756,19 @@ class LM(nn.Module):
                 tw = tw * frame_mask.reshape(-1).to(tw.device, tw.dtype)
             text_loss = (tce * tw).sum() / tw.sum().clamp(min=1e-6)
             total = total + lc.text_weight * text_loss
-        return LMLoss(total, audio, per_cb, text_loss)
+        user_loss = None
+        if out.user_text_logits is not None and user_text is not None:
+            user_text = self._check_int(user_text, "user_text", (B, T), "[B, T]")
+            uce = F.cross_entropy(out.user_text_logits.reshape(B * T, -1).float(), user_text.reshape(-1),
+                                  reduction="none")
+            uw = torch.where(user_text.reshape(-1) == self.cfg.text.epad_id, lc.epad_weight, 1.0)
+            if user_text_mask is not None:
+                uw = uw * user_text_mask.reshape(-1).to(uw.device, uw.dtype)
+            if frame_mask is not None:
+                uw = uw * frame_mask.reshape(-1).to(uw.device, uw.dtype)
+            user_loss = (uce * uw).sum() / uw.sum().clamp(min=1e-6)
+            total = total + lc.user_text_weight * user_loss
+        return LMLoss(total, audio, per_cb, text_loss, user_loss)
 
     # -- streaming state ------------------------------------------------------------------------------
     def delay(self, frames: torch.Tensor) -> torch.Tensor:

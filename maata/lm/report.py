@@ -25,6 +25,9 @@ def markdown_table(r: dict[str, Any]) -> str:
              f"| text accuracy (all / words) | {_f(tf['text_acc'])} / {_f(tf['text_acc_words'])} | |",
              f"| right answer top-1 ({ra['n']} QA) | {_f(ra.get('top1'))} | {_f(ra.get('reference_top1'))} "
              f"(chance {_f(ra.get('chance'))}) |",
+             *[f"| right answer top-1, {label} phrasings ({ra[key]['n']} QA) | {_f(ra[key].get('top1'))} | "
+               f"{_f(ra[key].get('reference_top1'))} |"
+               for key, label in (("seen_phrasings", "seen"), ("heldout_phrasings", "held-out")) if key in ra],
              f"| right answer top-3 | {_f(ra.get('top3'))} | |",
              f"| silent replies | {_f(ra.get('silent_replies'))} | |",
              f"| start delay median (ms) | {_f(g['start_delay_ms']['median'], '{:.0f}')} | "
