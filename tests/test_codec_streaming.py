@@ -9,12 +9,22 @@ from maata.codec.layers import BottleneckTransformer, CausalConv1d, CausalConvTr
 torch.set_num_threads(1)
 
 
-def small_codec(seed=0, **over):
+ARCHS = ["stft", "seanet"]  # codec v2 (frame-rate, the default preset) and v1 (SEANet)
+
+
+def small_codec(seed=0, arch="stft", **over):
     torch.manual_seed(seed)
-    over = {"base_channels": 4, "max_channels": 32, "latent_dim": 16,
-            "transformer": {"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
-            "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}, **over}
-    codec = Codec(load_preset("default", env_prefix=None, **over))
+    if arch == "stft":
+        over = {"latent_dim": 16, "frame": {"enc_dim": 24, "enc_layers": 2, "dec_dim": 24, "dec_layers": 1,
+                                            "fine_dim": 16, "fine_layers": 2, "kernel": 3, "mlp_mult": 2},
+                "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}, **over}
+        preset = "default"
+    else:
+        over = {"base_channels": 4, "max_channels": 32, "latent_dim": 16,
+                "transformer": {"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
+                "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}, **over}
+        preset = "seanet"
+    codec = Codec(load_preset(preset, env_prefix=None, **over))
     # a training pass initialises the EMA codebooks from data, as in real use
     codec.train()
     codec(torch.randn(2, 1, 640 * 12) * 0.3)
@@ -79,10 +89,11 @@ def stream(codec, wav, rng):
     return torch.cat(codes, -1), torch.cat(audio, -1)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_codec_streaming_random_chunks_is_exact_in_float64(seed):
+def test_codec_streaming_random_chunks_is_exact_in_float64(seed, arch):
     """In float64 rounding cannot flip a nearest-code choice: codes and audio match exactly."""
-    codec = small_codec(seed).double()
+    codec = small_codec(seed, arch).double()
     g = torch.Generator().manual_seed(seed)
     wav = torch.randn(2, 1, codec.hop * 17, generator=g, dtype=torch.float64) * 0.3
     ref_codes = codec.encode(wav)
@@ -91,14 +102,15 @@ def test_codec_streaming_random_chunks_is_exact_in_float64(seed):
     assert (audio - codec.decode(ref_codes)[:, 0]).abs().max() <= 1e-9
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_codec_streaming_random_chunks_matches_offline_in_float32(seed):
+def test_codec_streaming_random_chunks_matches_offline_in_float32(seed, arch):
     """float32, the serving precision: streamed latents and waveform within 1e-4 of offline.
 
     Chunked and whole-sequence convolutions round differently (~1e-7), which can flip a code
     only where two codebook entries are equally near; any code that differs must be such a tie.
     """
-    codec = small_codec(seed)
+    codec = small_codec(seed, arch)
     g = torch.Generator().manual_seed(seed)
     wav = torch.randn(2, 1, codec.hop * 17, generator=g) * 0.3
     ref_codes = codec.encode(wav)
@@ -183,9 +195,11 @@ def test_adaptive_bitrate_drops_levels_in_silence():
     assert codec.decode(codes).shape[-1] == hop * 8
 
 
-def test_algorithmic_latency_is_one_frame():
+def test_algorithmic_latency_is_one_frame_plus_overlap_add():
     cfg = load_preset("default", env_prefix=None)
-    assert cfg.latency_ms == 40.0 and cfg.bitrate == 2000.0
+    # v2: the 40 ms frame + the inverse STFT's window - hop (10 ms); v1 emits at once
+    assert cfg.latency_ms == 50.0 and cfg.bitrate == 2000.0 and cfg.delay == 160
+    assert load_preset("seanet", env_prefix=None).latency_ms == 40.0
     codec = small_codec()
     state = codec.init_state(1)
     # the codes of a frame come out as soon as its last sample is in, not later
@@ -287,3 +301,48 @@ def test_compiled_streaming_equals_eager():
         assert torch.equal(codes[0], codes[1])
         audio = [m.decode_step(s, codes[0]) for m, s in zip((eager, compiled), states)]
         torch.testing.assert_close(audio[1], audio[0], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decode_is_streaming_output_and_aligned_matches_training_forward(arch):
+    """Offline ``decode`` returns what streaming emits (``delay`` samples late for v2);
+    ``aligned`` moves it back onto the input's time axis, where ``forward`` (training) is."""
+    codec = small_codec(4, arch).double()
+    wav = torch.randn(1, 1, codec.hop * 6, dtype=torch.float64) * 0.3
+    codes = codec.encode(wav)
+    decoded = codec.decode(codes)
+    with torch.no_grad():
+        trained = codec._decode_latents(codec.quantizer.decode(codes), aligned=True)
+    n = wav.shape[-1] - codec.delay
+    torch.testing.assert_close(codec.aligned(decoded)[..., : n - codec.delay] if codec.delay else decoded,
+                               trained[..., : n - codec.delay] if codec.delay else trained, atol=1e-12, rtol=0)
+    assert codec.aligned(decoded, length=wav.shape[-1]).shape[-1] == wav.shape[-1]
+
+
+def test_stft_decoder_overlap_add_inverts_a_known_spectrum():
+    """The decoder's fixed inverse DFT + Hann overlap-add is a true inverse: frames made from
+    the analysis of a signal (windowed DFT at 50 % overlap) add back to that signal."""
+    from maata.codec.frame import _dft_basis, periodic_hann
+
+    n, h = 320, 160
+    x = torch.randn(1, h * 20, dtype=torch.float64)
+    padded = torch.nn.functional.pad(x, (h, h))
+    frames = padded.unfold(-1, n, h)  # hop j covers [(j - 1) h, (j + 1) h)
+    cos, sin = _dft_basis(n)
+    re, im = frames @ cos, frames @ sin  # un-windowed analysis
+    codec = small_codec(0).double()
+    dec = codec.decoder
+    synth = torch.cat([re, im], -1) @ dec.synth  # inverse DFT x Hann window
+    y, _ = dec._overlap_add(synth, torch.zeros(1, h, dtype=torch.float64))
+    # Hann windows at 50 % overlap sum to one: block j + 1 is exactly input block j
+    # (the bases are stored in float32: 1e-6, against O(1) if the windows did not sum to one)
+    torch.testing.assert_close(y[:, h: h + x.shape[-1]], x, atol=1e-6, rtol=0)
+
+
+def test_silence_codes_are_the_codes_of_a_silent_stream():
+    codec = small_codec(5)
+    sil = codec.silence_codes()
+    assert sil.shape == (codec.n_q,) and sil.dtype == torch.long
+    state = codec.init_state(1)
+    codes = codec.encode_step(state, torch.zeros(1, codec.hop * 30))
+    assert torch.equal(codes[0, :, -1], sil)

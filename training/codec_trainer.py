@@ -44,7 +44,7 @@ from maata.checkpoint import save_model
 from maata.codec.model import Codec, CodecConfig, CodecOutput, load_preset
 from training import checkpointing, distributed
 from training.discriminators import Discriminator, DiscriminatorConfig
-from training.losses import (MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
+from training.losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
                              feature_matching_loss, generator_hinge_loss, semantic_loss, split_batch)
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ class LossWeights:
     commit: float = 0.25
     codebook: float = 1.0
     semantic: float = 1.0
+    stft: float = 0.0  # multi-resolution spectral convergence + log-magnitude (frame-rate codec)
+    complex: float = 0.0  # compressed complex STFT: phase coherence without a discriminator
+
+
+@dataclass
+class StftLossConfig:
+    fft_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    complex_compress: float = 0.3
 
 
 @dataclass
@@ -109,9 +117,21 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     weights: LossWeights = field(default_factory=LossWeights)
     mel: MelLossConfig = field(default_factory=MelLossConfig)
+    stft: StftLossConfig = field(default_factory=StftLossConfig)
     steps: int = 200_000
     batch_size: int = 8  # per process
     adv_start_step: int = 0
+    # Autoencoder warm-up: the first steps skip the quantizer; then every codebook starts from
+    # k-means on encoder outputs (kmeans_batches batches, kmeans_iters Lloyd iterations).
+    quantizer_warmup_steps: int = 0
+    kmeans_batches: int = 32
+    kmeans_iters: int = 10
+    export_fp16: bool = False  # the inference export in float16 (half the size; loads as float32)
+    # Held-out quality curve: every quality_every steps, PESQ-WB and STOI of quality_clips
+    # clips of the valid split (speakers disjoint from train and test), streamed through the
+    # codec as a service would; <out>/quality.png and quality.json. 0 turns it off.
+    quality_every: int = 0
+    quality_clips: int = 8
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast (CUDA only; CPU always trains in float32)
@@ -214,6 +234,7 @@ class CodecTrainer:
         self.disc = Discriminator(cfg.discriminator).to(self.device)
         self.mel_loss = MultiScaleMelLoss(self.codec.cfg.sample_rate, cfg.mel.windows, cfg.mel.n_mels,
                                           cfg.mel.clamp_eps, cfg.mel.log_weight, cfg.mel.mag_weight).to(self.device)
+        self.stft_loss = MultiResolutionSTFTLoss(cfg.stft.fft_sizes, cfg.stft.complex_compress).to(self.device)
         self.opt_g, self.sched_g = self._optimiser(self.codec, cfg.optim.lr_g)
         self.opt_d, self.sched_d = self._optimiser(self.disc, cfg.optim.lr_d)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -293,9 +314,14 @@ class CodecTrainer:
         wav = batch["wav"].to(self.device, non_blocking=True)
         labels = batch["phonemes"].to(self.device, non_blocking=True)
         adversarial = self.step >= self.cfg.adv_start_step
+        quantize = self.step >= self.cfg.quantizer_warmup_steps
+        if quantize and self.cfg.quantizer_warmup_steps and not self.quantizer_ready():
+            self.kmeans_init()
         with self._autocast():
-            out: CodecOutput = self.g(wav)
-        recon = out.audio[..., : wav.shape[-1]].float()
+            out: CodecOutput = self.g(wav, quantize=quantize)
+        # the frame-rate decoder's last `delay` samples are half made (overlap-add ends there)
+        n = wav.shape[-1] - self.codec.delay
+        wav, recon = wav[..., :n], out.audio[..., :n].float()
         metrics: dict[str, torch.Tensor] = {}
         if adversarial:
             metrics.update(self._discriminator_step(wav, recon.detach()))
@@ -306,7 +332,8 @@ class CodecTrainer:
         metrics["grad_norm_g"] = nn.utils.clip_grad_norm_(self.codec.parameters(), self.cfg.optim.clip_g)
         self.opt_g.step()
         self.sched_g.step()
-        self._code_counts += code_counts(out.codes.detach(), out.n_q, self.codec.cfg.quantizer.codebook_size)
+        if quantize:
+            self._code_counts += code_counts(out.codes.detach(), out.n_q, self.codec.cfg.quantizer.codebook_size)
         metrics.update({k: v.detach() for k, v in losses.items()}, total_g=total.detach())
         return metrics
 
@@ -326,6 +353,8 @@ class CodecTrainer:
         """The codec's losses, named as their weights in ``cfg.weights``; extra diagnostics go to ``metrics``."""
         losses = {"mel": self.mel_loss(recon, wav), "commit": out.commit_loss.float(),
                   "codebook": out.codebook_loss.float()}
+        if self.cfg.weights.stft or self.cfg.weights.complex:
+            losses.update(self.stft_loss(recon, wav))
         if out.semantic_logits is not None:
             losses["semantic"], metrics["semantic_acc"] = semantic_loss(out.semantic_logits, labels)
         if adversarial:
@@ -340,6 +369,42 @@ class CodecTrainer:
             finally:
                 self.disc.requires_grad_(True)
         return losses
+
+    # -- quantizer initialisation -------------------------------------------------------------
+    def quantizer_ready(self) -> bool:
+        return all(bool(vq.initialized) for vq in self.codec.quantizer.levels)
+
+    @torch.no_grad()
+    def kmeans_init(self) -> None:
+        """After the autoencoder warm-up: codebooks from k-means on encoder outputs of
+        ``kmeans_batches`` training batches (rank 0's, broadcast, so every rank agrees)."""
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(self.cfg.seed + self.step)
+        loader = DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, generator=gen,
+                            num_workers=self.cfg.data.num_workers, drop_last=True)
+        latents = []
+        self.codec.eval()
+        try:
+            with checkpointing.preserved_rng():
+                for i, batch in enumerate(loader):
+                    if i >= self.cfg.kmeans_batches:
+                        break
+                    z = self.codec.latents(batch["wav"].to(self.device)).float()
+                    latents.append(z.transpose(1, 2).reshape(-1, z.shape[1]))
+        finally:
+            self.codec.train()
+        flat = torch.cat(latents)
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            n = torch.tensor([flat.shape[0]], device=self.device)
+            dist.broadcast(n, 0)
+            flat = flat[: int(n)] if flat.shape[0] >= int(n) else torch.cat([flat, flat[: int(n) - flat.shape[0]]])
+            dist.broadcast(flat, 0)
+        errors = self.codec.quantizer.kmeans_init(flat, self.cfg.kmeans_iters, seed=self.cfg.seed)
+        self._paused += time.perf_counter() - t0
+        log.info("step %d: codebooks from k-means on %d encoder frames (%.1f s); residual error per level %s",
+                 self.step, flat.shape[0], time.perf_counter() - t0, " ".join(f"{e:.3g}" for e in errors))
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -416,7 +481,7 @@ class CodecTrainer:
                             * self.cfg.data.segment_seconds})
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, self.step)
-            for k in ("mel", "adv", "feature", "d", "commit", "semantic"):
+            for k in ("mel", "stft", "complex", "adv", "feature", "d", "commit", "semantic"):
                 if k in means:
                     self.history.setdefault(k, []).append([self.step, means[k]])
         self._reset_window()
@@ -440,7 +505,9 @@ class CodecTrainer:
                         break
                     wav = batch["wav"].to(self.device)
                     with self._autocast():
-                        recon = codec(wav).audio[..., : wav.shape[-1]].float()
+                        recon = codec(wav, quantize=self.quantizer_ready()).audio.float()
+                    n = wav.shape[-1] - codec.delay
+                    wav, recon = wav[..., :n], recon[..., :n]
                     total += torch.stack([self.mel_loss(recon, wav) * wav.shape[0],
                                           torch.tensor(float(wav.shape[0]), device=self.device)])
         finally:
@@ -455,7 +522,48 @@ class CodecTrainer:
             self.writer.add_scalar("valid/mel", mel, self.step)
             self.history.setdefault("valid_mel", []).append([self.step, mel])
             log.info("step %d: valid mel loss %.4f", self.step, mel)
+        if self.cfg.quality_every and self.step % self.cfg.quality_every == 0 and self.info.is_main:
+            self._quality()
         self._paused += time.perf_counter() - t0
+
+    def quality(self) -> dict[str, float] | None:
+        """Mean PESQ-WB / STOI of the first ``quality_clips`` valid clips, streamed and aligned."""
+        from maata.codec import evaluate as ev
+
+        try:
+            clips = ev.read_split(self.cfg.data.manifest, self.cfg.data.valid_split)
+            clips = clips[:: max(1, len(clips) // self.cfg.quality_clips)][: self.cfg.quality_clips]  # across speakers
+        except ValueError as e:
+            log.warning("quality curve skipped: %s", e)
+            return None
+        codec, scores = self.codec, {"pesq_wb": [], "stoi": []}
+        codec.eval()
+        try:
+            with torch.no_grad(), checkpointing.preserved_rng():
+                for clip in clips:
+                    x = ev.load_clip(clip, codec.cfg.sample_rate)
+                    s = ev.score(x, ev.run_maata(codec, x).full, 0.0, clip.path.name, with_dnsmos=False)
+                    for k in scores:
+                        if s[k] is not None:
+                            scores[k].append(s[k])
+        finally:
+            codec.train()
+        return {k: float(sum(v) / len(v)) for k, v in scores.items() if v}
+
+    def _quality(self) -> None:
+        q = self.quality()
+        if not q:
+            return
+        for k, v in q.items():
+            self.writer.add_scalar(f"valid/{k}", v, self.step)
+            self.history.setdefault(f"valid_{k}", []).append([self.step, v])
+        log.info("step %d: held-out (valid) %s", self.step, "  ".join(f"{k} {v:.3f}" for k, v in q.items()))
+        import json
+
+        curve = {k.removeprefix("valid_"): self.history[k] for k in ("valid_pesq_wb", "valid_stoi") if k in self.history}
+        (self.out / "quality.json").write_text(json.dumps({"clips": self.cfg.quality_clips, **curve}, indent=1))
+        plot_history(self.history, self.out / "quality.png",
+                     {"held-out PESQ-WB": ("valid_pesq_wb",), "held-out STOI": ("valid_stoi",)})
 
     # -- checkpoints --------------------------------------------------------------------------
     def training_state(self, rng: list[Any]) -> dict[str, Any]:
@@ -483,7 +591,8 @@ class CodecTrainer:
     def export(self) -> Path:
         """Inference weights + codec config to ``<out>/codec.safetensors`` (+ the vocabulary)."""
         path = save_model(self.out / "codec.safetensors", self.codec, self.codec.cfg, kind="codec",
-                          metadata={"step": self.step, "preset": self.cfg.codec.preset})
+                          metadata={"step": self.step, "preset": self.cfg.codec.preset},
+                          dtype=torch.float16 if self.cfg.export_fp16 else None)
         if self.vocab_path is not None:
             shutil.copyfile(self.vocab_path, self.out / self.vocab_path.name)
         return path
@@ -525,7 +634,7 @@ def _yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-_PLOT_GROUPS = {"reconstruction (mel)": ("mel", "valid_mel"), "adversarial": ("adv", "feature", "d"),
+_PLOT_GROUPS = {"reconstruction (mel)": ("mel", "valid_mel"), "spectral (STFT)": ("stft", "complex"), "adversarial": ("adv", "feature", "d"),
                 "quantizer / semantic": ("commit", "semantic")}
 
 

@@ -133,11 +133,17 @@ class MaataRun:
 
 
 def run_maata(codec: Codec, x: np.ndarray) -> MaataRun:
-    """Stream ``x`` through the codec once; decode full and adaptive codes as one batch of two calls."""
-    codes = stream_encode(codec, x)
-    silent = silent_frames(codec, x)
+    """Stream ``x`` through the codec once; decode full and adaptive codes as one batch of two calls.
+
+    The output is time-aligned with ``x`` before scoring: a decoder that emits its samples
+    ``codec.delay`` late (overlap-add) is fed that many more samples of silence after ``x`` and
+    its output moved back by the delay. An unaligned constant delay would quietly cost PESQ and
+    STOI (tests/test_codec_eval.py checks the alignment with a known delay)."""
+    padded = np.concatenate([x, np.zeros(codec.delay, dtype=x.dtype)]) if codec.delay else x
+    codes = stream_encode(codec, padded)
+    silent = silent_frames(codec, padded)
     adaptive = codec.drop_silent(codes, torch.from_numpy(silent)[None])
-    pcm = stream_decode(codec, torch.cat([codes, adaptive]))[:, : x.size]
+    pcm = codec.aligned(torch.from_numpy(stream_decode(codec, torch.cat([codes, adaptive]))), x.size).numpy()
     return MaataRun(pcm[0], pcm[1], codes, adaptive, silent)
 
 

@@ -1,4 +1,10 @@
-"""The Maata codec: causal SEANet encoder/decoder, bottleneck transformer, residual VQ.
+"""The Maata codec: a causal encoder/decoder around a residual VQ, in two architectures.
+
+* ``arch: stft`` (codec v2, the default preset): the work happens at the frame rate — causal
+  STFT features and ConvNeXt blocks in, ConvNeXt blocks and a predicted STFT (log-magnitude +
+  phase) with overlap-add out (:mod:`maata.codec.frame`).
+* ``arch: seanet`` (codec v1, preset ``seanet``): a causal SEANet encoder/decoder at the sample
+  rate with a bottleneck transformer (Mimi-style); sized for GPU-scale adversarial training.
 
 Offline API (training, files)::
 
@@ -14,9 +20,11 @@ Streaming API (the contract every service uses)::
     codec.reset(state, mask)               # give slots (bool [B]) to new calls
 
 Chunked streaming gives the offline codes and waveform exactly (tests/test_codec_streaming.py).
-Algorithmic latency is one frame (hop / sample_rate; 40 ms for the default preset): the
-encoder is causal with no look-ahead and the decoder emits a frame's samples as soon as the
-frame's codes arrive.
+Algorithmic latency is one frame plus the decoder's ``delay`` (``cfg.latency_ms``): the encoder
+is causal with no look-ahead; the SEANet decoder emits a frame's samples as soon as its codes
+arrive (delay 0), the STFT decoder ``synthesis_window - stft_hop`` samples later (overlap-add;
+10 ms, so 50 ms in all for the default preset). Offline ``decode`` returns what streaming
+emits (delayed by ``codec.delay``); ``forward`` (training) returns audio aligned with its input.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ from torch import nn
 
 from maata import config as cfglib
 from maata.codec.layers import BottleneckTransformer, CausalConv1d, CausalConvTranspose1d, ResidualUnit, Snake
+from maata.codec.frame import FrameConfig, STFTDecoder, STFTEncoder
 from maata.codec.quantizer import DROPPED, ResidualVQ
 from maata.nn import TransformerState, reset_state
+
+ARCHS = ("seanet", "stft")
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -70,6 +81,9 @@ class SemanticConfig:
 @dataclass
 class CodecConfig:
     name: str = "default"
+    # "seanet" (v1: sample-rate convolutions) or "stft" (v2: frame-rate ConvNeXt + inverse STFT).
+    # Checkpoints written before v2 carry no arch and are SEANet codecs, hence that default.
+    arch: str = "seanet"
     sample_rate: int = 16000
     base_channels: int = 16
     strides: tuple[int, ...] = (4, 4, 5, 8)  # product = hop
@@ -83,10 +97,21 @@ class CodecConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     silence_dbfs: float = -50.0  # adaptive bitrate: frames quieter than this ...
     silence_n_q: int = 2  # ... are sent with this many codebooks
+    frame: FrameConfig = field(default_factory=FrameConfig)  # arch "stft" only
+    hop_samples: int = 0  # arch "stft": samples per codec frame (the SEANet hop is prod(strides))
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown codec arch {self.arch!r}; one of {', '.join(ARCHS)}")
 
     @property
     def hop(self) -> int:
-        return math.prod(self.strides)
+        return self.hop_samples if self.arch == "stft" else math.prod(self.strides)
+
+    @property
+    def delay(self) -> int:
+        """Samples the decoder's output lags the encoder's input (overlap-add), beyond the frame."""
+        return self.frame.synthesis_window - self.frame.stft_hop if self.arch == "stft" else 0
 
     @property
     def frame_rate(self) -> float:
@@ -98,8 +123,8 @@ class CodecConfig:
 
     @property
     def latency_ms(self) -> float:
-        """Algorithmic latency: one frame, no look-ahead."""
-        return 1000.0 * self.hop / self.sample_rate
+        """Algorithmic latency: one frame (no look-ahead) plus the decoder's delay."""
+        return 1000.0 * (self.hop + self.delay) / self.sample_rate
 
 
 def preset_names() -> list[str]:
@@ -220,8 +245,13 @@ class Codec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.hop = cfg.hop
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.delay = cfg.delay
+        if cfg.arch == "stft":
+            self.encoder = STFTEncoder(cfg.hop, cfg.latent_dim, cfg.frame)
+            self.decoder = STFTDecoder(cfg.hop, cfg.latent_dim, cfg.frame)
+        else:
+            self.encoder = Encoder(cfg)
+            self.decoder = Decoder(cfg)
         t = cfg.transformer
         self.enc_transformer = BottleneckTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
         self.dec_transformer = BottleneckTransformer(cfg.latent_dim, t.layers, t.heads, t.window, t.ff_mult)
@@ -265,15 +295,29 @@ class Codec(nn.Module):
         return F.pad(wav, (0, r)) if r else wav
 
     # -- offline ------------------------------------------------------------------------------
-    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, quantize: bool = True) -> CodecOutput:
+        """Training pass; ``audio`` is aligned with ``wav`` (sample t reconstructs sample t).
+
+        ``quantize=False`` skips the quantizer (the autoencoder warm-up before the codebooks
+        are initialised from encoder outputs): ``codes`` is then empty and the VQ losses zero."""
         wav = self.pad_to_hop(self._check_wav(wav))
         z = self.enc_transformer(self.encoder(wav))
-        q = self.quantizer(z, n_q)
+        if quantize:
+            q = self.quantizer(z, n_q)
+            quantized, codes, commit, cb, first, used = (q.quantized, q.codes, q.commit_loss, q.codebook_loss,
+                                                         q.first_level, q.n_q)
+        else:
+            zero = z.new_zeros(())
+            quantized, codes, commit, cb, first = z, z.new_zeros(z.shape[0], 0, z.shape[-1], dtype=torch.long), zero, zero, z
+            used = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
         logits = None
         if self.semantic_head is not None:
-            logits = self.semantic_head(q.first_level.transpose(1, 2))
-        audio = self.decoder(self.dec_transformer(q.quantized))
-        return CodecOutput(audio, q.codes, q.commit_loss, q.codebook_loss, logits, q.n_q)
+            logits = self.semantic_head(first.transpose(1, 2))
+        return CodecOutput(self._decode_latents(quantized, aligned=True), codes, commit, cb, logits, used)
+
+    def _decode_latents(self, z: torch.Tensor, aligned: bool) -> torch.Tensor:
+        y = self.dec_transformer(z)
+        return self.decoder(y, aligned=aligned) if self.cfg.arch == "stft" else self.decoder(y)
 
     def latents(self, wav: torch.Tensor) -> torch.Tensor:
         """Continuous encoder latents [B, D, F] (before quantisation)."""
@@ -305,8 +349,28 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, k, F] -> [B, 1, F·hop], exactly what ``decode_step`` emits for them (the
+        STFT decoder's output is ``delay`` samples late: see :meth:`aligned`)."""
         codes = self.check_codes(codes)
-        return self.decoder(self.dec_transformer(self.quantizer.decode(codes)))
+        return self._decode_latents(self.quantizer.decode(codes), aligned=False)
+
+    def aligned(self, decoded: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Decoded audio [..., n] moved ``delay`` samples earlier so that sample t matches input
+        sample t; the signal ends ``delay`` samples early unless the input was followed by
+        ``delay`` more samples (e.g. one more frame). ``length`` trims or zero-pads the result."""
+        out = decoded[..., self.delay:]
+        if length is not None:
+            out = out[..., :length] if out.shape[-1] >= length else F.pad(out, (0, length - out.shape[-1]))
+        return out
+
+    @torch.no_grad()
+    def silence_codes(self, n_q: int | None = None) -> torch.Tensor:
+        """The codes [n_q] of digital silence in a stream that has run for a while (the
+        filler the generation engine feeds when a caller sends nothing)."""
+        p = next(self.parameters())
+        frames = max(8, int(math.ceil(self.cfg.sample_rate / self.hop)))
+        codes = self.encode(torch.zeros(1, 1, frames * self.hop, device=p.device, dtype=p.dtype), n_q)
+        return codes[0, :, -1].clone()
 
     def bits(self, codes: torch.Tensor) -> int:
         """Bits needed to send ``codes`` (DROPPED entries are free)."""

@@ -281,3 +281,44 @@ class ResidualVQ(nn.Module):
 
     def first_level(self, codes: torch.Tensor) -> torch.Tensor:
         return self.levels[0].decode(codes[:, 0])
+
+    @torch.no_grad()
+    def kmeans_init(self, latents: torch.Tensor, iters: int = 10, seed: int = 0) -> list[float]:
+        """Initialise every level's codebook by k-means on encoder outputs ``latents`` [N, D]
+        (the residual of the levels before it), as after an autoencoder warm-up (SoundStream,
+        EnCodec). Spherical k-means when codes are L2-normalised. Returns each level's mean
+        quantisation error of its residual, for the log. Under DDP, call it on every rank with
+        the same ``latents`` (or broadcast rank 0's first)."""
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        residual, errors = latents.float(), []
+        for vq in self.levels:
+            z = vq.proj_in(residual)
+            if vq.l2norm:
+                z = F.normalize(z, dim=-1)
+            k = vq.codebook_size
+            pick = torch.randperm(z.shape[0], generator=g)[:k].to(z.device)
+            centers = z[pick].clone() if z.shape[0] >= k else VectorQuantizer._sample(z, k)
+            for _ in range(iters):
+                sim = z @ centers.t() if vq.l2norm else -torch.cdist(z, centers)
+                codes = sim.argmax(-1)
+                sums = torch.zeros_like(centers).index_add_(0, codes, z)
+                counts = torch.bincount(codes, minlength=k).to(z.dtype)
+                empty = counts == 0
+                new = sums / counts.clamp(min=1)[:, None]
+                if empty.any():  # an empty cluster restarts on a random point
+                    new[empty] = z[torch.randint(0, z.shape[0], (int(empty.sum()),), generator=g).to(z.device)]
+                centers = F.normalize(new, dim=-1) if vq.l2norm else new
+            sim = z @ centers.t() if vq.l2norm else -torch.cdist(z, centers)
+            codes = sim.argmax(-1)
+            counts = torch.bincount(codes, minlength=k).to(z.dtype).clamp(min=1.0)
+            if vq.ema:
+                vq.embed.copy_(centers)
+                vq.cluster_size.copy_(counts)
+                vq.embed_sum.copy_(centers * counts[:, None])
+            else:
+                vq.embed.data.copy_(centers)
+            vq.initialized.fill_(True)
+            q = vq.proj_out(F.embedding(codes, vq._codebook()))
+            residual = residual - q
+            errors.append(float(residual.pow(2).mean()))
+        return errors
