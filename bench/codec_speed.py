@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Codec speed on CPU: real-time factors, per-frame streaming latency, memory, and baselines.
 
-    python bench/codec_speed.py [--checkpoint C | --preset default] [--json out.json] [--quick]
+    python bench/codec_speed.py [--checkpoint C | --preset default] [--baseline seanet] [--json out.json] [--quick]
+
+``--baseline`` (a preset name or a checkpoint) measures a second codec in the same run and
+prints the two side by side (e.g. codec v2 against v1: ``--preset default --baseline seanet``).
 
 Measures, on one synthetic speech-like signal:
 
@@ -53,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short audio, few repeats, no torch.compile (for tests)")
     p.add_argument("--seconds", type=float, help="audio length for the RTF runs (default 10; --quick 2)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--baseline", help="a second codec (preset name or .safetensors) measured in the same run")
     return p.parse_args(argv)
 
 
@@ -336,10 +340,54 @@ def print_table(r: dict[str, Any]) -> None:
     Console(width=max(Console().width, 120)).print(table)
 
 
+def baseline_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the baseline codec as the one to measure."""
+    other = copy.copy(args)
+    is_file = args.baseline.endswith(".safetensors") or Path(args.baseline).exists()
+    other.checkpoint, other.preset = (Path(args.baseline), None) if is_file else (None, args.baseline)
+    return other
+
+
+def side_by_side(results: dict[str, dict[str, Any]]) -> None:
+    """One row per headline measure, one column per codec."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def frame(r, key, compiled=False):
+        src = r["frame_latency_compiled"] if compiled else r["frame_latency"]
+        if compiled and src.get("status") != "ok":
+            return "–"
+        e = src[key]
+        return f"{e['p50_ms']:.2f} / {e['p99_ms']:.2f} ms ({e['streams_per_core']:.0f}/core)"
+
+    rows = [
+        ("params / weights", lambda r: f"{r['codec']['params'] / 1e6:.2f} M / {r['memory']['weights_mb']:.1f} MB"),
+        ("algorithmic latency", lambda r: f"{r['algorithmic_latency_ms']:g} ms"),
+        ("offline enc+dec, 1 thread", lambda r: f"{r['offline']['threads_1']['x_realtime']:.0f}x real time"),
+        ("40 ms step, batch 1, eager p50 / p99", lambda r: frame(r, "batch_1")),
+        ("40 ms step, batch 16, eager p50 / p99", lambda r: frame(r, "batch_16")),
+        ("40 ms step, batch 1, compiled", lambda r: frame(r, "batch_1", True)),
+        ("40 ms step, batch 16, compiled", lambda r: frame(r, "batch_16", True)),
+    ]
+    table = Table(title="Codec speed side by side (1 thread for the frame steps)")
+    table.add_column("Measure")
+    for name in results:
+        table.add_column(name, justify="right")
+    for label, fn in rows:
+        table.add_row(label, *(fn(r) for r in results.values()))
+    Console(width=max(Console().width, 120)).print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     print_table(result)
+    if args.baseline:
+        base = run(baseline_args(args))
+        print_table(base)
+        result = {"codec": result, "baseline": base}
+        side_by_side({f"{result['codec']['codec']['preset']}": result["codec"],
+                      f"baseline {base['codec']['preset']}": base})
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -33,7 +33,8 @@ def inference_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> 
         for pname, p in module.named_parameters(recurse=False):
             sd[prefix + pname] = p.detach()
         for bname, b in module.named_buffers(recurse=False):
-            sd[prefix + bname] = b.detach()
+            if bname not in module._non_persistent_buffers_set:  # derived tables (DFT bases) are rebuilt
+                sd[prefix + bname] = b.detach()
     out = {}
     for k, v in sd.items():
         if ".parametrizations." in k:

@@ -14,17 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_codec_speed_quick(tmp_path):
-    cfg = load_preset("default", env_prefix=None, base_channels=4, max_channels=32, latent_dim=32,
-                      transformer={"layers": 1, "heads": 2}, quantizer={"n_q": 4, "codebook_size": 64})
+    cfg = load_preset("default", env_prefix=None, latent_dim=32, quantizer={"n_q": 4, "codebook_size": 64},
+                      frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32})
     ckpt = save_model(tmp_path / "tiny.safetensors", Codec(cfg), cfg, kind="codec")
+    v1 = load_preset("seanet", env_prefix=None, base_channels=4, max_channels=32, latent_dim=32,
+                     transformer={"layers": 1, "heads": 2}, quantizer={"n_q": 4, "codebook_size": 64})
+    v1_ckpt = save_model(tmp_path / "v1.safetensors", Codec(v1), v1, kind="codec")
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "codec_speed.py"), "--checkpoint", str(ckpt), "--quick",
-                        "--json", str(out)], capture_output=True, text=True, timeout=180)
+                        "--baseline", str(v1_ckpt), "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "Codec speed" in r.stdout and "Opus 6 kbps" in r.stdout
+    assert "Codec speed" in r.stdout and "Opus 6 kbps" in r.stdout and "side by side" in r.stdout
 
-    res = json.loads(out.read_text())
-    assert res["codec"]["params"] > 0 and res["algorithmic_latency_ms"] == 40.0
+    both = json.loads(out.read_text())
+    assert both["baseline"]["algorithmic_latency_ms"] == 40.0  # v1: one frame
+    res = both["codec"]
+    assert res["codec"]["params"] > 0 and res["algorithmic_latency_ms"] == 50.0  # v2: + overlap-add
     for section in ("offline", "streaming_1s"):
         for threads in ("threads_1", "threads_2"):
             assert res[section][threads]["rtf"] > 0 and res[section][threads]["x_realtime"] > 0

@@ -68,8 +68,9 @@ def speech(data) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained small codec with the default preset's rates (25 Hz, 8 x 1024 -> 2 kbps)."""
-    cfg = load_preset("default", env_prefix=None, base_channels=4, max_channels=32, latent_dim=32,
-                      transformer={"layers": 1, "heads": 2})
+    cfg = load_preset("default", env_prefix=None, latent_dim=32,
+                      frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32,
+                             "fine_layers": 1})
     torch.manual_seed(0)
     return save_model(tmp_path_factory.mktemp("ckpt") / "c.safetensors", Codec(cfg), cfg, kind="codec")
 
@@ -372,7 +373,7 @@ def test_cli_process_bad_input_exit_code(checkpoint, bad_files):
 def test_cli_info_presets_and_eval(cli_main, checkpoint, data, tmp_path, capsys):
     assert cli_main(["codec", "info", "--checkpoint", str(checkpoint), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["bitrate_kbps"] == 2.0 and info["latency_ms"] == 40.0 and info["frame_rate_hz"] == 25.0
+    assert info["bitrate_kbps"] == 2.0 and info["latency_ms"] == 50.0 and info["frame_rate_hz"] == 25.0
 
     assert cli_main(["codec", "presets"]) == 0
     out = capsys.readouterr().out
