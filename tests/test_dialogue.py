@@ -34,7 +34,8 @@ USER = EspeakVoice("klatt", 40, 170)
 @pytest.fixture(scope="module")
 def codec_path(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = load_preset("default", env_prefix=None, base_channels=4)
+    cfg = load_preset("default", env_prefix=None, base_channels=4,
+                      frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32})
     return save_model(tmp_path_factory.mktemp("codec") / "c.safetensors", Codec(cfg), cfg, kind="codec")
 
 
@@ -321,7 +322,8 @@ def test_reference_answers_for_every_intent_and_voice(built, scripts):
 def test_bad_inputs(tmp_path, codec_path, scripts, built):
     with pytest.raises(FileNotFoundError, match="codec checkpoint not found"):
         build_dialogues(tmp_path / "a", tmp_path / "missing.safetensors", conversations=scripts)
-    cfg = load_preset("default", env_prefix=None, base_channels=4)
+    cfg = load_preset("default", env_prefix=None, base_channels=4,
+                      frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32})
     not_codec = save_model(tmp_path / "lm.safetensors", Codec(cfg), cfg, kind="lm")
     with pytest.raises(ValueError, match="not a codec checkpoint"):
         build_dialogues(tmp_path / "l", not_codec, conversations=scripts)

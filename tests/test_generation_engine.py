@@ -15,7 +15,8 @@ from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, Unknown
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
 from services.generation.engine import (CallSpec, EngineFull, FrameClock, GenerationEngine, GenerationMetrics,
-                                        HistoryError, codec_silence, history_from_frames)
+                                        HistoryError, history_from_frames)
+from tests.support.models import TINY_FRAME
 
 torch.set_num_threads(1)
 
@@ -295,10 +296,11 @@ def test_silence_codes_from_the_codec() -> None:
 
     lm = make_lm()
     torch.manual_seed(0)
-    codec = Codec(codec_preset("default", env_prefix=None, base_channels=4, max_channels=32, latent_dim=16,
+    codec = Codec(codec_preset("default", env_prefix=None, frame=TINY_FRAME,
+        base_channels=4, max_channels=32, latent_dim=16,
                                transformer={"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
                                quantizer={"n_q": K, "codebook_size": CARD, "codebook_dim": 4})).eval()
-    codes = codec_silence(codec)
+    codes = codec.silence_codes().tolist()
     zeros = torch.zeros(1, 1, 25 * codec.hop)
     assert codes == codec.encode(zeros)[0, :, -1].tolist()
     engine = GenerationEngine(lm, 1, codec=codec)

@@ -29,6 +29,7 @@ from maata.lm.model import LM, load_preset
 from maata.data.shards import Record, write_shard
 from maata.lm.model import EMOTIONS, VOICES
 from test_lm_training import CARD, INTENTS, K, VT, answer_codes, write_dialogue_shards
+from tests.support.models import TINY_FRAME
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,8 @@ SR, HOP = 16000, 640
 
 
 def tiny_codec(n_q: int = K, card: int = CARD) -> Codec:
-    cfg = codec_preset("default", env_prefix=None, base_channels=4, max_channels=16, latent_dim=16,
+    cfg = codec_preset("default", env_prefix=None, frame=TINY_FRAME,
+        base_channels=4, max_channels=16, latent_dim=16,
                        transformer={"layers": 1, "heads": 2}, quantizer={"n_q": n_q, "codebook_size": card,
                                                                       "codebook_dim": 4},
                        semantic={"enabled": False})

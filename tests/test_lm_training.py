@@ -19,6 +19,7 @@ import torch
 
 from maata.data.shards import Record, write_shard
 from maata.lm.model import CUSTOM_VOICE, EMOTIONS, VOICES
+from tests.support.models import TINY_FRAME
 
 torch.set_num_threads(1)
 
@@ -352,7 +353,8 @@ def test_export_round_trip_and_streaming(dialogue_shards, tmp_path):
         from maata.checkpoint import save_model
         from maata.codec import Codec, load_preset
 
-        cfg = load_preset("default", env_prefix=None, base_channels=2, max_channels=4, latent_dim=4,
+        cfg = load_preset("default", env_prefix=None, frame=TINY_FRAME,
+        base_channels=2, max_channels=4, latent_dim=4,
                           transformer={"layers": 0}, quantizer={"n_q": 1, "codebook_size": 4, "codebook_dim": 2})
         load_lm(save_model(tmp_path / "c.safetensors", Codec(cfg), cfg, kind="codec"))
 

@@ -11,12 +11,12 @@ session store so a call survives a restart of the service.
 """
 
 from services.generation.engine import (Call, CallSpec, EngineFull, FrameClock, FrameOut, GenerationEngine, History,
-                                        HistoryError, Tick, codec_silence, history_from_frames)
+                                        HistoryError, Tick, history_from_frames)
 from services.generation.service import (CallManager, GenerationServer, GenerationServiceConfig, GenerationServicer,
                                          RemoteSessionStore, load_config, load_model, make_store, serve_generation)
 
 __all__ = [
     "Call", "CallSpec", "EngineFull", "FrameClock", "FrameOut", "GenerationEngine", "History", "HistoryError", "Tick",
-    "codec_silence", "history_from_frames", "CallManager", "GenerationServer", "GenerationServiceConfig",
+    "history_from_frames", "CallManager", "GenerationServer", "GenerationServiceConfig",
     "GenerationServicer", "RemoteSessionStore", "load_config", "load_model", "make_store", "serve_generation",
 ]

@@ -18,9 +18,9 @@ Frame rules
   tick where a started call has no frame waiting, the engine steps it with **silence codes**
   (``filled``) and counts a missed frame: the agent keeps talking in real time whatever the
   user's network does. The silence codes are the codec's codes of digital silence: given
-  explicitly (``silence_codes``, e.g. from the service config), or computed once by encoding
-  1 s of zeros with a codec and taking the last frame (``codec_silence``: past the codec's
-  causal warm-up, i.e. its steady state of silence); with neither, every level is absent
+  explicitly (``silence_codes``, e.g. from the service config), or asked once of a codec
+  (``Codec.silence_codes``: the codes of a silent stream past its causal warm-up, i.e. its
+  steady state of silence); with neither, every level is absent
   (``ABSENT_CODE`` = -1, the LM's "nothing heard" input).
 * Frames that arrive faster than real time wait in a queue of ``max_queued_frames``; when it
   is full the OLDEST waiting frame is dropped and counted: low latency over completeness.
@@ -75,7 +75,6 @@ from maata.v1.session_pb2 import StoredFrame
 log = logging.getLogger("maata.services.generation")
 
 AGENT_LAYOUT = "steps"  # how StoredFrame.agent is laid out (see the module docstring)
-SILENCE_SECONDS = 1.0  # zeros encoded to find the codec's silence codes
 
 
 class EngineFull(RuntimeError):
@@ -87,17 +86,6 @@ class HistoryError(ValueError):
 
 
 # -- silence ------------------------------------------------------------------------------------
-def codec_silence(codec: Any, seconds: float = SILENCE_SECONDS) -> list[int]:
-    """The codec's codes of digital silence: encode ``seconds`` of zeros, keep the last frame
-    (the codec is causal: later frames are its steady state). ``codec``: a ``maata.codec.Codec``.
-    The one place services compute them (the gateway and ``maata serve`` ask the engine)."""
-    frames = max(1, round(seconds * codec.cfg.sample_rate / codec.hop))
-    p = next(codec.parameters())
-    with torch.no_grad():
-        codes = codec.encode(torch.zeros(1, 1, frames * codec.hop, device=p.device, dtype=p.dtype))
-    return [int(c) for c in codes[0, :, -1].tolist()]
-
-
 def resolve_silence(lm: LM, silence_codes: Sequence[int] | None = None, codec: Any = None) -> list[int]:
     """The silence codes the engine feeds for a missing user frame (see the module docstring)."""
     if silence_codes:
@@ -105,7 +93,7 @@ def resolve_silence(lm: LM, silence_codes: Sequence[int] | None = None, codec: A
         where = "silence_codes"
     elif codec is not None:
         check_compatible(lm, codec)
-        codes = codec_silence(codec)
+        codes = [int(c) for c in codec.silence_codes()]
         where = "the codec's silence"
     else:
         return [ABSENT_CODE] * lm.n_q
@@ -705,5 +693,5 @@ class FrameClock:
 __all__ = [
     "AGENT_LAYOUT", "Call", "CallSpec", "EngineFull", "FrameClock", "FrameOut", "GenerationEngine",
     "GenerationMetrics", "History", "HistoryError", "Tick", "TorchLMBackend", "check_codes", "check_emotion",
-    "check_voice",    "codec_silence", "history_from_frames", "resolve_silence", "resolve_style", "sampling_params", "seed_to_int64",
+    "check_voice", "history_from_frames", "resolve_silence", "resolve_style", "sampling_params", "seed_to_int64",
 ]
