@@ -162,6 +162,7 @@ def test_corpus_is_deterministic_across_runs_and_workers(corpus, tmp_path):
     report = synthesize_piper_corpus(tmp_path / "again", N, seed=4, workers=2,
                                      valid_fraction=0.34, progress=False)
     assert report.made == N and report.kept == 0 and report.realtime_factor > 0
+    assert report.cpu_realtime_factor is None                  # children's CPU is not counted
     assert (tmp_path / "again" / "manifest.jsonl").read_bytes() == \
         (corpus / "manifest.jsonl").read_bytes()
     for r in read_manifest(corpus / "manifest.jsonl"):
@@ -179,7 +180,7 @@ def test_corpus_resumes_and_refuses_other_arguments(corpus, tmp_path):
     (out / rows[1].path).write_bytes(b"RIFF broken")            # cut short
     (out / "manifest.jsonl").unlink()
     report = synthesize_piper_corpus(out, N, seed=4, valid_fraction=0.34, progress=False)
-    assert (report.made, report.kept) == (2, 1)
+    assert (report.made, report.kept) == (2, 1) and report.cpu_realtime_factor > 0
     assert {r.path: (out / r.path).read_bytes() for r in rows} == original
     assert (out / "manifest.jsonl").read_bytes() == (corpus / "manifest.jsonl").read_bytes()
     # a run stopped early is finished with fewer sentences: nothing new to make

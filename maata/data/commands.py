@@ -140,6 +140,9 @@ def _piper(args: argparse.Namespace) -> int:
         print(f"synthesis speed: {report.made_audio_seconds / 3600:.2f} h of audio in "
               f"{report.synth_seconds:.0f} s = {report.realtime_factor:.1f}x real time "
               f"({args.workers} worker(s))")
+        if report.cpu_realtime_factor:
+            print(f"per CPU-second: {report.cpu_realtime_factor:.1f}x real time "
+                  f"({report.synth_cpu_seconds:.0f} CPU-s; one core's speed, whatever else ran)")
     _print_stats(report.stats)
     return 0
 

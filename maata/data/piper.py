@@ -400,11 +400,20 @@ class PiperCorpusReport:
     seconds: float
     synth_seconds: float
     made_audio_seconds: float
+    synth_cpu_seconds: float | None = None  # this process's CPU time; None with workers > 1
 
     @property
     def realtime_factor(self) -> float:
         """Audio made per second of synthesis (x real time), over this run's new clips."""
         return self.made_audio_seconds / self.synth_seconds if self.synth_seconds > 0 else 0.0
+
+    @property
+    def cpu_realtime_factor(self) -> float | None:
+        """Audio made per CPU-second: the speed of one core of its own, whatever else the
+        machine was running (known with one worker only)."""
+        if not self.synth_cpu_seconds:
+            return None
+        return self.made_audio_seconds / self.synth_cpu_seconds
 
 
 def _job_digest(job: PiperJob) -> str:
@@ -473,7 +482,7 @@ def synthesize_piper_corpus(out_dir: str | Path, n_sentences: int, *, workers: i
     failures: list[str] = []
     made = kept = 0
     made_audio = 0.0
-    synth_started = time.monotonic()
+    synth_started, cpu_started = time.monotonic(), time.process_time()
     results = _run_all(jobs, out_dir, workers, skip=not overwrite)
     for result in tqdm(results, total=len(jobs), desc="piper", unit="clip", disable=not progress):
         if isinstance(result, str):
@@ -488,10 +497,12 @@ def synthesize_piper_corpus(out_dir: str | Path, n_sentences: int, *, workers: i
         else:
             kept += 1
     synth_seconds = time.monotonic() - synth_started
+    cpu_seconds = time.process_time() - cpu_started if workers == 1 else None
     if len(failures) > 0.05 * len(jobs):
         raise PiperError(f"{len(failures)} of {len(jobs)} clips failed; first: {failures[0]}")
     rows.sort(key=lambda r: r.path)
     manifest = write_manifest(out_dir / MANIFEST_NAME, rows)
     return PiperCorpusReport(manifest=manifest, stats=summarize(rows), made=made, kept=kept,
                              failures=failures, seconds=time.monotonic() - started,
-                             synth_seconds=synth_seconds, made_audio_seconds=made_audio)
+                             synth_seconds=synth_seconds, made_audio_seconds=made_audio,
+                             synth_cpu_seconds=cpu_seconds)
