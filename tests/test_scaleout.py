@@ -177,3 +177,21 @@ def test_balancing_settings_are_checked() -> None:
     assert options["grpc.max_connection_age_ms"] == 300_000
     assert options["grpc.max_connection_age_grace_ms"] == 86_400_000  # calls are not cut by the age limit
     assert "grpc.max_connection_age_ms" not in dict(server_options(ServerConfig()))
+
+
+def test_scaleout_bench_measures_the_hop() -> None:
+    """bench/scaleout.py's wire measurement runs end to end against real echo servers."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("scaleout_bench", ROOT / "bench" / "scaleout.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        result = bench.echo_bench(frames=100, rounds=1)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert set(result["runs"]) == {"pick_first", "round_robin", "round_robin_2"}
+    for runs in result["runs"].values():
+        assert 0 < runs[0]["p50"] <= runs[0]["p99"]
+    assert np.isfinite(result["overhead_ms_p50"])
