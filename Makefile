@@ -14,7 +14,7 @@ APT_TEST_PACKAGES := chromium chromium-driver fonts-lohit-telu iproute2 util-lin
 TRITON_PIP := nvidia-pytriton==0.7.0 tritonclient==2.73.0 python-rapidjson==1.25
 CHECKPOINT ?= checkpoints/codec_default.safetensors
 
-.PHONY: setup run test apt apt-test venv k8s-tools clean
+.PHONY: setup run test apt apt-test venv protos k8s-tools clean
 
 apt: .setup-stamp-apt
 .setup-stamp-apt:
@@ -39,10 +39,14 @@ venv: .setup-stamp-venv
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,data]'
 	$(PY) -m pip install -q --no-deps $(TRITON_PIP)
-	$(PY) -m services.protogen
 	@touch $@
 
-setup: apt venv
+# the services' gRPC code (maata_protos/v1) is build output of protos/: remade when a .proto or the generator changes
+protos: maata_protos/v1/__init__.py
+maata_protos/v1/__init__.py: $(wildcard protos/maata/v1/*.proto) services/protogen.py .setup-stamp-venv
+	$(PY) -m services.protogen
+
+setup: apt venv protos
 
 # real helm + kubectl for the deployment tests (tests/test_deploy_*.py), cached under .tools/
 k8s-tools: .tools/k8s-tools-2.2.2
@@ -57,4 +61,4 @@ test: setup apt-test k8s-tools
 	$(PY) -m pytest -q -ra
 
 clean:
-	rm -rf .venv .setup-stamp-* out runs .tools
+	rm -rf .venv .setup-stamp-* out runs .tools maata_protos/v1

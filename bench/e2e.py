@@ -62,7 +62,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import services  # noqa: E402,F401  (generates maata.v1)
 from services.client import FrameLatency, converse  # noqa: E402
 from services.gateway.auth import hash_key, new_key  # noqa: E402
 from services.session.redis_server import free_port  # noqa: E402

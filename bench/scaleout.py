@@ -47,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import services  # noqa: E402,F401  (generates maata.v1)
 from e2e import RATE, breakdown, speech  # noqa: E402
 from services.client import converse  # noqa: E402
 from services.gateway.auth import hash_key, new_key  # noqa: E402

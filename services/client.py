@@ -44,9 +44,9 @@ from services.common.server import channel_options
 from services.gateway.auth import API_KEY_METADATA
 from services.gateway.backends import RECONNECT_OPTIONS
 
-from maata.v1.common_pb2 import Sampling, Style
-from maata.v1.conversation_pb2 import AudioFormat, ClientAudio, ClientConfig, ClientEvent, HangUp, ServerEvent
-from maata.v1.conversation_pb2_grpc import ConversationStub
+from maata_protos.v1.common_pb2 import Sampling, Style
+from maata_protos.v1.conversation_pb2 import AudioFormat, ClientAudio, ClientConfig, ClientEvent, HangUp, ServerEvent
+from maata_protos.v1.conversation_pb2_grpc import ConversationStub
 
 SUPPORTED_RATES = (8000, 16000, 24000, 48000)
 CHUNK_MS = 40

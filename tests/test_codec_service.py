@@ -26,9 +26,9 @@ from services.common.server import CALL_ID_METADATA, channel_options, server_opt
 from tests.support.models import TINY_CODEC
 
 from maata.audio import float_to_pcm16, pcm16_to_float
-from maata.v1.codec_pb2 import AudioChunk, CodeFrames, InfoRequest
-from maata.v1.codec_pb2_grpc import CodecStub
-from maata.v1.common_pb2 import CodeFrame
+from maata_protos.v1.codec_pb2 import AudioChunk, CodeFrames, InfoRequest
+from maata_protos.v1.codec_pb2_grpc import CodecStub
+from maata_protos.v1.common_pb2 import CodeFrame
 
 torch.set_num_threads(1)
 

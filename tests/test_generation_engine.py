@@ -10,7 +10,6 @@ import time
 import pytest
 import torch
 
-import services  # noqa: F401  (generates maata.v1)
 from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner

@@ -16,7 +16,6 @@ import grpc
 import pytest
 import torch
 
-import services  # noqa: F401  (generates maata.v1)
 from maata.lm import LM, load_preset
 from services.common.config import ServerConfig
 from services.generation.engine import CallSpec, GenerationEngine, history_from_frames
@@ -24,9 +23,9 @@ from services.generation.service import (GenerationServer, GenerationServiceConf
 from services.session import MemorySessionStore, RedisSessionStore, SessionConfig, serve_session
 from services.session.redis_server import RedisServer
 
-from maata.v1.common_pb2 import CodeFrame, Sampling, Style
-from maata.v1.generation_pb2 import AgentFrame, CallConfig, UserFrame
-from maata.v1.generation_pb2_grpc import GenerationStub
+from maata_protos.v1.common_pb2 import CodeFrame, Sampling, Style
+from maata_protos.v1.generation_pb2 import AgentFrame, CallConfig, UserFrame
+from maata_protos.v1.generation_pb2_grpc import GenerationStub
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 
-import services  # noqa: F401  (generates maata.v1)
 from maata.audio import float_to_pcm16, load_audio, resample
 from services.client import converse
 from services.codec.service import CodecServiceConfig, load_model as load_codec_model, serve_codec
@@ -37,11 +36,11 @@ from services.session import RedisSessionStore, SessionConfig, serve_session
 from services.session.client import RemoteSessionStore
 from services.session.redis_server import RedisServer
 
-from maata.v1.common_pb2 import CodeFrame, Sampling, Style
-from maata.v1.conversation_pb2 import AudioFormat, ClientAudio, ClientConfig, ClientEvent, HangUp
-from maata.v1.conversation_pb2_grpc import ConversationStub
-from maata.v1.generation_pb2 import CallConfig, UserFrame
-from maata.v1.generation_pb2_grpc import GenerationStub
+from maata_protos.v1.common_pb2 import CodeFrame, Sampling, Style
+from maata_protos.v1.conversation_pb2 import AudioFormat, ClientAudio, ClientConfig, ClientEvent, HangUp
+from maata_protos.v1.conversation_pb2_grpc import ConversationStub
+from maata_protos.v1.generation_pb2 import CallConfig, UserFrame
+from maata_protos.v1.generation_pb2_grpc import GenerationStub
 
 torch.set_num_threads(1)
 
@@ -444,7 +443,7 @@ class ScriptedBackends:
 
     def encoder(self, call_id: str) -> Any:
         from maata.audio import pcm16_to_float
-        from maata.v1.codec_pb2 import CodeFrames
+        from maata_protos.v1.codec_pb2 import CodeFrames
         from services.gateway.backends import InprocDuplex
 
         async def encode(requests: Any, context: Any) -> Any:
@@ -455,7 +454,7 @@ class ScriptedBackends:
         return InprocDuplex("encode", encode, call_id)
 
     def generator(self, call_id: str) -> Any:
-        from maata.v1.generation_pb2 import AgentFrame
+        from maata_protos.v1.generation_pb2 import AgentFrame
         from services.gateway.backends import InprocDuplex
 
         backends = self
@@ -483,7 +482,7 @@ class ScriptedBackends:
         return InprocDuplex("generate", generate, call_id)
 
     def decoder(self, call_id: str) -> Any:
-        from maata.v1.codec_pb2 import AudioChunk
+        from maata_protos.v1.codec_pb2 import AudioChunk
         from services.gateway.backends import InprocDuplex
 
         async def decode(requests: Any, context: Any) -> Any:

@@ -21,7 +21,6 @@ import soundfile as sf
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import services  # noqa: F401  (generates maata.v1)
 from maata.audio import load_audio, resample
 from services.client import converse
 from services.gateway.auth import hash_key

@@ -16,8 +16,8 @@ from services.common.config import ServerConfig  # noqa: E402
 from services.session.redis_server import free_port  # noqa: E402
 from services.session.service import SERVICE_NAME, SessionConfig, serve_session  # noqa: E402
 
-from maata.v1.common_pb2 import CodeFrame, Style  # noqa: E402
-from maata.v1.session_pb2 import (  # noqa: E402
+from maata_protos.v1.common_pb2 import CodeFrame, Style  # noqa: E402
+from maata_protos.v1.session_pb2 import (  # noqa: E402
     AppendRequest,
     ListRequest,
     ReadRequest,
@@ -25,7 +25,7 @@ from maata.v1.session_pb2 import (  # noqa: E402
     SessionRef,
     StoredFrame,
 )
-from maata.v1.session_pb2_grpc import SessionStoreStub  # noqa: E402
+from maata_protos.v1.session_pb2_grpc import SessionStoreStub  # noqa: E402
 
 TIMEOUT = 5.0
 Body = Callable[[SessionStoreStub, grpc.aio.Channel], Awaitable[None]]

@@ -28,8 +28,8 @@ from services.session.store import (  # noqa: E402
     StoreLimits,
 )
 
-from maata.v1.common_pb2 import CodeFrame, Sampling, Style  # noqa: E402
-from maata.v1.session_pb2 import Session, StoredFrame  # noqa: E402
+from maata_protos.v1.common_pb2 import CodeFrame, Sampling, Style  # noqa: E402
+from maata_protos.v1.session_pb2 import Session, StoredFrame  # noqa: E402
 
 MakeStore = Callable[..., SessionStore]
 Body = Callable[[SessionStore], Awaitable[None]]

@@ -40,9 +40,9 @@ from services.triton.client import (TritonInputError, TritonModels, TritonUnavai
 from services.triton.export import ExportConfig, export_repository, validate_repository
 from services.triton.launcher import TritonServer, batch_stats
 
-from maata.v1.common_pb2 import CodeFrame, Sampling, Style
-from maata.v1.generation_pb2 import CallConfig, UserFrame
-from maata.v1.generation_pb2_grpc import GenerationStub
+from maata_protos.v1.common_pb2 import CodeFrame, Sampling, Style
+from maata_protos.v1.generation_pb2 import CallConfig, UserFrame
+from maata_protos.v1.generation_pb2_grpc import GenerationStub
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEC_CKPT = ROOT / "checkpoints" / "codec_default.safetensors"
@@ -308,8 +308,8 @@ def test_codec_service_on_triton_equals_in_process(server: TritonServer, codec) 
     from maata.audio import float_to_pcm16
     from services.codec.service import CodecServiceConfig, serve_codec
 
-    from maata.v1 import codec_pb2
-    from maata.v1.codec_pb2_grpc import CodecStub
+    from maata_protos.v1 import codec_pb2
+    from maata_protos.v1.codec_pb2_grpc import CodecStub
 
     g = torch.Generator().manual_seed(4)
     pcm = (0.1 * torch.randn(7 * codec.hop + 300, generator=g)).numpy()

@@ -23,7 +23,6 @@ import av
 import numpy as np
 import pytest
 
-import services  # noqa: F401  (generates maata.v1)
 from tests.support.chromium import loopback_netns_command
 from services.gateway.config import IceServer, WebRTCConfig
 from services.gateway.webrtc import TRIM_WINDOW_S, AgentTrack, host_candidates, to_mono_float

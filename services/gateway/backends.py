@@ -30,10 +30,10 @@ import grpc
 from services.common.errors import StatusError
 from services.common.server import CALL_ID_METADATA
 
-from maata.v1.codec_pb2 import CodecInfo, InfoRequest
-from maata.v1.codec_pb2_grpc import CodecStub
-from maata.v1.generation_pb2 import AgentFrame
-from maata.v1.generation_pb2_grpc import GenerationStub
+from maata_protos.v1.codec_pb2 import CodecInfo, InfoRequest
+from maata_protos.v1.codec_pb2_grpc import CodecStub
+from maata_protos.v1.generation_pb2 import AgentFrame
+from maata_protos.v1.generation_pb2_grpc import GenerationStub
 
 log = logging.getLogger("maata.services.gateway")
 

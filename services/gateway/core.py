@@ -22,7 +22,7 @@ from services.gateway.pipeline import Pipeline
 from services.session.errors import NotFound, SessionError
 from services.session.store import ENDED, SessionStore
 
-from maata.v1.common_pb2 import Style
+from maata_protos.v1.common_pb2 import Style
 
 log = logging.getLogger("maata.services.gateway")
 

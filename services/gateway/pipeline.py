@@ -70,9 +70,9 @@ from services.common.metrics import ServiceMetrics
 from services.gateway.backends import SAMPLE_RATE, Backends, Duplex
 from services.gateway.speech import SpeechConfig, SpeechDetector, TurnTracker
 
-from maata.v1.codec_pb2 import AudioChunk, CodeFrames
-from maata.v1.common_pb2 import Sampling, Style
-from maata.v1.generation_pb2 import AgentFrame, CallConfig, UserFrame
+from maata_protos.v1.codec_pb2 import AudioChunk, CodeFrames
+from maata_protos.v1.common_pb2 import Sampling, Style
+from maata_protos.v1.generation_pb2 import AgentFrame, CallConfig, UserFrame
 
 log = logging.getLogger("maata.services.gateway")
 

@@ -90,7 +90,7 @@ from services.gateway.core import Gateway
 from services.gateway.media import ArrivalJitterBuffer, PacketOpusEncoder, set_ptime, use_encoder
 from services.gateway.pipeline import AgentAudio, CallSetup, Ended, Latency, Pipeline, Speaking, Text
 
-from maata.v1.common_pb2 import Style
+from maata_protos.v1.common_pb2 import Style
 
 log = logging.getLogger("maata.services.gateway.webrtc")
 

@@ -21,8 +21,8 @@ from services.session.errors import (AlreadyExists, Conflict, InvalidArgument, L
                                      StoreUnavailable)
 from services.session.store import MemorySessionStore, RedisSessionStore, SessionStore, StoreLimits
 
-from maata.v1.session_pb2 import AppendRequest, ListRequest, ReadRequest, Session, SessionRef, StoredFrame
-from maata.v1.session_pb2_grpc import SessionStoreStub
+from maata_protos.v1.session_pb2 import AppendRequest, ListRequest, ReadRequest, Session, SessionRef, StoredFrame
+from maata_protos.v1.session_pb2_grpc import SessionStoreStub
 
 Code = grpc.StatusCode
 
