@@ -93,6 +93,16 @@ def test_bad_settings_are_refused_clearly() -> None:
     assert main(["train", "pipeline", "--dry-run", "--stages", "voice,pretrain"]) == 2
 
 
+def test_submit_without_a_cluster_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from maata.cli import main
+
+    empty = tmp_path / "kubeconfig"
+    empty.write_text("")
+    assert main(["train", "submit", "--stage", "codec", "--kubeconfig", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "no cluster to submit maata-codec" in err and "--dry-run" in err
+
+
 def test_cli_dry_run_prints_the_jobs(capsys: pytest.CaptureFixture[str]) -> None:
     from maata.cli import main
 

@@ -261,11 +261,20 @@ def submit(job: Any, *, wait: bool = False, timeout_s: int = 7 * 86400, kubeconf
     """Create ``job`` on the cluster of the kubeconfig (``TrainingClient``); with ``wait``, block until
     it succeeds (raises when it fails)."""
     from kubeflow.training import TrainingClient
+    from kubernetes.config.config_exception import ConfigException
 
     data = to_dict(job)
     namespace, name = data["metadata"]["namespace"], data["metadata"]["name"]
-    client = TrainingClient(config_file=kubeconfig, namespace=namespace, job_kind="PyTorchJob")
-    client.create_job(job=job, namespace=namespace)
+    try:
+        client = TrainingClient(config_file=kubeconfig, namespace=namespace, job_kind="PyTorchJob")
+    except ConfigException as err:
+        raise ValueError(f"no cluster to submit {name} to ({err}): point --kubeconfig (or KUBECONFIG) at one, or "
+                         "pass --dry-run to print the job") from err
+    try:
+        client.create_job(job=job, namespace=namespace)
+    except (RuntimeError, TimeoutError) as err:  # the SDK wraps the API server's refusal
+        raise ValueError(f"the cluster refused {name} in namespace {namespace}: {err} (is the Kubeflow training "
+                         "operator installed, and is there no job of that name already?)") from err
     if wait:
         return client.wait_for_job_conditions(name, namespace=namespace, job_kind="PyTorchJob",
                                               wait_timeout=timeout_s, polling_interval=30)
