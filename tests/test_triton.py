@@ -456,3 +456,30 @@ def test_triton_cli_help() -> None:
 
 def test_utf8_text_tensor() -> None:
     assert utf8("female_1").tobytes().decode() == "female_1"
+
+
+def test_sequence_table_slots_restart_and_idle_reclaim() -> None:
+    """The model instances' correlation id -> slot table (pure Python): START takes the lowest free
+    slot, a repeated START restarts the sequence in its own slot, END frees it, and a sequence
+    that Triton dropped for idleness (never seen again) gives its slot to a new one."""
+    from services.triton.sequences import NoSlotFree, SequenceError, SequenceTable
+
+    now = [0.0]
+    free, closed = [1, 0], []
+    table = SequenceTable(2, idle_s=15.0, open_slot=free.pop, close_slot=lambda s: (closed.append(s), free.append(s)),
+                          clock=lambda: now[0])
+    assert table.start(7).slot == 0 and table.start(8).slot == 1
+    assert table.start(7).slot == 0 and closed == [0]  # restarted in place
+    with pytest.raises(NoSlotFree):
+        table.start(9)
+    with pytest.raises(SequenceError, match="START"):
+        table.get(9)
+    with pytest.raises(SequenceError, match="non-zero"):
+        table.start(0)
+    now[0] = 10.0
+    table.get(8)  # 8 is alive, 7 went quiet at t=0
+    now[0] = 20.0
+    assert table.start(9).slot == 0 and 7 not in table and table.reclaimed == 1
+    table.release(8)
+    table.release(8)  # ending twice is harmless
+    assert 8 not in table and len(table) == 1
