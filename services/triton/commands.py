@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-s", type=float, default=15.0, help="max_sequence_idle (> the 10 s call idle timeout)")
     p.add_argument("--batch-delay-us", type=int, default=0,
                    help="sequence batcher: wait this long for more calls' requests (default 0: run what is ready)")
+    p.add_argument("--min-slot-utilization", type=float, default=0.0,
+                   help="sequence batcher: run before the delay once this share of the slots is ready (default 0)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="run tritonserver (from the nvidia-pytriton wheel) on a repository",
@@ -56,7 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     cfg = ExportConfig(slots=args.slots, instances=args.instances, kind=args.kind, dtype=args.dtype,
                        cuda_graphs=args.cuda_graphs, threads=args.threads, idle_s=args.idle_s,
-                       batch_delay_us=args.batch_delay_us)
+                       batch_delay_us=args.batch_delay_us, min_slot_utilization=args.min_slot_utilization)
     for path in export_repository(args.out, args.codec, args.lm, cfg):
         print(path)
     return 0

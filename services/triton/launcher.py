@@ -67,7 +67,13 @@ def backend_dir(work_dir: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for f in (src / "backends" / "python" / "libtriton_python.so",
               src / "backends" / "python" / "triton_python_backend_utils.py", stub):
-        shutil.copy2(f, dst / f.name)
+        target = dst / f.name
+        if target.is_file() and target.stat().st_size == f.stat().st_size and \
+                target.stat().st_mtime == f.stat().st_mtime:
+            continue  # already there (a restart): a stub of the previous server may still be exiting
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copy2(f, tmp)
+        os.replace(tmp, target)  # atomic, and possible while an old copy is still being executed
     return dst.parent
 
 
