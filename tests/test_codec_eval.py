@@ -18,6 +18,7 @@ import torch
 from maata.audio import load_audio, resample, write_wav
 from maata.checkpoint import load_codec, save_model
 from maata.codec import Codec, load_preset
+from maata.codec import evaluate as E
 from maata.codec import metrics as M
 from maata.codec.evaluate import (evaluate, markdown_table, phoneme_probe, read_split, silent_frames,
                                   stream_encode, torch_threads, train_linear_probe)
@@ -398,3 +399,27 @@ def test_demo_writes_wavs_and_scores(cli_main, checkpoint, tmp_path, capsys):
         x, sr = load_audio(tmp_path / f"{name}.wav")
         assert sr == 16000 and x.size > 16000
     assert cli_main(["codec", "demo", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+
+
+# -- time alignment ------------------------------------------------------------------------------
+def test_estimate_delay_finds_a_known_delay_and_misalignment_costs_the_scores(speech):
+    """A constant delay quietly lowers STOI (PESQ aligns its inputs itself): the evaluation
+    measures the lag instead of trusting it away."""
+    for lag in (0, 7, 160, -40):
+        moved = np.roll(speech, lag)
+        assert M.estimate_delay(speech, moved) == lag
+    late = np.concatenate([np.zeros(160, np.float32), speech[:-160]])  # 10 ms late
+    assert M.stoi(speech, late) < M.stoi(speech, speech) - 0.02
+    assert M.pesq_wb(speech, late) > M.pesq_wb(speech, speech) - 0.1  # PESQ's own alignment
+
+
+def test_eval_aligns_the_overlap_add_delay(codec, speech):
+    """The v2 decoder emits its output ``delay`` samples late; the evaluation feeds that much
+    more silence and moves the output back, so the scored signal has the input's length and
+    time axis: exactly the streamed output shifted by the delay."""
+    assert codec.delay == 160
+    run = E.run_maata(codec, speech)
+    assert run.full.shape == speech.shape
+    padded = np.concatenate([speech, np.zeros(codec.delay, np.float32)])
+    streamed = E.stream_decode(codec, E.stream_encode(codec, padded))[0]
+    np.testing.assert_allclose(run.full, streamed[codec.delay: codec.delay + speech.size], atol=1e-6)
