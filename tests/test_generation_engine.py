@@ -5,7 +5,6 @@ records and resume by prefill, the codec's silence codes, and the asyncio frame 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
 from services.generation.engine import (CallSpec, EngineFull, FrameClock, GenerationEngine, GenerationMetrics,
                                         HistoryError, history_from_frames)
+from tests.support.clock import VirtualTime
 from tests.support.models import TINY_FRAME
 
 torch.set_num_threads(1)
@@ -307,36 +307,78 @@ def test_silence_codes_from_the_codec() -> None:
     assert GenerationEngine(lm, 1).silence == [-1] * K  # no codec, no codes: every level absent
 
 
-def test_frame_clock_ticks_in_real_time(lm: LM) -> None:
-    async def main() -> None:
-        engine = GenerationEngine(lm, 2)
-        seen = []
-        clock = FrameClock(engine, 0.02, idle_timeout_s=0.15, on_tick=lambda tick, expired: seen.append(
-            (tick.batch, [c.call_id for c in expired])))
-        clock.start()
-        a = await clock.join(spec("a"))
-        b = await clock.join(spec("b"))
-        start = time.monotonic()
-        for t, codes in enumerate(user_frames(10)):
-            engine.push(a, codes, t)
-            if t < 3:
-                engine.push(b, codes, t)
-            await asyncio.sleep(0.02)
-        while (a.queue or not any("b" in expired for _, expired in seen)) and time.monotonic() - start < 5:
-            await asyncio.sleep(0.01)
-        await clock.leave(b)
-        await clock.stop()
-        elapsed = time.monotonic() - start
-        ticks = clock.ticks
-        # ticks come on their own (about every 20 ms on an idle machine; a starved CPU makes them late)
-        assert 0.15 < elapsed < 5 and ticks >= 5 and ticks <= elapsed / 0.02 + 2
-        # every frame was stepped, or dropped from a full queue when a starved CPU made ticks late
-        assert max(batch for batch, _ in seen) == 2 and engine.frames_stepped - engine.missed + engine.dropped == 13
-        assert a.frames + b.frames == engine.frames_stepped and "b" not in engine.calls
-        await clock.tick()
-        assert clock.ticks == ticks  # stopped: no more ticks
+def test_frame_clock_ticks_every_frame_on_its_own(lm: LM) -> None:
+    """On a virtual time: a tick every ``frame_s`` exactly, every frame stepped once after the
+    wait it had, and a call that went quiet expired at the first tick past the idle timeout."""
+    frame_s, idle_s = 0.02, 0.15
 
-    asyncio.run(main())
+    async def main() -> tuple[list[tuple[float, int, list[str]]], GenerationEngine, FrameClock, dict]:
+        vt = VirtualTime()
+        engine = GenerationEngine(lm, 2, clock=vt)
+        a, b = engine.join(spec("a")), engine.join(spec("b"))
+        seen: list[tuple[float, int, list[str]]] = []
+
+        def on_tick(tick, expired) -> None:
+            seen.append((vt(), tick.batch, [c.call_id for c in expired]))
+            for call in expired:  # the listener ends expired calls (the service hangs them up)
+                engine.leave(call)
+
+        clock = FrameClock(engine, frame_s, idle_timeout_s=idle_s, on_tick=on_tick, sleep=vt.sleep)
+        for t, codes in enumerate(user_frames(10)):  # each frame 5 ms before the tick that takes it
+            vt.at(frame_s * t + 0.015, lambda c=codes, t=t: engine.push(a, c, t))
+            if t < 3:
+                vt.at(frame_s * t + 0.015, lambda c=codes, t=t: engine.push(b, c, t))
+        done = asyncio.Event()
+        vt.at(0.39, done.set)  # between two ticks
+        clock.start()
+        await done.wait()
+        await clock.stop()
+        return seen, engine, clock, {"a": a.frames, "b": b.frames}
+
+    seen, engine, clock, frames = asyncio.run(main())
+    times = [t for t, _, _ in seen]
+    assert times == pytest.approx([frame_s * i for i in range(20)]) and clock.ticks == 20 and clock.late == 0
+    # a call steps from its first frame until it leaves, silence filling where it sent nothing:
+    # a at the ticks .02-.36 (10 frames + 8 filled), b at .02-.22 (3 + 8)
+    assert frames == {"a": 18, "b": 11} and engine.frames_stepped == 29 and engine.missed == 16
+    # b's last frame came at 0.055: idle for more than 0.15 s at the tick of 0.22; a's at 0.195 -> 0.36
+    expired = {call: t for t, _, ids in seen for call in ids}
+    assert expired == pytest.approx({"b": 0.22, "a": 0.36}) and not engine.calls
+    assert max(batch for _, batch, _ in seen) == 2
+
+
+def test_frame_clock_catches_up_after_a_late_tick_and_restarts_after_a_stall(lm: LM) -> None:
+    """A step that overran its frame: the next ticks run back to back until the schedule is back
+    on its phase (callers send at exactly the frame rate); a stall of more than ``max_behind``
+    frames restarts the schedule from now instead of replaying every missed tick."""
+    frame_s = 0.02
+
+    async def main() -> tuple[list[float], FrameClock]:
+        vt = VirtualTime()
+        engine = GenerationEngine(lm, 1, clock=vt)
+        times: list[float] = []
+
+        def on_tick(tick, expired) -> None:
+            times.append(round(vt(), 6))
+            if len(times) == 3:
+                vt.advance(0.05)  # this tick's step took 2.5 frames
+            elif len(times) == 10:
+                vt.advance(0.5)   # a 25-frame stall
+
+        clock = FrameClock(engine, frame_s, on_tick=on_tick, sleep=vt.sleep)
+        done = asyncio.Event()
+        vt.at(0.85, done.set)
+        clock.start()
+        await done.wait()
+        await clock.stop()
+        return times, clock
+
+    times, clock = asyncio.run(main())
+    # ticks at 0, .02, .04 (ends at .09); .06 and .08 are due: at once; back on the phase at .10
+    assert times[:9] == pytest.approx([0.0, 0.02, 0.04, 0.09, 0.09, 0.10, 0.12, 0.14, 0.16])
+    # the 10th tick (0.18) ends at 0.68: 24 frames behind -> one tick now, then every frame from now
+    assert times[9:13] == pytest.approx([0.18, 0.68, 0.70, 0.72])
+    assert clock.late == 3  # the tick after the overrun, the catch-up tick due at .08, the stall
 
 
 def test_phase_aligner_moves_the_tick_to_the_latest_arrival() -> None:
@@ -365,39 +407,37 @@ def test_phase_aligner_moves_the_tick_to_the_latest_arrival() -> None:
 
 @pytest.mark.parametrize("align", [False, True])
 def test_frame_clock_aligns_its_phase_to_the_caller(lm: LM, align: bool) -> None:
-    """A caller whose frames arrive just after the ticks waits most of a period at a fixed phase;
-    the aligned clock moves its ticks to just after the arrivals."""
+    """On a virtual time: a caller whose frames arrive 5 ms after the ticks waits 35 ms per frame
+    at a fixed phase; the aligned clock moves its ticks to 5 ms (the margin) after the arrivals,
+    in one shift, without the caller missing a tick."""
     period, frames = 0.04, 50
 
-    async def main() -> tuple[list[float], int]:
-        engine = GenerationEngine(lm, 1)
+    async def main() -> tuple[list[float], GenerationEngine, PhaseAligner | None]:
+        vt = VirtualTime()
+        engine = GenerationEngine(lm, 1, clock=vt)
+        call = engine.join(spec("a"))
         waits: list[float] = []
-        ticked = asyncio.Event()
 
         def on_tick(tick, expired) -> None:
-            ticked.set()
             if tick.min_wait_s is not None:
                 waits.append(tick.min_wait_s)
 
         aligner = PhaseAligner(period, margin_s=0.005, window=5) if align else None
-        clock = FrameClock(engine, period, on_tick=on_tick, aligner=aligner)
+        clock = FrameClock(engine, period, on_tick=on_tick, aligner=aligner, sleep=vt.sleep)
+        for t, codes in enumerate(user_frames(frames)):  # the ticks are at 0, 40, 80 ms ...
+            vt.at(0.005 + period * t, lambda c=codes, t=t: engine.push(call, c, t))
+        done = asyncio.Event()
+        vt.at(period * frames + 0.001, done.set)  # after the tick that takes the last frame
         clock.start()
-        call = await clock.join(spec("a"))
-        await ticked.wait()
-        due = time.monotonic() + 0.005  # frames land ~5 ms after the ticks: ~35 ms wait at a fixed phase
-        for t, codes in enumerate(user_frames(frames)):
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            engine.push(call, codes, t)
-            due += period
-        await asyncio.sleep(2 * period)
+        await done.wait()
         await clock.stop()
-        return waits, engine.missed
+        return waits, engine, aligner
 
-    waits, missed = asyncio.run(main())
-    late = sorted(waits[-20:])
-    median = late[len(late) // 2]
+    waits, engine, aligner = asyncio.run(main())
+    assert len(waits) == frames and engine.frames_stepped == frames and engine.missed == 0
     if align:
-        assert median < 0.018, f"aligned clock: frames still wait {median * 1000:.1f} ms (median)"
-        assert missed <= 3  # the shift never makes the caller miss ticks (one miss heals by itself)
+        assert aligner is not None and aligner.shifts == 1 and aligner.shifted_s == pytest.approx(0.030)
+        assert waits[:3] == pytest.approx([0.035] * 3)  # three backlogged ticks heal the phase at once
+        assert waits[3:] == pytest.approx([0.005] * (frames - 3))
     else:
-        assert median > 0.022, f"fixed phase: frames waited only {median * 1000:.1f} ms (median)"
+        assert waits == pytest.approx([0.035] * frames)
