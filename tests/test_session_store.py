@@ -204,11 +204,38 @@ def test_limits(make_store: MakeStore) -> None:
         assert (await store.get("a")).frames == 10
 
         await store.create(session("b"))
-        await store.end("b")  # ended sessions still count
-        with pytest.raises(LimitExceeded, match="2 sessions"):
+        with pytest.raises(LimitExceeded, match="2 live sessions"):
             await store.create(session("c"))
+        await store.end("b")  # an ended session frees its live place at once
+        await store.create(session("c"))
+        with pytest.raises(LimitExceeded, match="2 live sessions"):
+            await store.create(session("d"))
 
     run(make_store, body, max_append=4, max_frames=10, max_sessions=2, max_frame_bytes=256, max_config_bytes=2048)
+
+
+def test_ended_sessions_never_fill_the_store(make_store: MakeStore) -> None:
+    """Many short calls that hang up (the quick-call flood) leave ended sessions; they never
+    refuse a new live one, and beyond max_ended_sessions the oldest are evicted (gone, not readable)."""
+
+    async def body(store: SessionStore) -> None:
+        for i in range(12):
+            await store.create(session(f"q{i}"))
+            await store.append(f"q{i}", 0, frames(0, 1))
+            await store.end(f"q{i}")
+        await store.create(session("honest-1"))
+        await store.create(session("honest-2"))
+        ended = [s.call_id for s in await store.list("ended")]
+        assert sorted(ended) == sorted(f"q{i}" for i in range(9, 12))
+        with pytest.raises(NotFound):
+            await store.get("q0")
+        with pytest.raises(NotFound):
+            await read_all(store, "q8")
+        assert len(await read_all(store, "q11")) == 1
+        with pytest.raises(LimitExceeded):
+            await store.create(session("third-live"))
+
+    run(make_store, body, max_sessions=2, max_ended_sessions=3)
 
 
 def test_list(make_store: MakeStore) -> None:

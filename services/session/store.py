@@ -17,8 +17,11 @@ Semantics shared by both backends
 * ``append`` must start exactly at the stored frame count (``first_index == frames``), else
   Conflict: no gaps, no overlaps. The store sets each frame's ``index``; a caller may leave it 0
   or set it to its true position. An empty append is a keep-alive that refreshes the TTL.
-* ``max_sessions`` counts live and ended sessions (both hold memory); ``max_frames`` caps one
-  session's history. Both raise LimitExceeded; nothing is evicted early.
+* ``max_sessions`` counts live sessions only: an ended session never takes the place of a live
+  one (else a caller hanging up many short calls would fill the store for everyone until their
+  ended TTL passed). Ended sessions are bounded on their own by ``max_ended_sessions``: ending
+  one more evicts the oldest ended ones early. ``max_frames`` caps one session's history. A
+  create over ``max_sessions`` and an append over ``max_frames`` raise LimitExceeded.
 * ``list`` returns the most recently updated sessions first, at most ``LIST_CAP``.
 * Server-owned fields of a ``Session`` (state, frames, created_at, updated_at) are ignored on
   create and update; every other field, unknown future fields included, is stored as given.
@@ -89,7 +92,8 @@ class StoreLimits:
 
     ttl_seconds: float = 3600.0  # a live session expires this long after its last write
     ended_ttl_seconds: float = 300.0  # an ended session stays readable this long
-    max_sessions: int = 1000  # live + ended sessions held at once
+    max_sessions: int = 1000  # live sessions held at once (ended ones never count)
+    max_ended_sessions: int = 1000  # ended sessions kept readable; beyond, the oldest are evicted
     max_frames: int = 90_000  # frames per session: one hour of 40 ms frames
     max_append: int = 500  # frames in one append: 20 s of audio
     max_frame_bytes: int = 1024  # one serialized StoredFrame (8 codebooks x 2 is ~60 bytes)
@@ -200,7 +204,7 @@ def misplaced(call_id: str, stored: int, first_index: int) -> Conflict:
 
 
 def too_many_sessions(limit: int) -> LimitExceeded:
-    return LimitExceeded(f"the store already holds its limit of {limit} sessions")
+    return LimitExceeded(f"the store already holds its limit of {limit} live sessions")
 
 
 def too_many_frames(call_id: str, stored: int, adding: int, limit: int) -> LimitExceeded:
@@ -320,16 +324,24 @@ class MemorySessionStore(SessionStore):
     """Sessions in a dict of this process. No method awaits, so each is atomic under asyncio.
 
     Expired sessions are dropped lazily: on access, and by a sweep when the store is full or
-    listed, so memory stays bounded by ``max_sessions`` x ``max_frames``."""
+    listed, so memory stays bounded by (``max_sessions`` + ``max_ended_sessions``) x ``max_frames``."""
 
     def __init__(self, limits: StoreLimits | None = None) -> None:
         super().__init__(limits)
         self._entries: dict[str, _Entry] = {}
+        self._live = 0  # entries in state LIVE (expired ones included until swept)
+        self._ended: dict[str, None] = {}  # ended call ids, oldest first (they share one TTL)
+
+    def _drop(self, call_id: str) -> None:
+        entry = self._entries.pop(call_id, None)
+        if entry is not None and entry.state == LIVE:
+            self._live -= 1
+        self._ended.pop(call_id, None)
 
     def _find(self, call_id: str) -> _Entry:
         entry = self._entries.get(call_id)
         if entry is None or entry.expired(time.monotonic()):
-            self._entries.pop(call_id, None)
+            self._drop(call_id)
             raise not_found(call_id)
         return entry
 
@@ -342,19 +354,21 @@ class MemorySessionStore(SessionStore):
     def _sweep(self) -> None:
         now = time.monotonic()
         for call_id in [k for k, e in self._entries.items() if e.expired(now)]:
-            del self._entries[call_id]
+            self._drop(call_id)
 
     async def _create(self, call_id: str, config: bytes) -> Session:
         existing = self._entries.get(call_id)
         if existing is not None and not existing.expired(time.monotonic()):
             raise already_exists(call_id)
-        if len(self._entries) >= self.limits.max_sessions:
+        self._drop(call_id)
+        if self._live >= self.limits.max_sessions:
             self._sweep()
-            if len(self._entries) >= self.limits.max_sessions:
+            if self._live >= self.limits.max_sessions:
                 raise too_many_sessions(self.limits.max_sessions)
         now = time.time()
         entry = _Entry(config, now, now, time.monotonic() + self.limits.ttl_seconds)
         self._entries[call_id] = entry
+        self._live += 1
         return entry.session()
 
     async def _get(self, call_id: str) -> Session:
@@ -388,6 +402,10 @@ class MemorySessionStore(SessionStore):
         if entry.state == LIVE:
             entry.state = ENDED
             entry.touch(self.limits.ended_ttl_seconds)
+            self._live -= 1
+            self._ended[call_id] = None
+            while len(self._ended) > self.limits.max_ended_sessions:  # evict the oldest ended ones
+                self._drop(next(iter(self._ended)))
         return entry.session()
 
     async def _list(self, state: str, limit: int) -> list[Session]:
@@ -424,12 +442,12 @@ local function live_state(session)
 end
 """
 
-# KEYS: session, frames, live, ended. ARGV: id, config, ttl_ms, max_sessions.
+# KEYS: session, frames, live, ended. ARGV: id, config, ttl_ms, max_sessions (live ones only).
 _LUA_CREATE = """
 local now, now_ms = clock()
 prune(KEYS[3], KEYS[4], now_ms)
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'EXISTS'} end
-if redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[4]) then
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
   return {'TOO_MANY_SESSIONS'}
 end
 redis.call('DEL', KEYS[2])
@@ -466,7 +484,9 @@ keep(KEYS[1], KEYS[2], KEYS[3], ARGV[1], now_ms + tonumber(ARGV[3]))
 return {'OK', count + n}
 """
 
-# KEYS: session, frames, live, ended. ARGV: id, ended_ttl_ms.
+# KEYS: session, frames, live, ended. ARGV: id, ended_ttl_ms, max_ended_sessions, key prefix.
+# Ended sessions beyond max_ended_sessions are evicted, the earliest deadline (oldest end) first;
+# their key names are built from the prefix (the store needs a standalone Redis anyway).
 _LUA_END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'NOT_FOUND'} end
@@ -475,6 +495,13 @@ if state == 'live' then
   redis.call('HSET', KEYS[1], 'state', 'ended', 'updated_at', now)
   redis.call('ZREM', KEYS[3], ARGV[1])
   keep(KEYS[1], KEYS[2], KEYS[4], ARGV[1], now_ms + tonumber(ARGV[2]))
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[3])
+  if extra > 0 then
+    local evicted = redis.call('ZPOPMIN', KEYS[4], extra)
+    for i = 1, #evicted, 2 do
+      redis.call('DEL', ARGV[4] .. ':session:' .. evicted[i], ARGV[4] .. ':frames:' .. evicted[i])
+    end
+  end
 end
 return {'OK', redis.call('HGETALL', KEYS[1])}
 """
@@ -634,7 +661,9 @@ class RedisSessionStore(SessionStore):
 
     async def _end(self, call_id: str) -> Session:
         keys = [*self._session_keys(call_id), self.keys.ended]
-        (fields,) = await self._run("end", call_id, keys, [call_id, _ms(self.limits.ended_ttl_seconds)])
+        args: list[object] = [call_id, _ms(self.limits.ended_ttl_seconds), self.limits.max_ended_sessions,
+                              self.keys.prefix]
+        (fields,) = await self._run("end", call_id, keys, args)
         return _session_of(_pairs(fields))
 
     async def _list(self, state: str, limit: int) -> list[Session]:
