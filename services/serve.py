@@ -253,6 +253,10 @@ async def start(config: ServeConfig, role: str = "all", *, inproc: bool = True, 
 
 async def _start_gateway(config: ServeConfig, stack: Stack, inproc: bool) -> tuple[GatewayServer, str, str]:
     gw = config.gateway
+    if stack.generation is not None and gw.max_calls > stack.generation.servicer.engine.max_calls:
+        # the gateway admits no more calls than the generation has slots (its reserve then means something)
+        slots = stack.generation.servicer.engine.max_calls
+        gw = dataclasses.replace(gw, max_calls=slots, reserve_calls=min(gw.reserve_calls, slots - 1))
     auth = Authenticator.from_config(gw.auth)
     dev_key = ""
     if auth.empty:
@@ -260,7 +264,7 @@ async def _start_gateway(config: ServeConfig, stack: Stack, inproc: bool) -> tup
             raise ValueError("no API keys configured for the gateway: add hashed keys to gateway.auth.keys or "
                              "gateway.auth.keys_file (`maata apikey --id NAME` makes one)")
         dev_key = new_key()
-        auth.add(ApiKey(id="dev", sha256=hash_key(dev_key), max_calls=gw.max_calls))
+        auth.add(ApiKey(id="dev", sha256=hash_key(dev_key), max_calls=gw.max_calls - gw.reserve_calls or 1))
     host = config.host
     options = channel_options(gw.server)
     if stack.role == "all" and inproc:
@@ -337,7 +341,9 @@ async def serve_forever(config: ServeConfig, role: str = "all", *, inproc: bool 
         if stack.browser_url:
             print(f"talk to Maata from a browser: open {stack.browser_url} and press Call", file=out, flush=True)
         if stack.dev_key:
-            print(f"no API keys configured: this run accepts the development key {stack.dev_key} "
+            dev = stack.gateway.gateway.auth.by_id("dev") if stack.gateway is not None else None
+            quota = f" (at most {dev.max_calls} live calls, {dev.calls_per_minute} a minute)" if dev else ""
+            print(f"no API keys configured: this run accepts the development key {stack.dev_key}{quota} "
                   "(configure gateway.auth for anything else)", file=out, flush=True)
         await stack.wait()
     print("maata serve: drained", file=out, flush=True)

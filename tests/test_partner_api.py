@@ -24,7 +24,8 @@ from maata.audio import float_to_pcm16, load_audio, resample
 from services.client import converse
 from services.codec.service import CodecServiceConfig, load_model as load_codec_model, serve_codec
 from services.common.config import ServerConfig
-from services.common.server import channel_options
+from services.common.server import ADMITTED_METADATA, channel_options
+from services.gateway.admission import Admission, Refused
 from services.gateway.auth import ApiKey, AuthConfig, Authenticator, hash_key
 from services.gateway.config import GatewayConfig
 from services.gateway.server import serve_gateway
@@ -206,7 +207,7 @@ def test_telugu_call_round_trip_with_style_change(telugu: np.ndarray) -> None:
             # live audio: a frame that came late is a silence step, one that came in a burst past the queue
             # is dropped (latency first); on a loaded machine both happen, so the length is near, not exact
             assert result.seqs == list(range(n)) and abs(n - frames_for(len(telugu))) <= 0.25 * n
-            assert abs(len(result.audio) - n * HOP * 3) <= 3  # 48 kHz, resampler tail included
+            assert len(result.audio) == n * HOP * 3  # 48 kHz: exactly one 40 ms frame per message
             registry = svc.gateway.grpc.metrics.registry
             for stage in ("encode", "generate", "decode", "frame"):
                 count = registry.get_sample_value("maata_stage_latency_seconds_count",
@@ -402,11 +403,13 @@ def test_api_keys_are_hashed_and_counted() -> None:
     for metadata, message in (([], "missing API key"), ([("x-api-key", "nope")], "invalid API key")):
         with pytest.raises(Exception, match=message):
             auth.authenticate(metadata)
-    auth.acquire(key)
-    with pytest.raises(Exception, match="limit"):
-        auth.acquire(key)
-    auth.release(key)
-    auth.acquire(key)
+    admission = Admission(capacity=4)
+    ticket = admission.admit(key.tenant, "partner")
+    with pytest.raises(Refused, match="limit"):
+        admission.admit(key.tenant, "partner")
+    ticket.release()
+    ticket.release()  # idempotent
+    admission.admit(key.tenant, "partner")
     with pytest.raises(ValueError, match="never the key itself"):
         ApiKey("p2", "secret")  # a plaintext key in config is refused
 
@@ -461,6 +464,7 @@ class ScriptedBackends:
 
         async def generate(requests: Any, context: Any) -> Any:
             step, quiet, heard, speak = 0, 0, False, 0
+            await context.send_initial_metadata(((ADMITTED_METADATA, "1"),))  # holds its slot, like the real one
             async for message in requests:
                 if not message.HasField("codes"):
                     continue

@@ -6,7 +6,14 @@
   RPC handlers maintain, see ``services.common.server.add_servicer``);
 * ``maata_missed_frame_deadlines_total{service, stage}``: stage runs that took longer than their
   real-time budget (a frame's work must be done within a frame's duration);
-* ``maata_rpc_errors_total{service, method, code}``: RPCs that ended with a non-OK status.
+* ``maata_rpc_errors_total{service, method, code}``: RPCs that ended with a non-OK status (a
+  client's own deadline counts as DEADLINE_EXCEEDED, a client going away as CANCELLED; the
+  gateway's browser front end counts its refused offers as method "browser");
+* ``maata_refusals_total{service, front_end, reason}``: calls refused before they started, by
+  reason (the gateway: unauthenticated, invalid, session, rate, tenant_calls, capacity, reserve,
+  draining, backend, and for browsers also client_rate, offer_rate, pending, token);
+* ``maata_dropped_frames_total{service, front_end}``: user frames that got no answer of their own
+  (live input faster than real time).
 
 Like pipecat's per-processor processing-time metrics, a stage is timed from when its work
 starts until its output is ready (``timed``); unlike pipecat, the numbers go to Prometheus,
@@ -44,6 +51,12 @@ class ServiceMetrics:
         self.errors = Counter(
             "maata_rpc_errors", "RPCs that ended with a non-OK gRPC status.", ["service", "method", "code"],
             registry=self.registry)
+        self.refusals = Counter(
+            "maata_refusals", "Calls refused before they started, by reason.", ["service", "front_end", "reason"],
+            registry=self.registry)
+        self.dropped_frames = Counter(
+            "maata_dropped_frames", "User frames that got no answer of their own (input faster than real time).",
+            ["service", "front_end"], registry=self.registry)
 
     def observe(self, stage: str, seconds: float, deadline_s: float | None = None) -> None:
         """Record one run of ``stage``; count a missed deadline when it took over ``deadline_s``."""
@@ -63,6 +76,10 @@ class ServiceMetrics:
     def rpc_error(self, method: str, code: str) -> None:
         """Count an RPC of ``method`` that ended with status ``code`` (e.g. "INVALID_ARGUMENT")."""
         self.errors.labels(self.service, method, code).inc()
+
+    def refusal(self, front_end: str, reason: str) -> None:
+        """Count a call refused by ``front_end`` for ``reason`` before it started."""
+        self.refusals.labels(self.service, front_end, reason).inc()
 
     @contextmanager
     def live_call(self, rpc: str) -> Iterator[None]:

@@ -53,6 +53,7 @@ from services.common.metrics import ServiceMetrics
 log = logging.getLogger("maata.services")
 
 CALL_ID_METADATA = "maata-call-id"  # request metadata key naming the call an RPC belongs to
+ADMITTED_METADATA = "maata-admitted"  # response header a per-call stream sends once it holds its slot
 Options = list[tuple[str, Any]]
 
 
@@ -131,7 +132,10 @@ def _rpc_scope(method: MethodDescriptor, context: grpc.aio.ServicerContext, serv
         _count_error(method, metrics, _status_name(context), logging.INFO, context.details())
         raise
     except asyncio.CancelledError:
-        _count_error(method, metrics, "CANCELLED", logging.INFO, "cancelled (client gone or server draining)")
+        if _deadline_passed(context):
+            _count_error(method, metrics, "DEADLINE_EXCEEDED", logging.INFO, "the client's deadline passed")
+        else:
+            _count_error(method, metrics, "CANCELLED", logging.INFO, "cancelled (client gone or server draining)")
         raise
     except Exception:
         log.exception("%s failed", method.name, extra={"method": method.name, "code": "UNKNOWN"})
@@ -141,6 +145,16 @@ def _rpc_scope(method: MethodDescriptor, context: grpc.aio.ServicerContext, serv
         for var, token in zip((CALL_ID, SERVICE), tokens):
             with contextlib.suppress(ValueError):  # an async generator may be closed from another context
                 var.reset(token)
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the RPC's own deadline (set by the client) has passed: gRPC cancels the handler
+    then, and the caller sees DEADLINE_EXCEEDED, not CANCELLED."""
+    try:
+        remaining = context.time_remaining()
+    except Exception:  # a context without deadlines (in-process)
+        return False
+    return remaining is not None and remaining <= 0
 
 
 def _count_error(method: MethodDescriptor, metrics: ServiceMetrics | None, code: str, level: int | None,

@@ -1,4 +1,4 @@
-"""Partner API keys: hashed keys from config or a secret file, and per-key quotas of concurrent calls.
+"""Partner API keys: hashed keys from config or a secret file, and each key's limits.
 
 A partner sends its key in the ``x-api-key`` gRPC metadata. The server never stores a key,
 only its SHA-256 (hex): config holds entries ``{id, sha256, max_calls}``, inline under
@@ -7,8 +7,9 @@ with mode 0600). A value that is not 64 hex digits is refused at startup, so a p
 pasted into config is caught, not silently used. ``maata apikey --id NAME`` makes a new key
 and prints the entry to add.
 
-* no key, or a key whose hash is unknown: UNAUTHENTICATED (the key itself is never logged);
-* a key already holding ``max_calls`` calls: RESOURCE_EXHAUSTED naming the limit.
+No key, or a key whose hash is unknown: UNAUTHENTICATED (the key itself is never logged). Each
+key's limits (``max_calls`` live calls, ``calls_per_minute``, ``max_sessions`` resumable
+histories kept) are enforced by ``services.gateway.admission`` (the key is the call's tenant).
 
 The key ``id`` (not the key) names the partner in logs and metrics and namespaces its call ids,
 so one partner cannot resume another's call.
@@ -27,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from maata import config as cfglib
+from services.gateway.admission import Tenant
 
 API_KEY_METADATA = "x-api-key"
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,31}")
@@ -45,11 +47,13 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class ApiKey:
-    """One partner key: its id, the SHA-256 hex of the key, and its quota of concurrent calls."""
+    """One partner key: its id, the SHA-256 hex of the key, and its limits."""
 
     id: str
     sha256: str
-    max_calls: int = 4
+    max_calls: int = 4  # live calls at once
+    calls_per_minute: int = 120  # call starts per minute
+    max_sessions: int = 16  # resumable histories kept for the key (calls that ended without hanging up)
 
     def __post_init__(self) -> None:
         if not KEY_ID.fullmatch(self.id):
@@ -57,8 +61,16 @@ class ApiKey:
         if not SHA256_HEX.fullmatch(self.sha256):
             raise ValueError(f"API key {self.id!r}: sha256 must be the 64 lowercase hex digits of the key's SHA-256, "
                              "never the key itself (`maata apikey` prints a new key and its hash)")
-        if self.max_calls < 1:
-            raise ValueError(f"API key {self.id!r}: max_calls must be >= 1, got {self.max_calls}")
+        if self.max_calls < 1 or self.calls_per_minute < 1:
+            raise ValueError(f"API key {self.id!r}: max_calls and calls_per_minute must be >= 1, got "
+                             f"{self.max_calls} and {self.calls_per_minute}")
+        if self.max_sessions < 0:
+            raise ValueError(f"API key {self.id!r}: max_sessions must be >= 0, got {self.max_sessions}")
+
+    @property
+    def tenant(self) -> Tenant:
+        """Whom this key's calls are charged to (``services.gateway.admission``)."""
+        return Tenant(self.id, self.max_calls, self.calls_per_minute, self.max_sessions)
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,7 @@ def read_keys_file(path: str | Path) -> list[ApiKey]:
 
 
 class Authenticator:
-    """Checks ``x-api-key`` metadata against the hashed keys and counts each key's live calls."""
+    """Checks ``x-api-key`` metadata against the hashed keys."""
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._keys: dict[str, ApiKey] = {}
@@ -105,7 +117,6 @@ class Authenticator:
                 raise ValueError(f"API keys {self._keys[key.sha256].id!r} and {key.id!r} have the same hash")
             ids.add(key.id)
             self._keys[key.sha256] = key
-        self._live: dict[str, int] = {}
 
     @classmethod
     def from_config(cls, config: AuthConfig) -> Authenticator:
@@ -136,23 +147,9 @@ class Authenticator:
             raise AuthError("UNAUTHENTICATED", "invalid API key")
         return key
 
-    def live_calls(self, key: ApiKey) -> int:
-        return self._live.get(key.id, 0)
-
-    def acquire(self, key: ApiKey) -> None:
-        """Count one more live call of ``key``, or AuthError RESOURCE_EXHAUSTED at its quota."""
-        live = self._live.get(key.id, 0)
-        if live >= key.max_calls:
-            raise AuthError("RESOURCE_EXHAUSTED", f"API key {key.id!r} has {live} calls in progress, its limit; "
-                                                  "end one or ask for a higher quota")
-        self._live[key.id] = live + 1
-
-    def release(self, key: ApiKey) -> None:
-        live = self._live.get(key.id, 0) - 1
-        if live > 0:
-            self._live[key.id] = live
-        else:
-            self._live.pop(key.id, None)
+    def by_id(self, key_id: str) -> ApiKey | None:
+        """The key named ``key_id`` (call tokens name their key by id)."""
+        return next((k for k in self._keys.values() if k.id == key_id), None)
 
 
 __all__ = ["API_KEY_METADATA", "ApiKey", "AuthConfig", "AuthError", "Authenticator", "hash_key", "new_key",

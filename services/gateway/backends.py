@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from services.common.errors import StatusError
-from services.common.server import CALL_ID_METADATA
+from services.common.server import ADMITTED_METADATA, CALL_ID_METADATA
 
 from maata_protos.v1.codec_pb2 import CodecInfo, InfoRequest
 from maata_protos.v1.codec_pb2_grpc import CodecStub
@@ -60,6 +60,11 @@ class Duplex(ABC):
 
     @abstractmethod
     async def cancel(self) -> None: ...
+
+    async def admitted(self) -> None:
+        """Wait until the stream's service holds a slot for the call (the generation stream's
+        ``maata-admitted`` header), or raise its refusal as ``StatusError``. Streams that take
+        no slot admit at once."""
 
 
 class GrpcDuplex(Duplex):
@@ -100,6 +105,18 @@ class GrpcDuplex(Duplex):
     async def cancel(self) -> None:
         self._call.cancel()
 
+    async def admitted(self) -> None:
+        try:
+            metadata = await self._call.initial_metadata()
+        except grpc.aio.AioRpcError as err:
+            raise StatusError(err.code(), err.details() or "", self.stage) from None
+        if any(key == ADMITTED_METADATA for key, _ in metadata or ()):
+            return
+        code = await self._call.code()  # trailers only: the call was refused
+        details = await self._call.details() or ""
+        raise StatusError(code if code != Code.OK else Code.UNAVAILABLE,
+                          details or f"the {self.stage} stream ended before admitting the call", self.stage)
+
 
 class InprocContext:
     """The part of ``grpc.aio.ServicerContext`` the Maata servicers use, for in-process calls."""
@@ -109,6 +126,7 @@ class InprocContext:
         self._cancelled = False
         self._code: grpc.StatusCode | None = None
         self._details = ""
+        self.admitted = asyncio.Event()
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = None) -> None:
         """End the stream with ``code`` (raises, like grpc.aio's: ``StatusError``)."""
@@ -126,6 +144,13 @@ class InprocContext:
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        if any(key == ADMITTED_METADATA for key, _ in metadata):
+            self.admitted.set()
+
+    def time_remaining(self) -> float | None:
+        return None
 
     def set_cancelled(self) -> None:
         self._cancelled = True
@@ -188,6 +213,21 @@ class InprocDuplex(Duplex):
         if self._done.error is not None:
             raise self._done.error
         return None
+
+    async def admitted(self) -> None:
+        waiter = asyncio.ensure_future(self._context.admitted.wait())
+        try:
+            await asyncio.wait((waiter, self._task), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self._context.admitted.is_set():
+            return
+        item = self._replies.get_nowait() if not self._replies.empty() else _Done(None)
+        if isinstance(item, _Done):
+            self._done = item
+        error = item.error if isinstance(item, _Done) else None
+        raise error or StatusError(Code.UNAVAILABLE, f"the {self.stage} stream ended before admitting the call",
+                                   self.stage)
 
     async def cancel(self) -> None:
         self._context.set_cancelled()

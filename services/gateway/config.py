@@ -1,9 +1,11 @@
 """The gateway's config: the partner API and the WebRTC front end (``webrtc``), from YAML with
 ``MAATA_GATEWAY__*`` overrides (``maata serve`` nests it as ``gateway``: ``MAATA_SERVE__GATEWAY__*``).
 
-Both front ends share the backends, speech detection and the gateway-wide cap on live calls
-(``max_calls``); each adds its own admission (API-key quotas for partners, a per-client cap for
-browsers)."""
+Both front ends share the backends, speech detection and admission
+(``services.gateway.admission``): the gateway-wide cap on live calls (``max_calls``) with a
+reserve for tenants holding no call (``reserve_calls``), each API key's limits, and the
+anonymous browser pool (``anonymous``); the browser front end adds per-address and global offer
+rate limits and call tokens (``webrtc``)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,19 @@ class IceServer:
 
 
 @dataclass(frozen=True)
+class AnonymousConfig:
+    """The pool of browser calls that carry no call token (the public demo page): one tenant."""
+
+    max_calls: int = 4  # live anonymous calls at once, all addresses together
+    calls_per_minute: int = 30  # anonymous call starts per minute
+
+    def __post_init__(self) -> None:
+        if self.max_calls < 0 or self.calls_per_minute < 1:
+            raise ValueError(f"anonymous max_calls must be >= 0 (0: tokens only) and calls_per_minute >= 1, got "
+                             f"{self.max_calls} and {self.calls_per_minute}")
+
+
+@dataclass(frozen=True)
 class WebRTCConfig:
     """The browser front end: an HTTP server (the page and ``POST /api/offer`` signalling) and
     one aiortc peer connection per call. See ``services.gateway.webrtc``."""
@@ -47,9 +62,13 @@ class WebRTCConfig:
     ice_servers: list[IceServer] = field(default_factory=list)  # STUN/TURN for both ends ([] = host candidates)
     host_addresses: list[str] = field(default_factory=list)  # ICE host candidates ([] = every non-loopback
     #                                                          interface; ["127.0.0.1"] in a loopback-only netns)
-    max_calls_per_client: int = 2  # live browser calls per client address
+    max_calls_per_client: int = 2  # live and connecting browser calls per client address
+    offers_per_minute_per_client: int = 12  # offers one client address may make per minute (429 beyond)
+    offers_per_minute: int = 240  # offers per minute, all addresses together (429 beyond)
+    max_pending: int = 16  # answered offers not yet connected with audio flowing (503 beyond)
     max_offer_bytes: int = 64 * 1024  # the signalling request body (413 beyond)
-    connect_timeout_s: float = 15.0  # answer -> connected, else the call is dropped
+    connect_timeout_s: float = 10.0  # answer -> connected with audio flowing, else the call is dropped
+    call_token_max_ttl_s: float = 600.0  # call tokens may live at most this long (exp - iat)
     out_queue_ms: int = 120  # agent audio buffered for sending at most; older 20 ms frames are dropped
     in_stale_ms: int = 120  # user audio later than this behind real time is dropped, not queued
     in_jitter_packets: int = 1  # aiortc's receive jitter buffer in packets (its default 4; 0 = each packet as it arrives)
@@ -66,8 +85,9 @@ class WebRTCConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"webrtc port must be a TCP port (0 = any free one), got {self.port}")
-        if self.max_calls_per_client < 1:
-            raise ValueError(f"webrtc max_calls_per_client must be >= 1, got {self.max_calls_per_client}")
+        for name in ("max_calls_per_client", "offers_per_minute_per_client", "offers_per_minute", "max_pending"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"webrtc {name} must be >= 1, got {getattr(self, name)}")
         if self.max_offer_bytes < 1024:
             raise ValueError(f"webrtc max_offer_bytes must be >= 1024, got {self.max_offer_bytes}")
         if not 0 <= self.in_jitter_packets <= 8:
@@ -89,7 +109,7 @@ class WebRTCConfig:
                              f"got {self.resample_quality!r}")
         if self.out_queue_ms < 40 or self.in_stale_ms < 40:
             raise ValueError("webrtc out_queue_ms and in_stale_ms must be >= 40 (one frame)")
-        for name in ("connect_timeout_s", "stats_interval_s"):
+        for name in ("connect_timeout_s", "stats_interval_s", "call_token_max_ttl_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"webrtc {name} must be positive, got {getattr(self, name)}")
 
@@ -111,7 +131,9 @@ class GatewayConfig:
     store_timeout_s: float = 2.0
     connect_timeout_s: float = 30.0  # how long start-up waits for the backends
     auth: AuthConfig = field(default_factory=AuthConfig)
-    max_calls: int = 64  # live calls on this gateway, all keys together
+    max_calls: int = 16  # live calls on this gateway, all tenants together (the generation slots it fronts)
+    reserve_calls: int = 2  # the last free slots go only to a tenant holding no call (a burst cannot refuse others)
+    anonymous: AnonymousConfig = field(default_factory=AnonymousConfig)  # browser calls without a call token
     sample_rates: list[int] = field(default_factory=lambda: list(SAMPLE_RATES))
     max_chunk_seconds: float = 1.0
     resample_quality: str = "HQ"  # soxr quality of the per-call streaming resamplers
@@ -125,6 +147,8 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.max_calls < 1:
             raise ValueError(f"gateway max_calls must be >= 1, got {self.max_calls}")
+        if not 0 <= self.reserve_calls < self.max_calls:
+            raise ValueError(f"gateway reserve_calls must be in [0, max_calls), got {self.reserve_calls}")
         bad = [r for r in self.sample_rates if r not in SAMPLE_RATES]
         if bad or not self.sample_rates:
             raise ValueError(f"gateway sample_rates must be a non-empty subset of {SAMPLE_RATES}, got {self.sample_rates}")
@@ -150,4 +174,4 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     return cfglib.load(GatewayConfig, path, env_prefix=ENV_PREFIX, overrides=overrides or None, environ=environ)
 
 
-__all__ = ["ENV_PREFIX", "GatewayConfig", "IceServer", "SAMPLE_RATES", "WebRTCConfig", "load_config"]
+__all__ = ["AnonymousConfig", "ENV_PREFIX", "GatewayConfig", "IceServer", "SAMPLE_RATES", "WebRTCConfig", "load_config"]

@@ -1,6 +1,8 @@
 """The gateway's core, shared by every front end: ``Gateway`` -- the backends, the keys, admission
-(draining, the gateway-wide cap on live calls, per-key quotas), the registry of live calls (a
-drain ends them all), style checks, and the resume check against the session store.
+(``services.gateway.admission``: draining, per-tenant caps and rates, the gateway-wide cap with
+its reserve, each tenant's resumable-history budget), the registry of live calls (a drain ends
+them all; the live-call gauge per front end), refusals counted by reason, style checks, and the
+resume check against the session store.
 
 Front ends (``partner``: the gRPC partner API; ``webrtc``: the browser) import this module and
 ``pipeline``; this module imports neither of them.
@@ -15,11 +17,12 @@ import grpc
 
 from services.common.errors import RESUME_HINT, StatusError
 from services.common.metrics import ServiceMetrics
-from services.gateway.auth import ApiKey, AuthError, Authenticator
+from services.gateway.admission import ANONYMOUS, Admission, HistoryBudget, Refused, Tenant, Ticket
+from services.gateway.auth import AuthError, Authenticator
 from services.gateway.backends import Backends
 from services.gateway.config import GatewayConfig
 from services.gateway.pipeline import Pipeline
-from services.session.errors import NotFound, SessionError
+from services.session.errors import Conflict, NotFound, SessionError
 from services.session.store import ENDED, SessionStore
 
 from maata_protos.v1.common_pb2 import Style
@@ -43,8 +46,15 @@ class Gateway:
         self.voices = tuple(config.voices) or backends.voices
         self.emotions = tuple(config.emotions) or backends.emotions
         self.calls: dict[int, Pipeline] = {}  # live calls by a running number
-        self.draining = False
+        self.admission = Admission(config.max_calls, config.reserve_calls)
+        self.histories = HistoryBudget(self._end_session)
+        self.anonymous = Tenant(ANONYMOUS, config.anonymous.max_calls, config.anonymous.calls_per_minute, 0)
         self._next = 0
+        self._front_ends: dict[int, str] = {}
+
+    @property
+    def draining(self) -> bool:
+        return self.admission.draining
 
     def check_style(self, style: Style) -> None:
         """INVALID_ARGUMENT (``StatusError``) for a voice or emotion the model does not have."""
@@ -74,36 +84,65 @@ class Gateway:
             raise StatusError(Code.FAILED_PRECONDITION, f"call {call_id!r} has ended; use a new call_id")
         return True, session.frames
 
-    def admit_call(self) -> None:
-        """The gateway-wide checks every front end makes before a call: not draining, under ``max_calls``."""
-        if self.draining:
-            raise StatusError(Code.UNAVAILABLE, f"the gateway is draining; {RESUME_HINT} (or start it) on another replica")
-        if len(self.calls) >= self.config.max_calls:
-            raise StatusError(Code.RESOURCE_EXHAUSTED, f"the gateway is at its limit of {self.config.max_calls} calls; "
-                                                   "retry later or use another replica")
+    def refused(self, front_end: str, reason: str, code: grpc.StatusCode) -> None:
+        """Count a call refused before it started (``maata_refusals_total``, and the front end's
+        entry point in ``maata_rpc_errors_total``)."""
+        self.metrics.refusal(front_end, reason)
+        if front_end != "partner":  # the partner API's errors are counted by its gRPC handler
+            self.metrics.rpc_error(front_end, code.name)
 
-    def admit(self, key: ApiKey) -> None:
-        """A partner call of ``key``: the gateway-wide checks, then the key's quota (acquired here)."""
-        self.admit_call()
+    def admit(self, tenant: Tenant, front_end: str) -> Ticket:
+        """A call of ``tenant`` through ``front_end`` ("partner", "browser"), or ``Refused``
+        (counted). The ticket holds its place until ``ticket.release()``."""
         try:
-            self.auth.acquire(key)
-        except AuthError as err:
-            raise StatusError(Code.RESOURCE_EXHAUSTED, err.details) from None
+            return self.admission.admit(tenant, front_end)
+        except Refused as err:
+            self.refused(front_end, err.reason, err.code)
+            log.info("call refused", extra={"tenant": tenant.name, "front_end": front_end, "reason": err.reason})
+            raise
 
-    def register(self, pipeline: Pipeline) -> int:
-        """Count ``pipeline`` as a live call (drains end it); returns its slot for ``unregister``."""
+    def register(self, pipeline: Pipeline, front_end: str = "partner") -> int:
+        """Count ``pipeline`` as a live call of ``front_end`` (drains end it); returns its slot
+        for ``unregister``."""
         slot = self._next
         self._next += 1
         self.calls[slot] = pipeline
+        self._front_ends[slot] = front_end
+        self.metrics.live_calls.labels(self.metrics.service, front_end).inc()
         return slot
 
     def unregister(self, slot: int) -> None:
-        self.calls.pop(slot, None)
+        if self.calls.pop(slot, None) is not None:
+            self.metrics.live_calls.labels(self.metrics.service, self._front_ends.pop(slot)).dec()
+
+    async def call_ended(self, ticket: Ticket, store_id: str, pipeline: Pipeline, resumable: bool = True) -> None:
+        """Release ``ticket``. A call that ended without hanging up left its session live in the
+        store: it joins the tenant's history budget (``admission.HistoryBudget``), or, for a
+        caller that never resumes (``resumable`` False: browsers), is ended at once."""
+        ticket.release()
+        ended = pipeline.ended
+        if not pipeline.started or (ended is not None and not ended.resumable):
+            return
+        if resumable:
+            await self.histories.left_resumable(ticket.tenant, store_id)
+        else:
+            try:
+                await self._end_session(store_id)
+            except Exception as err:  # an unreachable store: the session expires on its TTL instead
+                log.warning("could not end a browser call's session", extra={"call_id": store_id, "error": str(err)})
+
+    async def _end_session(self, store_id: str) -> None:
+        if self.store is None:
+            return
+        try:
+            await asyncio.wait_for(self.store.end(store_id), self.config.store_timeout_s)
+        except (NotFound, Conflict):
+            pass  # expired or already ended
 
     async def drain(self) -> None:
         """Refuse new calls and end the live ones UNAVAILABLE (resumable: their generation
         streams are cancelled, which flushes them)."""
-        self.draining = True
+        self.admission.draining = True
         await self.end_calls(Code.UNAVAILABLE, f"the gateway is draining; {RESUME_HINT}")
 
     async def end_calls(self, code: grpc.StatusCode, details: str, timeout_s: float = 10.0) -> None:

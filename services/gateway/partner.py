@@ -3,15 +3,18 @@ bidirectional gRPC stream per call, PCM16 in and out, events out.
 
 A thin front end over ``services.gateway.core.Gateway``. The servicer is the partner-facing
 edge of the one conversation path (``services.gateway.pipeline``): it authenticates
-(``x-api-key``, ``services.gateway.auth``), admits (a per-key quota and a gateway-wide cap of
-concurrent calls), validates the config and every audio chunk before anything reaches a
+(``x-api-key``, ``services.gateway.auth``), validates the config, admits
+(``services.gateway.admission``: the key's limits, the gateway's capacity and reserve, then the
+generation's slot; ``started`` is sent only after all of them), validates the config and every audio chunk before anything reaches a
 backend, converts formats, and turns pipeline events into ``ServerEvent`` messages. A bad message ends only its own call; no call shares
 state with another beyond the batched model steps.
 
 Formats. Input and output are PCM16 little-endian mono at 8, 16, 24 or 48 kHz (the output
 defaults to the input's rate). Each call has its own streaming resamplers
-(``soxr.ResampleStream``, HQ) to and from the pipeline's 16 kHz, so chunk boundaries never
-click; their tails are flushed at hang-up. An audio chunk may hold at most
+to and from the pipeline's 16 kHz, so chunk boundaries never click: the input's is
+``soxr.ResampleStream`` (HQ; its tail is flushed at hang-up), the output's a
+``maata.audio.FrameResampler``, which gives every agent frame as one message of exactly 40 ms
+at the output rate (no bursts, no uneven sizes). An audio chunk may hold at most
 ``max_chunk_seconds`` (1 s) of audio and must have an even number of bytes.
 
 Call ids. A partner's call id (1-96 characters of ``[A-Za-z0-9._-]``, generated when empty) is
@@ -20,8 +23,10 @@ reads its session (when ``session_store`` is set): a live one is a resume (``Cal
 with the stored frame count), an ended one FAILED_PRECONDITION, none with ``resume`` set
 NOT_FOUND.
 
-Ending. Hang-up (``HangUp`` or half-closing the stream): every frame sent is answered, the
-resampler tails are sent, ``CallEnded("hangup")``, status OK. Errors: ``CallEnded`` with the
+Ending. Hang-up (``HangUp`` or half-closing the stream): the frames sent are answered, then
+``CallEnded`` with reason "hangup", or "hangup_dropped_frames" and the count in
+``dropped_frames`` when live input came faster than real time and some frames were dropped;
+status OK. Errors: ``CallEnded`` with the
 details and ``resumable``, then the status (the table in conversation.proto). A drain of the
 gateway ends every call UNAVAILABLE (resumable) after the generation service has flushed it.
 
@@ -51,10 +56,10 @@ import grpc
 import numpy as np
 import soxr
 
-from maata.audio import AudioError, float_to_pcm16, pcm16_to_float
+from maata.audio import AudioError, FrameResampler, float_to_pcm16, pcm16_to_float
 from services.common.errors import StatusError, abort, abort_with
 from services.common.sampling import check_sampling
-from services.gateway.auth import ApiKey, AuthError
+from services.gateway.auth import ApiKey, AuthError  # noqa: F401  (ApiKey: PartnerCall's key)
 from services.gateway.backends import SAMPLE_RATE
 from services.gateway.core import Gateway
 from services.gateway.pipeline import AgentAudio, CallSetup, Ended, Latency, Pipeline, Speaking, Text
@@ -70,6 +75,9 @@ SERVICE = conversation_pb2.DESCRIPTOR.services_by_name["Conversation"]
 SERVICE_NAME = SERVICE.full_name
 Code = grpc.StatusCode
 CALL_ID = re.compile(r"[A-Za-z0-9._-]{1,96}")
+FRONT_END = "partner"
+HANGUP = "hangup"  # CallEnded.reason of a hang-up where every user frame was answered
+HANGUP_DROPPED = "hangup_dropped_frames"  # a hang-up where some were dropped (CallEnded.dropped_frames)
 
 
 # -- one call -------------------------------------------------------------------------------------
@@ -112,7 +120,8 @@ class PartnerCall:
         quality = cfg.resample_quality
         self._in = (soxr.ResampleStream(self.in_rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
                     if self.in_rate != SAMPLE_RATE else None)
-        self._out = (soxr.ResampleStream(SAMPLE_RATE, self.out_rate, 1, dtype="float32", quality=quality)
+        # one equal message per agent frame at any rate (soxr's stream would emit uneven chunks)
+        self._out = (FrameResampler(SAMPLE_RATE, self.out_rate, gateway.backends.hop)
                      if self.out_rate != SAMPLE_RATE else None)
         self.last_seq = 0
         self.frames_out = 0
@@ -140,9 +149,10 @@ class PartnerCall:
             return np.zeros(0, np.float32)
         return self._in.resample_chunk(np.zeros(0, np.float32), last=True)
 
-    def audio_out(self, pcm: np.ndarray, last: bool = False) -> bytes:
+    def audio_out(self, pcm: np.ndarray) -> bytes:
+        """One agent frame (16 kHz) as PCM16 at the output rate: always the same size."""
         if self._out is not None:
-            pcm = self._out.resample_chunk(pcm, last=last)
+            pcm = self._out(pcm)
         return float_to_pcm16(pcm)
 
     def render(self, event: Any) -> ServerEvent | None:
@@ -165,13 +175,6 @@ class PartnerCall:
             return ServerEvent(latency=TurnLatency(ms=event.ms, frame_ms=event.frame_ms))
         return None
 
-    def tail(self) -> ServerEvent | None:
-        """The output resampler's tail, as a last ServerAudio of the final frame."""
-        if self._out is None or not self.frames_out:
-            return None
-        pcm16 = self.audio_out(np.zeros(0, np.float32), last=True)
-        return ServerEvent(audio=ServerAudio(pcm16=pcm16, seq=self.last_seq)) if pcm16 else None
-
 
 class ConversationServicer:
     """``maata.v1.Conversation`` over a ``Gateway``."""
@@ -191,36 +194,48 @@ class ConversationServicer:
         try:
             key = gateway.auth.authenticate(context.invocation_metadata())
         except AuthError as err:
+            gateway.metrics.refusal(FRONT_END, "unauthenticated")
             await abort(context, Code.UNAUTHENTICATED, err.details)
-        try:
-            gateway.admit(key)
-        except StatusError as err:
-            await abort_with(context, err)
-        try:
-            async for event in self._call(key, first, messages, context):
-                yield event
-        finally:
-            gateway.auth.release(key)
-
-    async def _call(self, key: ApiKey, first: ClientEvent, messages: AsyncIterator[ClientEvent],
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[ServerEvent]:
-        gateway = self.gateway
         kind = first.WhichOneof("event")
-        if kind != "config":
-            await abort(context, Code.INVALID_ARGUMENT,
-                        f"the first event must be `config` (ClientConfig), got {kind or 'an empty event'!s}")
         try:
+            if kind != "config":
+                raise StatusError(Code.INVALID_ARGUMENT, "the first event must be `config` (ClientConfig), got "
+                                                         f"{kind or 'an empty event'!s}")
             call = PartnerCall(gateway, key, first.config)
             resumed, frames = await gateway.session_state(call.store_id, call.call_id, call.resume)
         except StatusError as err:
+            gateway.metrics.refusal(FRONT_END, "invalid" if err.code == Code.INVALID_ARGUMENT else "session")
+            await abort_with(context, err)
+        try:
+            ticket = gateway.admit(key.tenant, FRONT_END)
+        except StatusError as err:
             await abort_with(context, err)
         pipeline = Pipeline(gateway.backends, call.setup, gateway.config.pipeline(), gateway.metrics)
-        slot = gateway.register(pipeline)
+        try:
+            try:
+                await pipeline.start()
+            except StatusError as err:
+                gateway.metrics.refusal(FRONT_END, "backend")
+                await abort_with(context, err)
+            if resumed:
+                gateway.histories.resumed(key.tenant, call.store_id)
+            async for event in self._call(call, pipeline, resumed, frames, messages, context):
+                yield event
+        finally:
+            await pipeline.close()
+            await gateway.call_ended(ticket, call.store_id, pipeline)
+
+    async def _call(self, call: PartnerCall, pipeline: Pipeline, resumed: bool, frames: int,
+                    messages: AsyncIterator[ClientEvent],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[ServerEvent]:
+        """An admitted call: ``started``, then the pipeline's events until ``ended``."""
+        gateway = self.gateway
+        key = call.key
+        slot = gateway.register(pipeline, FRONT_END)
         reader: asyncio.Task[None] | None = None
         aborted: list[BaseException] = []
         ended: Ended | None = None
         try:
-            await pipeline.start()
             log.info("call resumed" if resumed else "call started",
                      extra={"call_id": call.store_id, "key": key.id, "in_rate": call.in_rate,
                             "out_rate": call.out_rate, "frames": frames})
@@ -238,13 +253,15 @@ class ConversationServicer:
             if aborted:
                 raise aborted[0]  # the request parser already answered INVALID_ARGUMENT
             if ended.ok:
-                if (tail := call.tail()) is not None:
-                    yield tail
-                yield ServerEvent(ended=CallEnded(reason="hangup", resumable=False, code="OK"))
+                dropped = pipeline.dropped_frames
+                if dropped:
+                    gateway.metrics.dropped_frames.labels(gateway.metrics.service, FRONT_END).inc(dropped)
+                yield ServerEvent(ended=CallEnded(reason=HANGUP_DROPPED if dropped else HANGUP, resumable=False,
+                                                  code="OK", dropped_frames=dropped))
                 return
             if not context.cancelled():
                 yield ServerEvent(ended=CallEnded(reason=ended.details, resumable=ended.resumable,
-                                                  code=ended.code.name))
+                                                  code=ended.code.name, dropped_frames=pipeline.dropped_frames))
                 await abort(context, ended.code, ended.details)
         finally:
             if reader is not None:
@@ -256,7 +273,8 @@ class ConversationServicer:
             end = ended or pipeline.ended
             log.info("call ended", extra={"call_id": call.store_id, "key": key.id,
                                           "code": end.code.name if end else "CANCELLED",
-                                          "frames_in": pipeline.frames_in, "frames_out": pipeline.frames_out})
+                                          "frames_in": pipeline.frames_in, "frames_out": pipeline.frames_out,
+                                          "dropped_frames": pipeline.dropped_frames})
 
     async def _read(self, call: PartnerCall, pipeline: Pipeline, messages: AsyncIterator[ClientEvent],
                     context: grpc.aio.ServicerContext, aborted: list[BaseException]) -> None:

@@ -91,6 +91,7 @@ class PipelineConfig:
     agent_speech: SpeechConfig = field(default_factory=SpeechConfig)
     backlog_window: int = 25  # live input: frames (1 s) over which a standing backlog is measured
     backlog_keep: int = 1  # live input: unanswered frames that are normal (the one waiting for its tick)
+    admit_timeout_s: float = 30.0  # how long start() waits for the generation to admit the call
 
     def __post_init__(self) -> None:
         if self.max_ahead_frames < 1:
@@ -194,9 +195,11 @@ class Pipeline:
         self.hop = backends.hop
         self.frame_s = self.hop / SAMPLE_RATE
         self.ended: Ended | None = None
+        self.started = False  # the generation admitted the call (start() returned)
         self.frames_in = 0  # user frames sent to the encoder
         self.voiced_in = 0  # of them, frames with sound (above the user speech detector's off level)
         self.backlog_dropped = 0  # live input frames not sent, to clear a standing backlog
+        self.answered = 0  # user frames the agent answered (each once)
         self._backlog_min = 1 << 30
         self._backlog_seen = 0
         self.frames_out = 0  # agent frames emitted
@@ -221,7 +224,9 @@ class Pipeline:
 
     # -- driving the call ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the three streams and send the generation its call config."""
+        """Open the three streams, send the generation its call config and wait until it holds a
+        slot for the call; ``StatusError`` (its refusal, as ``backend_ending`` words it) if not.
+        After this returns the call is admitted (``started``)."""
         s = self.setup
         self._enc = self.backends.encoder(s.call_id)
         self._gen = self.backends.generator(s.call_id)
@@ -231,6 +236,15 @@ class Pipeline:
         if s.sampling is not None:
             config.sampling.CopyFrom(s.sampling)
         await self._gen.send(UserFrame(config=config))
+        try:
+            await asyncio.wait_for(self._gen.admitted(), self.config.admit_timeout_s)
+        except StatusError as err:
+            ending = backend_ending(err)
+            raise StatusError(ending.code, ending.details) from None
+        except asyncio.TimeoutError:
+            raise StatusError(Code.UNAVAILABLE, f"the generation service did not admit the call within "
+                                                f"{self.config.admit_timeout_s:g} s; retry") from None
+        self.started = True
         self._tasks = [asyncio.create_task(self._guard(loop(), name), name=f"pipeline-{name}")
                        for name, loop in (("encode", self._encoded), ("generate", self._generated),
                                           ("decode", self._decoded))]
@@ -291,6 +305,13 @@ class Pipeline:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    @property
+    def dropped_frames(self) -> int:
+        """User frames that got no answer of their own: dropped here to clear a standing backlog,
+        or by the generation's queue (oldest first) when live input came faster than real time.
+        Complete once the call has ended."""
+        return self.backlog_dropped + max(0, self.frames_in - self.answered)
 
     # -- internals ------------------------------------------------------------------------------
     async def _send_frame(self, frame: np.ndarray) -> None:
@@ -371,6 +392,7 @@ class Pipeline:
                 self.metrics.observe("generate", now - self._t_codes[user_seq], 2 * self.frame_s)
         if not reply.filled and reply.seq > self._answered:
             self._answered = reply.seq
+            self.answered += 1
             self._answer.set()
         if reply.text:
             self._events.put_nowait(Text(reply.text, reply.frame))

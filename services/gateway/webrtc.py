@@ -4,19 +4,35 @@ call; a thin front end over ``services.gateway.core.Gateway``, like the partner 
     server = await serve_webrtc(gateway, config.webrtc, host="127.0.0.1")
     # GET  /             the call page (services/gateway/static)
     # GET  /api/config   voices, emotions, ICE servers, modes (what the page offers)
-    # POST /api/offer    {"sdp", "type": "offer", "voice", "emotion", "mode": "model"|"echo", "text"}
+    # POST /api/offer    {"sdp", "type": "offer", "voice", "emotion", "mode": "model"|"echo", "text", "token"?}
     #                    -> {"sdp", "type": "answer", "call_id"} once ICE gathering is complete
     # GET  /api/calls    live browser calls and their counters (operations, tests)
     # GET  /healthz
     await server.stop()
 
+Admission (a browser cannot take capacity it does not use, nor lock out paying callers):
+
+* at the offer (cheap checks, no model resources): draining (503), the offer rate of the client
+  address (``offers_per_minute_per_client``) and of all addresses (``offers_per_minute``) (429),
+  the call token when the offer carries one (401 when it is invalid, see
+  ``services.gateway.tokens``; without one the call is charged to the anonymous pool, 401 when
+  ``anonymous.max_calls`` is 0), the address's live and connecting calls
+  (``max_calls_per_client``) and the connecting calls of all (``max_pending``) (503). An answered
+  offer costs a peer connection and a ``connect_timeout_s`` timer, nothing else;
+* once ICE and DTLS are up and the first audio frame arrives: ``Gateway.admit`` (the tenant's
+  limits -- the token's API key or the anonymous pool --, the gateway's capacity and its reserve),
+  then the generation's slot. Only then is the call registered and the pipeline started; a
+  refusal there ends the call with an ``ended`` data-channel message (RESOURCE_EXHAUSTED) and
+  closes it. A call with no audio flowing within ``connect_timeout_s`` is closed.
+
+Every refusal is counted (``maata_refusals_total{front_end="browser", reason}`` and
+``maata_rpc_errors_total{method="browser", code}``).
+
 A browser call is the same conversation path as a partner call: the browser's Opus (aiortc
 decodes it to 48 kHz stereo 20 ms frames) is mixed to mono, resampled to 16 kHz by a streaming
 soxr resampler and pushed into a ``services.gateway.pipeline.Pipeline``; the pipeline's agent
 frames are resampled to 48 kHz and sent on an outgoing track; its events go to the page on the
-data channel. Admission is the gateway's (``Gateway.admit_call``: draining, ``max_calls``,
-shared with partner calls) plus a cap per client address; a refused call is a 503 with a message
-(the page shows "server busy"). Mode ``echo`` swaps the model for ``EchoBackends`` (the user's
+data channel. Mode ``echo`` swaps the model for ``EchoBackends`` (the user's
 codes come straight back): the codec-only path, for latency measurements and microphone checks.
 
 Latency by design, both ways bounded:
@@ -59,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fractions
 import json
 import logging
@@ -84,11 +101,13 @@ from aiortc.sdp import SessionDescription
 from maata.audio import float_to_int16, int16_to_float, rms_dbfs
 from maata.resample_stream import FirResampleStream
 from services.common.errors import StatusError
+from services.gateway.admission import RateLimiter, Tenant, Ticket
 from services.gateway.backends import SAMPLE_RATE, EchoBackends
 from services.gateway.config import WebRTCConfig
 from services.gateway.core import Gateway
 from services.gateway.media import ArrivalJitterBuffer, PacketOpusEncoder, set_ptime, use_encoder
 from services.gateway.pipeline import AgentAudio, CallSetup, Ended, Latency, Pipeline, Speaking, Text
+from services.gateway.tokens import TokenError, TokenVerifier
 
 from maata_protos.v1.common_pb2 import Style
 
@@ -103,12 +122,16 @@ TRIM_KEEP = 1  # packets the queue may hold at every tick (measured before the t
 MAX_CONTROL_BYTES = 4096  # one data-channel control message
 VOICED_DBFS = -50.0  # a frame counts as voiced above this level (the counters the page and tests read)
 Code = grpc.StatusCode
-HTTP_STATUS = {Code.INVALID_ARGUMENT: 400, Code.RESOURCE_EXHAUSTED: 503, Code.UNAVAILABLE: 503}
+FRONT_END = "browser"
+HTTP_STATUS = {Code.INVALID_ARGUMENT: 400, Code.UNAUTHENTICATED: 401, Code.RESOURCE_EXHAUSTED: 503,
+               Code.UNAVAILABLE: 503}
+HTTP_CODE = {400: Code.INVALID_ARGUMENT, 401: Code.UNAUTHENTICATED, 413: Code.INVALID_ARGUMENT,
+             429: Code.RESOURCE_EXHAUSTED, 500: Code.INTERNAL, 503: Code.RESOURCE_EXHAUSTED}
 
 
 def _error(status: int, message: str, code: str = "") -> web.Response:
     body = {"error": message, "code": code or {400: "BAD_REQUEST", 413: "PAYLOAD_TOO_LARGE", 503: "BUSY"}.get(status, "ERROR")}
-    headers = {"Retry-After": "5"} if status == 503 else None
+    headers = {"Retry-After": "5"} if status in (429, 503) else None
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -266,8 +289,9 @@ class BrowserCall:
     """One browser call: its peer connection, pipeline, resamplers, tracks and data channel."""
 
     def __init__(self, server: WebRTCServer, pc: RTCPeerConnection, client: str, mode: str, style: Style,
-                 text: bool) -> None:
+                 text: bool, tenant: Tenant) -> None:
         self.server = server
+        self.tenant = tenant
         self.pc = pc
         self.client = client
         self.mode = mode
@@ -292,15 +316,42 @@ class BrowserCall:
         self._closing = False
         self._ended: Ended | None = None
         self._slot: int | None = None
+        self._ticket: Ticket | None = None
         self._hung_up = False
+        self.admitted = False  # connected, audio flowing, admitted: the pipeline runs
 
     # -- set-up -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Register with the gateway and open the pipeline (before the answer is sent)."""
-        self._slot = self.server.gateway.register(self.pipeline)
-        await self.pipeline.start()
-        self._spawn(self._events(), "events")
+        """Arm the connect timer (before the answer is sent); nothing else is held until audio flows."""
         self._spawn(self._watchdog(), "watchdog")
+
+    async def _admit(self) -> bool:
+        """The first audio frame arrived (ICE and DTLS are up): admit the call, register it and
+        start its pipeline; a refusal ends the call (False)."""
+        gateway = self.server.gateway
+        self.server.pending.discard(self.call_id)
+        try:
+            self._ticket = gateway.admit(self.tenant, FRONT_END)
+            self.admitted = True  # from here on the pipeline's Ended closes the call
+            self._slot = gateway.register(self.pipeline, FRONT_END)
+            self._spawn(self._events(), "events")
+            try:
+                await self.pipeline.start()
+            except StatusError as err:
+                gateway.refused(FRONT_END, "backend", err.code)
+                raise
+        except StatusError as err:
+            log.info("browser call refused", extra={"call_id": self.call_id, "code": err.code.name})
+            if self.admitted:
+                self.pipeline.fail(err.code, err.details)  # the events task says so and closes the call
+            else:
+                self._ended = Ended(err.code, err.details)
+                self.send({"type": "ended", "code": err.code.name, "reason": err.details})
+                await asyncio.sleep(0.05)  # let the data channel carry the message
+                await self.close()
+            return False
+        log.info("browser call admitted", extra={"call_id": self.call_id, "tenant": self.tenant.name})
+        return True
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(self._guard(coro, name), name=f"webrtc-{name}-{self.call_id}"))
@@ -313,6 +364,8 @@ class BrowserCall:
         except Exception as err:  # a bug in one call: that call ends, the others go on
             log.exception("browser call %s task failed", name, extra={"call_id": self.call_id})
             self.pipeline.fail(Code.INTERNAL, f"gateway webrtc {name}: {type(err).__name__}: {err}")
+            if not self.admitted:  # no events task to close it
+                await self.close()
 
     def on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -331,6 +384,8 @@ class BrowserCall:
         log.info("browser call connection %s", self.state, extra={"call_id": self.call_id})
         if self.state in ("failed", "closed"):
             self.pipeline.fail(Code.CANCELLED, f"the browser connection {self.state}")
+            if not self.admitted:  # no events task yet to close it
+                self._spawn(self.close(), "close")
 
     # -- audio in -----------------------------------------------------------------------------------
     async def _listen(self, track: MediaStreamTrack) -> None:
@@ -341,6 +396,8 @@ class BrowserCall:
             except MediaStreamError:  # the browser's track ended: the user hung up
                 break
             if self._hung_up:
+                return
+            if not self.admitted and not await self._admit():
                 return
             now = time.monotonic()
             c = self.counters
@@ -374,6 +431,9 @@ class BrowserCall:
         if self._hung_up:
             return
         self._hung_up = True
+        if not self.admitted:
+            await self.close()
+            return
         if self._in is not None:
             await self.pipeline.push(self._in.resample_chunk(np.zeros(0, np.float32), last=True))
         await self.pipeline.hang_up()
@@ -457,8 +517,11 @@ class BrowserCall:
             except StatusError as err:
                 self.send({"type": "error", "code": err.code.name, "message": err.details})
                 return
-            await self.pipeline.set_style(voice, emotion)
             self.style = Style(voice=voice or self.style.voice, emotion=emotion or self.style.emotion)
+            if self.pipeline.started:
+                await self.pipeline.set_style(voice, emotion)
+            else:  # not admitted yet: the call starts with it
+                self.pipeline.setup = dataclasses.replace(self.pipeline.setup, style=self.style)
             self.send({"type": "style", "voice": self.style.voice, "emotion": self.style.emotion})
         else:
             self.send({"type": "error", "code": "INVALID_ARGUMENT",
@@ -466,10 +529,16 @@ class BrowserCall:
 
     # -- ending -------------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
-        await asyncio.sleep(self.server.config.connect_timeout_s)
-        if self.pc.connectionState != "connected" and not self._closing:
-            self.pipeline.fail(Code.DEADLINE_EXCEEDED, f"not connected within {self.server.config.connect_timeout_s:g} s "
-                                                       "(ICE/DTLS); check the network path (TURN?)")
+        timeout = self.server.config.connect_timeout_s
+        await asyncio.sleep(timeout)
+        if not self.admitted and not self._closing:
+            connected = self.pc.connectionState == "connected"
+            self._ended = Ended(Code.DEADLINE_EXCEEDED,
+                                f"no audio within {timeout:g} s of the answer" if connected else
+                                f"not connected within {timeout:g} s (ICE/DTLS); check the network path (TURN?)")
+            self.server.gateway.refused(FRONT_END, "connect_timeout", Code.DEADLINE_EXCEEDED)
+            self.send({"type": "ended", "code": "DEADLINE_EXCEEDED", "reason": self._ended.details})
+            await self.close()
 
     async def close(self) -> None:
         """Close everything once (any task may call it; the others are cancelled)."""
@@ -490,7 +559,11 @@ class BrowserCall:
         finally:
             if self._slot is not None:
                 self.server.gateway.unregister(self._slot)
+            if self._ticket is not None:
+                await self.server.gateway.call_ended(self._ticket, self.pipeline.setup.call_id, self.pipeline,
+                                                     resumable=False)  # a browser never resumes
             self.server.calls.pop(self.call_id, None)
+            self.server.pending.discard(self.call_id)
             ended = self._ended or self.pipeline.ended
             log.info("browser call ended", extra={"call_id": self.call_id, "mode": self.mode,
                                                    "code": ended.code.name if ended else "CANCELLED",
@@ -499,7 +572,8 @@ class BrowserCall:
             self._closed.set()
 
     def describe(self) -> dict[str, Any]:
-        return {"call_id": self.call_id, "mode": self.mode, "state": self.state, "voice": self.style.voice,
+        return {"call_id": self.call_id, "mode": self.mode, "state": self.state, "admitted": self.admitted,
+                "tenant": self.tenant.name, "voice": self.style.voice,
                 "emotion": self.style.emotion, "age_s": round(time.time() - self.started, 1),
                 "model_frames_in": self.pipeline.frames_in, "model_voiced_in": self.pipeline.voiced_in,
                 **{k: v for k, v in self.stats().items() if k != "type"}}
@@ -555,6 +629,9 @@ class WebRTCServer:
         self.gateway = gateway
         self.config = config
         self.calls: dict[str, BrowserCall] = {}
+        self.pending: set[str] = set()  # answered calls not yet admitted (no audio yet)
+        self.rates = RateLimiter()
+        self.tokens = TokenVerifier(gateway.auth, config.call_token_max_ttl_s)
         self._per_client: dict[str, int] = {}
         self._releasers: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -612,34 +689,51 @@ class WebRTCServer:
 
     async def list_calls(self, request: web.Request) -> web.Response:
         return web.json_response({"calls": [call.describe() for call in self.calls.values()],
-                                  "gateway_calls": len(self.gateway.calls)})
+                                  "gateway_calls": len(self.gateway.calls), "pending": len(self.pending)})
+
+    def _refuse(self, status: int, reason: str, message: str, code: str = "") -> web.Response:
+        """An offer refused before a call exists: counted by reason, answered ``status``."""
+        self.gateway.refused(FRONT_END, reason, HTTP_CODE.get(status, Code.UNKNOWN))
+        return _error(status, message, code)
 
     async def offer(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > self.config.max_offer_bytes:
-            return _error(413, f"the offer is {request.content_length} bytes; the limit is "
-                               f"{self.config.max_offer_bytes}")
+        cfg = self.config
+        client = request.remote or "unknown"
+        if self.gateway.draining:
+            return self._refuse(503, "draining", "the gateway is draining; call again (another replica)", "UNAVAILABLE")
+        if not self.rates.take(f"client:{client}", cfg.offers_per_minute_per_client):
+            return self._refuse(429, "client_rate", f"this client made {cfg.offers_per_minute_per_client} offers in the "
+                                                    "last minute, the limit; retry in a few seconds", "RESOURCE_EXHAUSTED")
+        if not self.rates.take("all", cfg.offers_per_minute):
+            return self._refuse(429, "offer_rate", "the gateway is receiving too many offers; retry in a few seconds",
+                                "RESOURCE_EXHAUSTED")
+        if request.content_length is not None and request.content_length > cfg.max_offer_bytes:
+            return self._refuse(413, "invalid", f"the offer is {request.content_length} bytes; the limit is "
+                                                f"{cfg.max_offer_bytes}")
         try:
             body = await request.json()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"the offer exceeds the limit of {self.config.max_offer_bytes} bytes")
+            return self._refuse(413, "invalid", f"the offer exceeds the limit of {cfg.max_offer_bytes} bytes")
         except ValueError as err:
-            return _error(400, f"the body must be JSON ({err})")
+            return self._refuse(400, "invalid", f"the body must be JSON ({err})")
         try:
             mode, style, text = self._parse(body)
         except StatusError as err:
-            return _error(HTTP_STATUS.get(err.code, 400), err.details, err.code.name)
-        client = request.remote or "unknown"
+            return self._refuse(HTTP_STATUS.get(err.code, 400), "invalid", err.details, err.code.name)
         try:
-            self.gateway.admit_call()
-            if self._per_client.get(client, 0) >= self.config.max_calls_per_client:
-                raise StatusError(Code.RESOURCE_EXHAUSTED, f"this client already has {self.config.max_calls_per_client} "
-                                                       "live calls (the limit); hang one up first")
-        except StatusError as err:
-            return _error(HTTP_STATUS.get(err.code, 503), err.details, err.code.name)
+            tenant = self._tenant(body)
+        except TokenError as err:
+            return self._refuse(401, "token", str(err), "UNAUTHENTICATED")
+        if self._per_client.get(client, 0) >= cfg.max_calls_per_client:
+            return self._refuse(503, "client_calls", f"this client already has {cfg.max_calls_per_client} calls (the "
+                                                     "limit); hang one up first", "RESOURCE_EXHAUSTED")
+        if len(self.pending) >= cfg.max_pending:
+            return self._refuse(503, "pending", f"{cfg.max_pending} calls are connecting (the limit); retry in a few "
+                                                "seconds", "RESOURCE_EXHAUSTED")
         ice = [RTCIceServer(urls=s.urls, username=s.username or None, credential=s.credential or None)
                for s in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        call = BrowserCall(self, pc, client, mode, style, text)
+        call = BrowserCall(self, pc, client, mode, style, text, tenant)
         pc.on("track", call.on_track)
         pc.on("datachannel", call.on_datachannel)
         pc.on("connectionstatechange", call.on_state)
@@ -654,8 +748,9 @@ class WebRTCServer:
             shorten_jitter_buffers(pc, self.config.in_jitter_packets)
         except Exception as err:  # aiortc raises ValueError and others for unparsable SDP
             await call.close()
-            return _error(400, f"bad SDP offer: {type(err).__name__}: {err}", "INVALID_ARGUMENT")
+            return self._refuse(400, "invalid", f"bad SDP offer: {type(err).__name__}: {err}", "INVALID_ARGUMENT")
         self.calls[call.call_id] = call
+        self.pending.add(call.call_id)
         self._per_client[client] = self._per_client.get(client, 0) + 1
         try:
             sender = pc.addTrack(call.track)
@@ -670,13 +765,23 @@ class WebRTCServer:
             log.exception("browser call set-up failed", extra={"call_id": call.call_id})
             await call.close()
             self._release(client)
-            return _error(500, f"the call could not be set up: {type(err).__name__}: {err}", "INTERNAL")
+            return self._refuse(500, "internal", f"the call could not be set up: {type(err).__name__}: {err}",
+                                "INTERNAL")
         releaser = asyncio.create_task(self._release_when_closed(call, client))
         self._releasers.add(releaser)  # the loop keeps only weak references to tasks
         releaser.add_done_callback(self._releasers.discard)
-        log.info("browser call started", extra={"call_id": call.call_id, "mode": mode, "voice": style.voice,
-                                                "emotion": style.emotion})
+        log.info("browser call answered", extra={"call_id": call.call_id, "mode": mode, "voice": style.voice,
+                                                 "emotion": style.emotion, "tenant": tenant.name})
         return web.json_response({"sdp": sdp, "type": pc.localDescription.type, "call_id": call.call_id})
+
+    def _tenant(self, body: dict[str, Any]) -> Tenant:
+        """The tenant a call is charged to: the key of its call token, else the anonymous pool."""
+        token = body.get("token")
+        if token:
+            return self.tokens.verify(token).tenant
+        if self.gateway.anonymous.max_calls < 1:
+            raise TokenError("this gateway takes browser calls with a call token only (\"token\" in the offer)")
+        return self.gateway.anonymous
 
     def _parse(self, body: Any) -> tuple[str, Style, bool]:
         if not isinstance(body, dict):

@@ -65,7 +65,7 @@ from services.common.model_backend import LMStepBackend, ModelBackendConfig, Rea
 from services.common.logs import CALL_ID
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
-from services.common.server import GrpcServer, Service
+from services.common.server import ADMITTED_METADATA, GrpcServer, Service
 from services.generation.engine import (AGENT_LAYOUT, Call, CallSpec, EngineFull, FrameClock, FrameOut,
                                         GenerationEngine, GenerationMetrics, History, HistoryError, Tick,
                                         TorchLMBackend, check_emotion, check_voice, history_from_frames,
@@ -531,6 +531,11 @@ class GenerationServicer:
             stream = await self.calls.open(first.config)
         except StatusError as err:
             await abort_with(context, err)
+        try:  # the response headers say the call holds its slot (a refusal is a trailers-only status)
+            await context.send_initial_metadata(((ADMITTED_METADATA, "1"),))
+        except BaseException:
+            await self.calls.retire(stream, Code.CANCELLED, "stream ended")
+            raise
         reader = asyncio.create_task(self._read(stream, first, messages, context))
         try:
             while True:
