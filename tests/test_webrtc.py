@@ -109,11 +109,11 @@ def test_call_over_the_limit_is_503(call: dict[str, Any]) -> None:
 
 
 def test_hangup_and_closed_tab_free_the_slot(call: dict[str, Any]) -> None:
-    assert call["after_hangup"] == {"calls": [], "gateway_calls": 0}
+    assert call["after_hangup"] == {"calls": [], "gateway_calls": 0, "pending": 0}
     assert call["page_state_after_hangup"] == "ended"
     assert len(call["second_call"]["calls"]) == 1
-    assert call["after_tab_close"] == {"calls": [], "gateway_calls": 0}
-    assert call["calls_at_end"] == {"calls": [], "gateway_calls": 0}
+    assert call["after_tab_close"] == {"calls": [], "gateway_calls": 0, "pending": 0}
+    assert call["calls_at_end"] == {"calls": [], "gateway_calls": 0, "pending": 0}
 
 
 def test_bad_signalling(call: dict[str, Any]) -> None:

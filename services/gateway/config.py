@@ -139,7 +139,7 @@ class GatewayConfig:
     resample_quality: str = "HQ"  # soxr quality of the per-call streaming resamplers
     lossless_max_ahead: int = 3  # lossless calls: frames ahead of the agent (< generation max_queued_frames)
     user_speech: SpeechConfig = field(default_factory=SpeechConfig)
-    agent_speech: SpeechConfig = field(default_factory=SpeechConfig)
+    agent_speech: SpeechConfig = field(default_factory=lambda: SpeechConfig(above_silence_db=9.0))  # calibrated
     voices: list[str] = field(default_factory=list)  # known voices (empty: the backends' or unchecked)
     emotions: list[str] = field(default_factory=list)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)

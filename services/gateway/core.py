@@ -11,20 +11,24 @@ Front ends (``partner``: the gRPC partner API; ``webrtc``: the browser) import t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import grpc
+import numpy as np
 
+from maata.audio import pcm16_to_float, rms_dbfs
 from services.common.errors import RESUME_HINT, StatusError
 from services.common.metrics import ServiceMetrics
 from services.gateway.admission import ANONYMOUS, Admission, HistoryBudget, Refused, Tenant, Ticket
 from services.gateway.auth import AuthError, Authenticator
-from services.gateway.backends import Backends
+from services.gateway.backends import SAMPLE_RATE, Backends
 from services.gateway.config import GatewayConfig
-from services.gateway.pipeline import Pipeline
+from services.gateway.pipeline import Pipeline, PipelineConfig
 from services.session.errors import Conflict, NotFound, SessionError
 from services.session.store import ENDED, SessionStore
 
+from maata_protos.v1.codec_pb2 import AudioChunk, CodeFrames
 from maata_protos.v1.common_pb2 import Style
 
 log = logging.getLogger("maata.services.gateway")
@@ -51,6 +55,8 @@ class Gateway:
         self.anonymous = Tenant(ANONYMOUS, config.anonymous.max_calls, config.anonymous.calls_per_minute, 0)
         self._next = 0
         self._front_ends: dict[int, str] = {}
+        self._pipeline_config = config.pipeline()
+        self.agent_silence_dbfs: float | None = None  # the codec's decoded silence (``calibrate``)
 
     @property
     def draining(self) -> bool:
@@ -138,6 +144,50 @@ class Gateway:
             await asyncio.wait_for(self.store.end(store_id), self.config.store_timeout_s)
         except (NotFound, Conflict):
             pass  # expired or already ended
+
+    def pipeline_config(self) -> PipelineConfig:
+        """Every call's pipeline settings, the agent's speech detector calibrated (``calibrate``)."""
+        return self._pipeline_config
+
+    async def calibrate(self, frames: int = 20, timeout_s: float = 15.0) -> float | None:
+        """Measure the codec's decoded digital silence (dBFS, the median level of the second half
+        of ``frames`` frames of zeros through encode and decode) and calibrate the agent's speech
+        detector on it (``SpeechConfig.calibrated``). Returns the level, or None (logged) when the
+        codec cannot be reached: the configured thresholds stay."""
+        hop = self.backends.hop
+        encoder, decoder = self.backends.encoder("calibration"), self.backends.decoder("calibration")
+        try:
+            async with asyncio.timeout(timeout_s):
+                for seq in range(frames):
+                    await encoder.send(AudioChunk(pcm16=bytes(2 * hop), sample_rate=SAMPLE_RATE, seq=seq))
+                await encoder.done_writing()
+                codes = []
+                while (message := await encoder.recv()) is not None:
+                    codes.extend(message.frames)
+                for seq, frame in enumerate(codes):
+                    await decoder.send(CodeFrames(frames=[frame], seq=seq))
+                await decoder.done_writing()
+                pcm = []
+                while (chunk := await decoder.recv()) is not None:
+                    pcm.append(pcm16_to_float(chunk.pcm16))
+        except (StatusError, TimeoutError) as err:
+            log.warning("could not measure the codec's decoded silence; the agent's speech thresholds stay as "
+                        "configured", extra={"error": str(err)})
+            return None
+        finally:
+            await encoder.cancel()
+            await decoder.cancel()
+        audio = np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
+        levels = [rms_dbfs(audio[i:i + hop]) for i in range(0, audio.size - hop + 1, hop)]
+        if not levels:
+            return None
+        silence = float(np.median(levels[len(levels) // 2:]))
+        self.agent_silence_dbfs = silence
+        agent = self.config.agent_speech.calibrated(silence)
+        self._pipeline_config = dataclasses.replace(self._pipeline_config, agent_speech=agent)
+        log.info("agent speech detector calibrated", extra={"silence_dbfs": round(silence, 1),
+                                                             "on_dbfs": agent.on_dbfs, "off_dbfs": agent.off_dbfs})
+        return silence
 
     async def drain(self) -> None:
         """Refuse new calls and end the live ones UNAVAILABLE (resumable: their generation

@@ -210,7 +210,7 @@ class ConversationServicer:
             ticket = gateway.admit(key.tenant, FRONT_END)
         except StatusError as err:
             await abort_with(context, err)
-        pipeline = Pipeline(gateway.backends, call.setup, gateway.config.pipeline(), gateway.metrics)
+        pipeline = Pipeline(gateway.backends, call.setup, gateway.pipeline_config(), gateway.metrics)
         try:
             try:
                 await pipeline.start()

@@ -55,6 +55,7 @@ async def serve_gateway(config: GatewayConfig, backends: Backends, *, store: Ses
     await backends.connect(config.connect_timeout_s)
     metrics = ServiceMetrics("gateway")
     gateway = Gateway(config, backends, store, metrics, auth)
+    await gateway.calibrate()
     server = GrpcServer("gateway", server_config, metrics)
     server.add_service(ConversationServicer(gateway), SERVICE)
     server.before_stop(gateway.drain)

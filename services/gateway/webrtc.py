@@ -301,7 +301,7 @@ class BrowserCall:
         cfg = server.config
         backends = server.gateway.backends if mode == "model" else EchoBackends(server.gateway.backends)
         self.pipeline = Pipeline(backends, CallSetup(f"webrtc:{self.call_id}", style, None, text, False, True),
-                                 server.gateway.config.pipeline(), server.gateway.metrics)
+                                 server.gateway.pipeline_config(), server.gateway.metrics)
         self.track = AgentTrack(max(2, cfg.out_queue_ms // cfg.ptime_out_ms), cfg.ptime_out_ms, cfg.out_pacing,
                                 cfg.out_late_ms)
         self.counters = Counters()
