@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import services  # noqa: F401  (generates maata.v1)
 from maata.audio import load_audio, resample, rms_dbfs
 from services.client import converse
 from services.serve import BackgroundStack, load_config
 
-from maata.v1.common_pb2 import Sampling
+from maata_protos.v1.common_pb2 import Sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = (8000, 16000, 24000, 48000)
