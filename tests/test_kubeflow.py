@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -116,6 +117,53 @@ def test_cli_dry_run_prints_the_jobs(capsys: pytest.CaptureFixture[str]) -> None
         assert "nodeSelector" not in data["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
 
 
+def test_pretrain_init_containers_encode_the_corpus_with_the_trained_codec(tmp_path: Path) -> None:
+    """The pretrain job's Master init container encodes the corpus with the codec stage's model into
+    the checkpoints volume (once: a restarted pod skips it); the Workers' wait for it to finish."""
+    import shutil
+
+    from test_codec_training import write_corpus
+
+    from maata.checkpoint import save_model
+    from maata.codec.model import Codec, load_preset
+    from maata.data.shards import ShardReader, shard_paths
+
+    cfg = KubeflowConfig(workers=1, gpus_per_node=0, data_mount=str(tmp_path / "data"),
+                         checkpoints_mount=str(tmp_path / "checkpoints"),
+                         data={**KubeflowConfig().data, "codec": "corpus/manifest.jsonl"})
+    write_corpus(tmp_path / "data" / "corpus", n_train=3, n_valid=1)
+    torch.manual_seed(0)
+    preset = load_preset("default", env_prefix=None, base_channels=4,
+                         frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32})
+    (tmp_path / "checkpoints" / "codec").mkdir(parents=True)
+    save_model(tmp_path / "checkpoints" / "codec" / "codec.safetensors", Codec(preset), preset, kind="codec")
+    data = to_dict(build_job("pretrain", cfg))
+    master, worker = (data["spec"]["pytorchReplicaSpecs"][r]["template"]["spec"]["initContainers"][0]["command"]
+                      for r in ("Master", "Worker"))
+    trainer = data["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    out = Path(trainer[trainer.index("--shards") + 1])
+    assert out == tmp_path / "checkpoints" / "shards" / "pretrain"
+    # `maata` in the pod is the image's console script; here, this tree's CLI under this interpreter
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "maata").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m maata.cli \"$@\"\n")
+    (bindir / "maata").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    waiting = subprocess.Popen(worker, env=env)
+    time.sleep(0.5)
+    assert waiting.poll() is None, "the Worker waits while the shards are not complete"
+    done = subprocess.run(master, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert waiting.wait(timeout=30) == 0
+    records = [rec for split in ("train", "valid") for path in shard_paths(out, split) for rec in ShardReader(path)]
+    assert len(records) == 4 and records[0].arrays["codes"].shape[0] == preset.quantizer.n_q
+    stamp = (out / ".complete").stat().st_mtime_ns
+    shutil.move(str(tmp_path / "checkpoints" / "codec"), str(tmp_path / "codec-gone"))
+    again = subprocess.run(master, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, "a restarted Master finds the finished shards and does not redo them"
+    assert (out / ".complete").stat().st_mtime_ns == stamp
+
+
 # -- the job, run as the operator runs it --------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -143,7 +191,7 @@ def _config(tmp: Path, **extra: object) -> KubeflowConfig:
         checkpoints_mount=str(tmp / "checkpoints"), rdzv_port=_free_port(),
         configs={**KubeflowConfig().configs, "pretrain": "lm_pretrain_smoke"},
         data={**KubeflowConfig().data, "pretrain": "shards"},
-        sets=[*sets, f"batch_size={PER_RANK_BATCH}"], **extra)  # type: ignore[arg-type]
+        sets=[*sets, f"batch_size={PER_RANK_BATCH}"], encode_pretrain_shards=False, **extra)  # type: ignore[arg-type]
 
 
 def _pod(job: object, replica: str, index: int, master_port: int) -> subprocess.Popen[str]:

@@ -18,11 +18,15 @@ failed pods (restartPolicy OnFailure, up to ``backoff_limit``), they meet again 
 rendezvous on the Master's service (the elastic policy: pods may come back on other nodes, with
 other addresses, in any order) and every trainer resumes from the last checkpoint.
 
-Volumes: a data PVC (corpus manifest, code shards) and a checkpoints PVC shared by all pods
-(ReadWriteMany). Stages chain through the checkpoints volume: pretrain starts from scratch,
-dialogue from pretrain's ``lm.safetensors``, voice from dialogue's (``--init-from``); ``maata train
-pipeline`` submits them in order and waits for each to succeed. The LM stages read code shards made
-with the codec (``maata data speech-shards`` / ``maata data dialogues``) on the data volume.
+Volumes: a data PVC (corpus manifest, dialogue shards; read-only) and a checkpoints PVC shared by
+all pods (ReadWriteMany). Stages chain through the checkpoints volume: the codec stage writes
+``codec/codec.safetensors``; the pretrain job first encodes the corpus with it into
+``shards/pretrain`` (an init container of the Master, ``maata data speech-shards``, marked complete
+by a file the Workers' init containers wait for; a restarted pod finds it and skips the step), then
+trains from scratch on those codes; dialogue starts from pretrain's ``lm.safetensors`` and voice
+from dialogue's (``--init-from``). ``maata train pipeline`` submits them in order and waits for each
+to succeed. The dialogue shards (synthesised two-channel dialogues, ``maata data dialogues --codec``)
+need the speech synthesisers and are made beforehand onto the data volume.
 
 :func:`replica_env` is the environment the operator gives one replica's container; running a job's
 replicas locally with it reproduces what the pods do (the tests do exactly that on CPU).
@@ -30,6 +34,7 @@ replicas locally with it reproduces what the pods do (the tests do exactly that 
 
 from __future__ import annotations
 
+import copy
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,6 +86,8 @@ class KubeflowConfig:
     runs: dict[str, str] = field(default_factory=lambda: {
         "codec": "codec", "pretrain": "lm_pretrain", "dialogue": "lm_dialogue", "voice": "lm_voice"})
     sets: list[str] = field(default_factory=list)  # extra `--set PATH=VALUE` for the trainer (every stage)
+    # pretrain: encode data["codec"]'s corpus with the codec stage's model first (False: use data["pretrain"])
+    encode_pretrain_shards: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -108,6 +115,11 @@ class KubeflowConfig:
     def run_dir(self, stage: str) -> str:
         return f"{self.checkpoints_mount}/{self.runs[stage]}"
 
+    def data_path(self, stage: str) -> str:
+        if stage == "pretrain" and self.encode_pretrain_shards:
+            return f"{self.checkpoints_mount}/shards/pretrain"
+        return f"{self.data_mount}/{self.data[stage]}"
+
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
                 **overrides: Any) -> KubeflowConfig:
@@ -122,7 +134,7 @@ def _check_stage(stage: str) -> None:
 def trainer_args(stage: str, cfg: KubeflowConfig) -> list[str]:
     """The ``maata`` arguments of the stage's trainer (what follows ``torchrun -m maata.cli``)."""
     _check_stage(stage)
-    data = f"{cfg.data_mount}/{cfg.data[stage]}"
+    data = cfg.data_path(stage)
     if stage == "codec":
         args = ["train", "codec", "--config", cfg.configs[stage], "--manifest", data]
     else:
@@ -143,6 +155,21 @@ def command(stage: str, cfg: KubeflowConfig) -> list[str]:
     """The container command: torchrun (its node count, rendezvous and ranks come from the operator's
     PET_* variables) running the stage's trainer module."""
     return ["torchrun", "--module", "maata.cli", *trainer_args(stage, cfg)]
+
+
+SHARDS_DONE = ".complete"  # written after the shards, so a half-written folder is never trained on
+
+
+def shard_steps(cfg: KubeflowConfig) -> tuple[list[str], list[str]]:
+    """The pretrain job's init commands: the Master's (encode the corpus with the trained codec,
+    unless a previous run of the pod finished it) and the Workers' (wait until it is finished)."""
+    out = cfg.data_path("pretrain")
+    encode = shlex.join(["maata", "data", "speech-shards", "--manifest", f"{cfg.data_mount}/{cfg.data['codec']}",
+                         "--codec", f"{cfg.run_dir('codec')}/codec.safetensors", "--out", out, "--overwrite"])
+    done = shlex.quote(f"{out}/{SHARDS_DONE}")
+    master = ["/bin/sh", "-c", f"test -e {done} || {{ {encode} && touch {done}; }}"]
+    worker = ["/bin/sh", "-c", f"until test -e {done}; do sleep 10; done"]
+    return master, worker
 
 
 def job_name(stage: str, cfg: KubeflowConfig) -> str:
@@ -184,11 +211,24 @@ def build_job(stage: str, cfg: KubeflowConfig | None = None, name: str | None = 
                       security_context=k.V1PodSecurityContext(fs_group=10001),
                       node_selector=dict(cfg.node_selector) if cfg.gpus_per_node else None,
                       tolerations=[k.V1Toleration(**t) for t in cfg.tolerations] if cfg.gpus_per_node else None)
-    template = k.V1PodTemplateSpec(metadata=k.V1ObjectMeta(labels=labels), spec=pod)
-    replicas = {"Master": m.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure", template=template)}
+    templates = {}
+    for replica in ("Master", "Worker"):
+        spec_ = pod
+        if stage == "pretrain" and cfg.encode_pretrain_shards:
+            init = shard_steps(cfg)[0 if replica == "Master" else 1]
+            spec_ = copy.deepcopy(pod)
+            spec_.init_containers = [k.V1Container(
+                name="shards" if replica == "Master" else "wait-for-shards", image=cfg.image,
+                image_pull_policy=cfg.image_pull_policy, command=init,
+                resources=k.V1ResourceRequirements(requests={"cpu": cfg.cpu, "memory": cfg.memory},
+                                                   limits={"cpu": cfg.cpu, "memory": cfg.memory}),
+                volume_mounts=container.volume_mounts, security_context=container.security_context)]
+        templates[replica] = k.V1PodTemplateSpec(metadata=k.V1ObjectMeta(labels=labels), spec=spec_)
+    replicas = {"Master": m.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure",
+                                                     template=templates["Master"])}
     if cfg.workers:
         replicas["Worker"] = m.KubeflowOrgV1ReplicaSpec(replicas=cfg.workers, restart_policy="OnFailure",
-                                                        template=template)
+                                                        template=templates["Worker"])
     elastic = None
     if cfg.elastic:
         elastic = m.KubeflowOrgV1ElasticPolicy(
