@@ -251,3 +251,47 @@ def test_bf16_autocast_step_keeps_the_quantizer_in_float32(corpus, tmp_path):
     metrics = trainer.train_step(next(trainer._batches()))
     assert all(torch.isfinite(v) for v in metrics.values())
     assert all(b.dtype in (torch.float32, torch.bool) for b in trainer.codec.quantizer.buffers())
+
+
+def test_v2_warms_up_without_the_quantizer_then_starts_codebooks_by_kmeans(corpus, tmp_path):
+    """Codec v2's recipe: autoencoder steps first (no codes), k-means codebooks from encoder
+    outputs at the switch, spectral + complex STFT losses, and the held-out quality curve."""
+    import json
+
+    frame = {"enc_dim": 24, "enc_layers": 1, "dec_dim": 24, "dec_layers": 1, "fine_dim": 16, "fine_layers": 1}
+    cfg = smoke_config(corpus, codec={"preset": "default", "overrides": {"frame": frame, "transformer": {"layers": 0}}},
+                       adv_start_step=1000, quantizer_warmup_steps=2, kmeans_batches=3, kmeans_iters=3, steps=4,
+                       weights={"stft": 1.0, "complex": 1.0}, quality_every=4, quality_clips=2, eval_every=4,
+                       checkpoint_every=4)
+    trainer = CodecTrainer(cfg, tmp_path / "run")
+    assert trainer.codec.cfg.arch == "stft" and not trainer.quantizer_ready()
+    embed_before = trainer.codec.quantizer.levels[0].embed.clone()
+    batches = trainer._batches()
+    warm = trainer.train_step(next(batches))
+    assert "stft" in warm and "complex" in warm and float(warm["commit"]) == 0.0  # no quantizer yet
+    assert trainer._code_counts.sum() == 0
+    trainer.step = 2  # the warm-up ends: this step initialises the codebooks first
+    trainer.train_step(next(batches))
+    assert trainer.quantizer_ready()
+    assert not torch.equal(trainer.codec.quantizer.levels[0].embed, embed_before)
+    assert trainer._code_counts.sum() > 0
+    trainer.step = 3
+    trainer.fit()
+    curve = json.loads((tmp_path / "run" / "quality.json").read_text())
+    assert curve["stoi"][-1][0] == 4 and 0.0 <= curve["stoi"][-1][1] <= 1.0
+    assert (tmp_path / "run" / "quality.png").exists()
+
+
+def test_kmeans_init_places_codes_on_the_data(corpus):
+    """k-means codebooks quantise clustered latents far better than random codebooks."""
+    from maata.codec.quantizer import ResidualVQ
+
+    torch.manual_seed(0)
+    centers = torch.randn(8, 6) * 3
+    data = centers[torch.randint(0, 8, (800,))] + 0.05 * torch.randn(800, 6)
+    rvq = ResidualVQ(6, 2, 16, 6, l2norm=False)  # 16 codes for 8 clusters: Lloyd's local optima aside
+    rvq.train()
+    errors = rvq.kmeans_init(data, iters=20)
+    assert errors[0] < 0.05 and all(bool(vq.initialized) for vq in rvq.levels)
+    random_error = (data - torch.randn(16, 6)[torch.randint(0, 16, (800,))]).pow(2).mean()
+    assert errors[0] < 0.1 * float(random_error)
