@@ -341,6 +341,53 @@ def test_codec_service_on_triton_equals_in_process(server: TritonServer, codec) 
     assert len(a) == len(b) == 8 * codec.hop and np.abs(a - b).max() <= 1
 
 
+def test_partner_call_resumes_across_a_triton_restart(server: TritonServer) -> None:
+    """The whole stack (`maata serve`'s one process, codec and S2S on Triton): Triton is killed
+    during a partner call and started again; the partner sees the call end UNAVAILABLE with
+    ``resumable``, reconnects with the same call_id (``converse`` does) and the call finishes OK,
+    resumed from the stored history."""
+    from services.client import converse
+    from services.serve import load_config, start
+
+    env = {"MAATA_SERVE__GATEWAY__SERVER__PORT": "0", "MAATA_SERVE__CODEC__SERVER__PORT": "0",
+           "MAATA_SERVE__GENERATION__SERVER__PORT": "0", "MAATA_SERVE__SESSION__SERVER__PORT": "0"}
+    for svc in ("CODEC", "GENERATION"):
+        env.update({f"MAATA_SERVE__{svc}__MODEL_BACKEND__KIND": "triton",
+                    f"MAATA_SERVE__{svc}__MODEL_BACKEND__TRITON_URL": server.grpc_url,
+                    f"MAATA_SERVE__{svc}__MODEL_BACKEND__TIMEOUT_S": "10",
+                    f"MAATA_SERVE__{svc}__MODEL_BACKEND__READY_POLL_S": "0.2"})
+    t = np.arange(16000 * 6) / 16000
+    audio = (0.2 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 0.7 * t) > 0)).astype(np.float32)
+    events = []
+
+    async def outage() -> None:
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(server.kill)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.start)
+
+    async def main():
+        stack = await start(load_config(environ=env), "all")
+        try:
+            restart = asyncio.ensure_future(outage())
+            result = await converse(f"127.0.0.1:{stack.ports['gateway']}", stack.dev_key, audio, 16000,
+                                    call_id="through-triton", retries=60, on_event=events.append)
+            await restart
+            return result
+        finally:
+            await stack.drain()
+
+    result = run(main())
+    assert result.code == grpc.StatusCode.OK, result.details
+    assert result.resumes >= 1
+    ended = [e.ended for e in events if e.WhichOneof("event") == "ended"]
+    assert any(e.resumable and e.code == "UNAVAILABLE" for e in ended), ended
+    # the agent's frames up to the stored history and after the resume (user audio sent while the
+    # call was down is not in it: the client sends only into a started call)
+    started = [e.started for e in events if e.WhichOneof("event") == "started"]
+    assert started[-1].resumed and max(result.frames) > started[-1].frames
+
+
 # -- the generation service on Triton: kill, restart, resume ------------------------------------------------
 def test_generation_service_on_triton_resumes_after_triton_restart(server: TritonServer, lm: LM) -> None:
     """A call runs through the generation service on the Triton backend; Triton is killed mid-call:
