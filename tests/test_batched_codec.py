@@ -6,20 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maata.codec import Codec, CodeError, load_preset
+from maata.codec import CodeError
 from services.codec.engine import BatchedCodec, SlotsFull
-from tests.support.models import TINY_CODEC
+from tests.support.models import TINY_CODEC, tiny_codec
 
 torch.set_num_threads(1)
 
 TINY = TINY_CODEC
-
-
-def tiny_codec(dtype: torch.dtype = torch.float64) -> Codec:
-    """An untrained tiny codec; float64 by default, where rounding cannot flip a code, so
-    batched and offline results must agree exactly."""
-    torch.manual_seed(0)
-    return Codec(load_preset("default", env_prefix=None, **TINY)).to(dtype).eval()
 
 
 def feed(engine: BatchedCodec, streams: dict[int, tuple[torch.Tensor, int]], rounds: int | None = None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from tests.support.corpus import smoke_config, write_corpus
+
 STEPS = 3
 
 
@@ -27,14 +29,12 @@ def _free_port() -> int:
 
 
 def test_two_cpu_processes_keep_identical_replicas(tmp_path):
-    from test_codec_training import write_corpus
-
     manifest = write_corpus(tmp_path / "corpus", n_train=8, n_valid=2)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, str(manifest), str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parent), str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+        [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2))
@@ -53,8 +53,6 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
 def _worker(manifest: str, out: str) -> None:
     """One rank: train, then dump this replica's parameters and buffers."""
     import hashlib
-
-    from test_codec_training import smoke_config
 
     from training import distributed
     from training.codec_trainer import CodecTrainer

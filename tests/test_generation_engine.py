@@ -9,13 +9,14 @@ import asyncio
 import pytest
 import torch
 
-from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
+from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError
 from services.common.metrics import ServiceMetrics
 from services.common.phase import PhaseAligner
 from services.generation.engine import (CallSpec, EngineFull, FrameClock, GenerationEngine, GenerationMetrics,
                                         HistoryError, history_from_frames)
 from tests.support.clock import VirtualTime
 from tests.support.models import TINY_FRAME
+from tests.support.models import tiny_lm as make_lm
 
 torch.set_num_threads(1)
 
@@ -23,19 +24,9 @@ K, CARD, VT = 8, 32, 40
 SAMPLING = SamplingParams(temperature=1.0, top_k=10, text_temperature=1.0, text_top_k=5)
 
 
-def make_lm(context: int = 8, seed: int = 0) -> LM:
-    cfg = load_preset("tiny", env_prefix=None, codebook_size=CARD,
-                      temporal={"dim": 64, "layers": 2, "heads": 4, "context": context},
-                      depth={"dim": 32, "layers": 2, "heads": 2}, text={"vocab_size": VT},
-                      conditioning={"speaker": {"dim": 16, "hidden": 32, "layers": 1, "heads": 2,
-                                                "min_frames": 4, "max_frames": 16}})
-    torch.manual_seed(seed)
-    return LM(cfg).eval()
-
-
 @pytest.fixture(scope="module")
-def lm() -> LM:
-    return make_lm()
+def lm(tiny_lm: LM) -> LM:
+    return tiny_lm
 
 
 def user_frames(T: int, seed: int = 1) -> list[list[int]]:

@@ -16,7 +16,7 @@ import grpc
 import pytest
 import torch
 
-from maata.lm import LM, load_preset
+from maata.lm import LM
 from services.common.config import ServerConfig
 from services.generation.engine import CallSpec, GenerationEngine, history_from_frames
 from services.generation.service import (GenerationServer, GenerationServiceConfig, load_config, serve_generation)
@@ -26,6 +26,7 @@ from services.session.redis_server import RedisServer
 from maata_protos.v1.common_pb2 import CodeFrame, Sampling, Style
 from maata_protos.v1.generation_pb2 import AgentFrame, CallConfig, UserFrame
 from maata_protos.v1.generation_pb2_grpc import GenerationStub
+from tests.support.models import tiny_lm
 
 torch.set_num_threads(1)
 
@@ -35,17 +36,7 @@ SILENCE = [5] * K
 CODE = grpc.StatusCode
 
 
-def make_lm() -> LM:
-    cfg = load_preset("tiny", env_prefix=None, codebook_size=CARD,
-                      temporal={"dim": 64, "layers": 2, "heads": 4, "context": 8},
-                      depth={"dim": 32, "layers": 2, "heads": 2}, text={"vocab_size": VT},
-                      conditioning={"speaker": {"dim": 16, "hidden": 32, "layers": 1, "heads": 2,
-                                                "min_frames": 4, "max_frames": 16}})
-    torch.manual_seed(0)
-    return LM(cfg).eval()
-
-
-LM_ = make_lm()
+LM_ = tiny_lm()
 
 
 def frames_of(T: int, seed: int = 1) -> list[list[int]]:

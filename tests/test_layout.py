@@ -1,6 +1,7 @@
-"""The services' layout holds: no services module imports another in a cycle (any import,
-deferred ones in functions included: a deferred import hides a cycle, it does not remove it),
-and every services module imports on its own in a fresh interpreter."""
+"""The project's layout holds: no module of the model library (maata/), the trainers (training/)
+or the services imports another in a cycle (any import, deferred ones in functions included: a
+deferred import hides a cycle, it does not remove it), and every services module imports on its
+own in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("services",)
+PACKAGES = ("maata", "training", "services")
 
 
 def module_name(path: Path) -> str:
@@ -21,8 +22,7 @@ def module_name(path: Path) -> str:
 
 
 def modules() -> dict[str, Path]:
-    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))
-            if "v1" not in p.relative_to(ROOT).parts}
+    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
 
 
 def imports(path: Path, name: str, known: set[str]) -> set[str]:
@@ -115,3 +115,29 @@ def test_every_services_module_imports_alone(package: str) -> None:
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_the_codec_and_the_lm_raise_one_code_error() -> None:
+    """One error type for bad codes, whichever model refuses them (services catch it once)."""
+    import torch
+
+    from maata import codec, lm, nn
+    from tests.support.models import tiny_codec
+
+    assert codec.CodeError is lm.CodeError is nn.CodeError
+    assert issubclass(lm.CodeError, lm.LMInputError) and issubclass(lm.CodeError, ValueError)
+    with pytest.raises(lm.CodeError, match="code values"):
+        tiny_codec().decode(torch.full((1, 4, 2), 10_000))
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/support/ and tests/conftest.py, never in a test module
+    (importing one runs its module-level setup and couples two test files)."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                      if n.split(".")[-1].startswith("test_") or n.split(".")[0].startswith("test_")]
+    assert found == []

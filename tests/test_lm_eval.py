@@ -1,6 +1,7 @@
 """Speech-LM evaluation, ``maata talk`` and bench/lm_speed.py on synthetic shards and tiny models.
 
-The dialogue shards come from tests/test_lm_training.py's writer, with the tiny codec's own
+The dialogue shards (tests/support/lm_eval.py, made once per session by tests/conftest.py) come
+from tests/support/shards.py's writer, with the tiny codec's own
 silence codes outside the turns, so the "codes" speech detector reads the reference channel
 exactly: its turn-taking numbers are known (start delay 2-3 frames, stop 2 frames after an
 interruption).
@@ -18,80 +19,18 @@ import pytest
 import torch
 
 from maata.audio import write_wav
-from maata.checkpoint import save_model
-from maata.codec import Codec
-from maata.codec import load_preset as codec_preset
 from maata.lm.dialogues import Dialogue, load_dialogues
 from maata.lm.metrics import LinearProbe, SpeechDetector, TurnStats, dtw_distances
 from maata.lm.report import markdown_table
 from maata.lm.model import LM, load_preset
 
 from maata.data.shards import Record, write_shard
-from maata.lm.model import EMOTIONS, VOICES
-from test_lm_training import CARD, INTENTS, K, VT, answer_codes, write_dialogue_shards
-from tests.support.models import TINY_FRAME
+from tests.support.lm_eval import lm_cli
+from tests.support.shards import INTENTS, K
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 SR, HOP = 16000, 640
-
-
-def tiny_codec(n_q: int = K, card: int = CARD) -> Codec:
-    cfg = codec_preset("default", env_prefix=None, frame=TINY_FRAME,
-        base_channels=4, max_channels=16, latent_dim=16,
-                       transformer={"layers": 1, "heads": 2}, quantizer={"n_q": n_q, "codebook_size": card,
-                                                                      "codebook_dim": 4},
-                       semantic={"enabled": False})
-    torch.manual_seed(0)
-    return Codec(cfg).eval()
-
-
-def tiny_lm() -> LM:
-    cfg = load_preset("tiny", env_prefix=None, codebook_size=CARD,
-                      temporal={"dim": 32, "layers": 1, "heads": 2, "context": 32},
-                      depth={"dim": 32, "layers": 1, "heads": 2}, text={"vocab_size": VT},
-                      conditioning={"speaker": {"dim": 16, "hidden": 16, "layers": 1, "heads": 2, "min_frames": 4,
-                                                "max_frames": 32}})
-    torch.manual_seed(0)
-    return LM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    codec, lm = tiny_codec(), tiny_lm()
-    small = tiny_codec(n_q=4)
-    return {"codec": save_model(root / "codec.safetensors", codec, codec.cfg, kind="codec"),
-            "lm": save_model(root / "lm.safetensors", lm, lm.cfg, kind="lm"),
-            "codec_n4": save_model(root / "codec4.safetensors", small, small.cfg, kind="codec")}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, models) -> Path:
-    from maata.checkpoint import load_codec
-
-    codec = load_codec(models["codec"])
-    silence = codec.encode(torch.zeros(1, 1, 20 * HOP))[0, :, -1].numpy()
-    root = write_dialogue_shards(tmp_path_factory.mktemp("dialogues"), n_train=9, n_valid=0, n_test=6,
-                                 by_folder=True, silence=silence)
-    # the builder's reference/ split: every intent's answer in every voice, single stream, silence around it
-    recs = []
-    for k, intent in enumerate(INTENTS):
-        for voice in VOICES[:2]:
-            codes = answer_codes(intent, voice, silence)
-            pad = np.repeat(silence[:, None], 3, 1)
-            recs.append(Record({"codes": np.concatenate([pad, codes, pad], 1).astype(np.int16)},
-                               {"id": f"ref-{intent}-{voice}", "kind": "reference", "intent": intent, "voice": voice,
-                                "emotion": EMOTIONS[1 + k]}))
-    write_shard(root / "reference" / "shard0.safetensors", recs)
-    return root
-
-
-def _cli(argv: list[str], monkeypatch) -> int:
-    from maata import cli
-
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["maata.lm.commands"])
-    return cli.main(argv)
 
 
 def _unit(v) -> bool:
@@ -139,11 +78,11 @@ def test_turn_stats_measure_delay_overlap_and_stopping():
     assert stats.summary()["start_delay_ms"]["median"] == 120.0
 
 
-def test_speech_detectors(models, shards):
+def test_speech_detectors(lm_eval_models, lm_eval_shards):
     from maata.checkpoint import load_codec
 
-    codec = load_codec(models["codec"])
-    d = load_dialogues(shards, "test")[0]
+    codec = load_codec(lm_eval_models["codec"])
+    d = load_dialogues(lm_eval_shards, "test")[0]
     by_codes = SpeechDetector(codec, "codes")(d.agent)
     a, b = d.agent_turns()[0]
     assert by_codes[a:b].all() and not by_codes[:a].any() and not by_codes[b:].any()
@@ -157,11 +96,12 @@ def test_speech_detectors(models, shards):
 
 
 # -- maata lm eval ---------------------------------------------------------------------------------------
-def test_eval_end_to_end(models, shards, tmp_path, monkeypatch, capsys):
+def test_eval_end_to_end(lm_eval_models, lm_eval_shards, tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval"
-    rc = _cli(["lm", "eval", "--checkpoint", str(models["lm"]), "--codec", str(models["codec"]), "--shards",
-               str(shards), "--out", str(out), "--detector", "codes", "--threads", "1", "--batch", "4",
-               "--max-reply-seconds", "2"], monkeypatch)
+    rc = lm_cli(["lm", "eval", "--checkpoint", str(lm_eval_models["lm"]),
+                 "--codec", str(lm_eval_models["codec"]), "--shards",
+                 str(lm_eval_shards), "--out", str(out), "--detector", "codes", "--threads", "1", "--batch", "4",
+                 "--max-reply-seconds", "2"], monkeypatch)
     assert rc == 0
     assert "right answer top-1" in capsys.readouterr().out
     r = json.loads((out / "lm_eval.json").read_text())
@@ -196,41 +136,43 @@ def test_eval_end_to_end(models, shards, tmp_path, monkeypatch, capsys):
     assert "method" in r["adherence"] and "DTW" in ra["method"]
 
 
-def test_eval_falls_back_to_dialogue_references(models, shards):
+def test_eval_falls_back_to_dialogue_references(lm_eval_models, lm_eval_shards):
     from maata.checkpoint import load_codec
     from maata.lm.checkpoint import load_lm
     from maata.lm.evaluate import EvalConfig, evaluate
 
-    lm, codec = load_lm(models["lm"]), load_codec(models["codec"])
-    train = evaluate(lm, codec, shards, EvalConfig(reference_split="train", detector="codes", max_reply_s=1.0))
+    lm, codec = load_lm(lm_eval_models["lm"]), load_codec(lm_eval_models["codec"])
+    train = evaluate(lm, codec, lm_eval_shards, EvalConfig(reference_split="train", detector="codes", max_reply_s=1.0))
     assert train["right_answer"]["references"] == 9 and not train["notes"]  # the train dialogues' answers
     assert train["right_answer"]["reference_top1"] >= 0.75
-    none = evaluate(lm, codec, shards, EvalConfig(reference_split="nosuch", detector="codes", max_reply_s=1.0,
+    none = evaluate(lm, codec, lm_eval_shards, EvalConfig(reference_split="nosuch", detector="codes", max_reply_s=1.0,
                                                   max_dialogues=3))
     assert "serve as references" in none["notes"][0]
     assert none["right_answer"]["n"] == 2  # test-2 is interrupted (and the only "bank" answer: no reference)
     assert _unit(none["right_answer"]["reference_top1"])
 
 
-def test_eval_bad_inputs_exit_2(models, shards, tmp_path, monkeypatch, capsys):
-    base = ["lm", "eval", "--checkpoint", str(models["lm"]), "--shards", str(shards), "--out", str(tmp_path)]
-    assert _cli(base + ["--codec", str(models["codec_n4"])], monkeypatch) == 2
+def test_eval_bad_inputs_exit_2(lm_eval_models, lm_eval_shards, tmp_path, monkeypatch, capsys):
+    base = ["lm", "eval", "--checkpoint", str(lm_eval_models["lm"]), "--shards", str(lm_eval_shards),
+            "--out", str(tmp_path)]
+    assert lm_cli(base + ["--codec", str(lm_eval_models["codec_n4"])], monkeypatch) == 2
     assert "does not fit" in capsys.readouterr().err
-    assert _cli(base + ["--codec", str(models["lm"])], monkeypatch) == 2
+    assert lm_cli(base + ["--codec", str(lm_eval_models["lm"])], monkeypatch) == 2
     assert "not a codec checkpoint" in capsys.readouterr().err
-    assert _cli(["lm", "eval", "--checkpoint", str(models["codec"]), "--codec", str(models["codec"]), "--shards",
-                 str(shards)], monkeypatch) == 2
+    assert lm_cli(["lm", "eval", "--checkpoint", str(lm_eval_models["codec"]),
+                   "--codec", str(lm_eval_models["codec"]), "--shards",
+                   str(lm_eval_shards)], monkeypatch) == 2
     assert "not an LM checkpoint" in capsys.readouterr().err
-    assert _cli(base + ["--codec", str(models["codec"]), "--split", "nosuchsplit"], monkeypatch) == 2
+    assert lm_cli(base + ["--codec", str(lm_eval_models["codec"]), "--split", "nosuchsplit"], monkeypatch) == 2
     assert "no dialogue records" in capsys.readouterr().err
-    assert _cli(base[:5] + [str(tmp_path / "none"), "--codec", str(models["codec"])], monkeypatch) == 2
+    assert lm_cli(base[:5] + [str(tmp_path / "none"), "--codec", str(lm_eval_models["codec"])], monkeypatch) == 2
     assert "shards not found" in capsys.readouterr().err
     from maata.data.shards import Record, write_shard
 
     wide = np.full((K, 20), 100, np.int16)  # codes of a 1024-code codec for this 32-code LM
     write_shard(tmp_path / "wide" / "test" / "s.safetensors",
                 [Record({"user": wide, "agent": wide}, {"id": "w", "kind": "qa", "intent": "x"})])
-    assert _cli(base[:5] + [str(tmp_path / "wide"), "--codec", str(models["codec"])], monkeypatch) == 2
+    assert lm_cli(base[:5] + [str(tmp_path / "wide"), "--codec", str(lm_eval_models["codec"])], monkeypatch) == 2
     assert "do not fit the LM's codebook size 32" in capsys.readouterr().err
 
 
@@ -249,15 +191,17 @@ def test_markdown_table_handles_missing_numbers():
 
 
 # -- maata talk ---------------------------------------------------------------------------------------------
-def test_talk_writes_mono_and_stereo(models, tmp_path, monkeypatch, capsys):
+def test_talk_writes_mono_and_stereo(lm_eval_models, tmp_path, monkeypatch, capsys):
     import soundfile as sf
 
     t = np.arange(int(0.5 * 22050)) / 22050
     x = 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32)
     write_wav(tmp_path / "q.wav", np.stack([x, x], 1), 22050)  # stereo 22.05 kHz: converted on the way in
     out = tmp_path / "reply.wav"
-    rc = _cli(["talk", "--in", str(tmp_path / "q.wav"), "--out", str(out), "--voice", "female_1", "--emotion", "HAPPY",
-               "--lm", str(models["lm"]), "--codec", str(models["codec"]), "--silence", "0.3", "--threads", "1"],
+    rc = lm_cli(["talk", "--in", str(tmp_path / "q.wav"), "--out", str(out), "--voice", "female_1",
+                 "--emotion", "HAPPY",
+                 "--lm", str(lm_eval_models["lm"]), "--codec", str(lm_eval_models["codec"]), "--silence", "0.3",
+                 "--threads", "1"],
               monkeypatch)
     assert rc == 0, capsys.readouterr().err
     frames = -(-(8000 + int(0.3 * SR)) // HOP)
@@ -273,9 +217,9 @@ def test_talk_writes_mono_and_stereo(models, tmp_path, monkeypatch, capsys):
     # a zero-shot voice from a reference clip
     ref = tmp_path / "ref.wav"
     write_wav(ref, 0.2 * np.sin(2 * np.pi * 150 * np.arange(SR) / SR).astype(np.float32), SR)
-    assert _cli(["talk", "--in", str(tmp_path / "q.wav"), "--out", str(tmp_path / "c.wav"), "--voice", "custom",
-                 "--reference", str(ref), "--lm", str(models["lm"]), "--codec", str(models["codec"]),
-                 "--silence", "0", "--threads", "1"], monkeypatch) == 0
+    assert lm_cli(["talk", "--in", str(tmp_path / "q.wav"), "--out", str(tmp_path / "c.wav"), "--voice", "custom",
+                   "--reference", str(ref), "--lm", str(lm_eval_models["lm"]), "--codec", str(lm_eval_models["codec"]),
+                   "--silence", "0", "--threads", "1"], monkeypatch) == 0
     assert sf.info(str(tmp_path / "c.wav")).frames == -(-8000 // HOP) * HOP
 
 
@@ -285,47 +229,48 @@ def test_talk_defaults_to_the_committed_models(tmp_path, monkeypatch, capsys):
     q = tmp_path / "q.wav"
     write_wav(q, 0.2 * np.sin(2 * np.pi * 180 * np.arange(SR // 2) / SR).astype(np.float32), SR)
     monkeypatch.chdir(REPO)
-    assert _cli(["talk", "--in", str(q), "--out", str(tmp_path / "r.wav"), "--silence", "0.2", "--threads", "1"],
+    assert lm_cli(["talk", "--in", str(q), "--out", str(tmp_path / "r.wav"), "--silence", "0.2", "--threads", "1"],
                 monkeypatch) == 0, capsys.readouterr().err
     import soundfile as sf
 
     assert sf.info(str(tmp_path / "r.wav")).frames == -(-(SR // 2 + int(0.2 * SR)) // HOP) * HOP
     assert "per frame" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)
-    assert _cli(["talk", "--in", str(q), "--out", str(tmp_path / "r2.wav")], monkeypatch) == 2
+    assert lm_cli(["talk", "--in", str(q), "--out", str(tmp_path / "r2.wav")], monkeypatch) == 2
     assert "LM checkpoint (--lm) not found: checkpoints/lm_demo.safetensors" in capsys.readouterr().err
 
 
-def test_talk_bad_inputs_exit_2(models, tmp_path, monkeypatch, capsys):
+def test_talk_bad_inputs_exit_2(lm_eval_models, tmp_path, monkeypatch, capsys):
     q = tmp_path / "q.wav"
     write_wav(q, np.zeros(1600, np.float32), SR)
-    base = ["talk", "--in", str(q), "--out", str(tmp_path / "r.wav"), "--lm", str(models["lm"]),
-            "--codec", str(models["codec"])]
+    base = ["talk", "--in", str(q), "--out", str(tmp_path / "r.wav"), "--lm", str(lm_eval_models["lm"]),
+            "--codec", str(lm_eval_models["codec"])]
     cases = [(["--voice", "robot"], "unknown voice 'robot'"),
              (["--emotion", "ANGRY"], "unknown emotion 'ANGRY'"),
              (["--voice", "custom"], "needs --reference"),
              (["--silence", "-1"], "--silence"),
              (["--temperature", "-1"], "temperature")]
     for extra, message in cases:
-        assert _cli(base + extra, monkeypatch) == 2, extra
+        assert lm_cli(base + extra, monkeypatch) == 2, extra
         assert message in capsys.readouterr().err, extra
     bad = [(["talk", "--in", str(tmp_path / "missing.wav")] + base[3:], "input audio not found"),
-           (base[:5] + ["--lm", str(models["codec"]), "--codec", str(models["codec"])], "not an LM checkpoint"),
-           (base[:7] + ["--codec", str(models["codec_n4"])], "does not fit")]
+           (base[:5] + ["--lm", str(lm_eval_models["codec"]), "--codec", str(lm_eval_models["codec"])],
+            "not an LM checkpoint"),
+           (base[:7] + ["--codec", str(lm_eval_models["codec_n4"])], "does not fit")]
     for argv, message in bad:
-        assert _cli(argv, monkeypatch) == 2, argv
+        assert lm_cli(argv, monkeypatch) == 2, argv
         assert message in capsys.readouterr().err, argv
     write_wav(tmp_path / "short.wav", np.zeros(320, np.float32), SR)
-    assert _cli(base + ["--voice", "custom", "--reference", str(tmp_path / "short.wav")], monkeypatch) == 2
+    assert lm_cli(base + ["--voice", "custom", "--reference", str(tmp_path / "short.wav")], monkeypatch) == 2
     assert "too short" in capsys.readouterr().err
     assert not (tmp_path / "r.wav").exists()
 
 
 # -- bench ---------------------------------------------------------------------------------------------------
-def test_bench_quick_writes_every_field(models, tmp_path):
+def test_bench_quick_writes_every_field(lm_eval_models, tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "lm_speed.py"), "--checkpoint", str(models["lm"]),
-                        "--codec", str(models["codec"]), "--quick", "--threads", "1", "--json", str(out)],
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "lm_speed.py"), "--checkpoint", str(lm_eval_models["lm"]),
+                        "--codec", str(lm_eval_models["codec"]), "--quick", "--threads", "1", "--json", str(out)],
                        capture_output=True, text=True, timeout=180, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "LM step speed" in r.stdout and "baseline" in r.stdout

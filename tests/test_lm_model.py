@@ -9,6 +9,7 @@ from maata.lm import (GREEDY, LM, CodeError, LMConfigError, LMInputError, NoFree
                       SamplingParams, SlotError, UnknownEmotionError, UnknownVoiceError, delay_codes, load_preset,
                       preset_names, undelay_codes)
 from maata.lm.sampling import SamplingBatch, SamplingError, counter_uniform, sample
+from tests.support.models import tiny_lm
 
 torch.set_num_threads(1)
 
@@ -16,14 +17,7 @@ K, CARD, VT, S = 8, 32, 40, 16  # codebooks, codebook size, text vocab, speaker 
 
 
 def make_lm(delay: int = 1, text: bool = True, context: int = 8, seed: int = 0) -> LM:
-    cfg = load_preset("tiny", env_prefix=None, codebook_size=CARD, acoustic_delay=delay,
-                      temporal={"dim": 64, "layers": 2, "heads": 4, "context": context},
-                      depth={"dim": 32, "layers": 2, "heads": 2},
-                      text={"enabled": text, "vocab_size": VT},
-                      conditioning={"speaker": {"dim": S, "hidden": 32, "layers": 1, "heads": 2,
-                                                "min_frames": 4, "max_frames": 16}})
-    torch.manual_seed(seed)
-    return LM(cfg).eval()
+    return tiny_lm(context, seed, delay=delay, text=text)
 
 
 def history(B: int, T: int, seed: int = 1):

@@ -9,21 +9,22 @@ import shutil
 import pytest
 
 from maata.data.shards import ShardReader, shard_paths, write_shard
-from test_lm_eval import _cli, models, shards  # noqa: F401  (module fixtures: tiny codec + LM, dialogue shards)
+from tests.support.lm_eval import lm_cli
 
 
-def test_right_answer_seen_vs_heldout_phrasings(models, shards, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_right_answer_seen_vs_heldout_phrasings(lm_eval_models, lm_eval_shards, tmp_path, monkeypatch, capsys):
     root = tmp_path / "shards"
-    shutil.copytree(shards, root)
+    shutil.copytree(lm_eval_shards, root)
     for path in shard_paths(root, "test"):
         records = list(ShardReader(path))
         for i, rec in enumerate(records):
             rec.meta["heldout_phrasing"] = i % 2 == 1
         write_shard(path, records)
     out = tmp_path / "eval"
-    assert _cli(["lm", "eval", "--checkpoint", str(models["lm"]), "--codec", str(models["codec"]), "--shards",
-                 str(root), "--out", str(out), "--detector", "codes", "--threads", "1", "--batch", "4",
-                 "--max-reply-seconds", "2"], monkeypatch) == 0
+    assert lm_cli(["lm", "eval", "--checkpoint", str(lm_eval_models["lm"]),
+                   "--codec", str(lm_eval_models["codec"]), "--shards",
+                   str(root), "--out", str(out), "--detector", "codes", "--threads", "1", "--batch", "4",
+                   "--max-reply-seconds", "2"], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "seen phrasings" in printed and "held-out phrasings" in printed
     ra = json.loads((out / "lm_eval.json").read_text())["right_answer"]
@@ -33,10 +34,11 @@ def test_right_answer_seen_vs_heldout_phrasings(models, shards, tmp_path, monkey
         assert seen[key] * seen["n"] + held[key] * held["n"] == pytest.approx(ra[key] * ra["n"])
 
 
-def test_no_phrasing_split_without_the_metadata(models, shards, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_no_phrasing_split_without_the_metadata(lm_eval_models, lm_eval_shards, tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval"
-    assert _cli(["lm", "eval", "--checkpoint", str(models["lm"]), "--codec", str(models["codec"]), "--shards",
-                 str(shards), "--out", str(out), "--detector", "codes", "--threads", "1", "--batch", "4",
-                 "--max-reply-seconds", "2", "--limit", "2"], monkeypatch) == 0
+    assert lm_cli(["lm", "eval", "--checkpoint", str(lm_eval_models["lm"]),
+                   "--codec", str(lm_eval_models["codec"]), "--shards",
+                   str(lm_eval_shards), "--out", str(out), "--detector", "codes", "--threads", "1", "--batch", "4",
+                   "--max-reply-seconds", "2", "--limit", "2"], monkeypatch) == 0
     assert "seen phrasings" not in capsys.readouterr().out
     assert "seen_phrasings" not in json.loads((out / "lm_eval.json").read_text())["right_answer"]

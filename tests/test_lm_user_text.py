@@ -111,7 +111,7 @@ def test_trainer_adds_the_head_trains_it_and_runs_the_curriculum(tmp_path):
     import sys
 
     sys.path.insert(0, str(REPO / "tests"))
-    from test_lm_training import write_dialogue_shards
+    from tests.support.shards import write_dialogue_shards
 
     from maata.checkpoint import save_model
     from maata.data.shards import ShardReader, shard_paths

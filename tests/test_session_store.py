@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator
+from typing import Awaitable, Callable
 
 import pytest
 
@@ -33,13 +33,6 @@ from maata_protos.v1.session_pb2 import Session, StoredFrame  # noqa: E402
 
 MakeStore = Callable[..., SessionStore]
 Body = Callable[[SessionStore], Awaitable[None]]
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the whole test session (each test uses its own key prefix)."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture(params=["memory", "redis"])

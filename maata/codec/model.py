@@ -41,15 +41,11 @@ from maata import config as cfglib
 from maata.codec.layers import BottleneckTransformer, CausalConv1d, CausalConvTranspose1d, ResidualUnit, Snake
 from maata.codec.frame import FrameConfig, STFTDecoder, STFTEncoder
 from maata.codec.quantizer import DROPPED, ResidualVQ
-from maata.nn import TransformerState, reset_state
+from maata.nn import CodeError, TransformerState, reset_state
 
 ARCHS = ("seanet", "stft")
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class CodeError(ValueError):
-    """Codes of the wrong shape, dtype or range."""
 
 
 @dataclass

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from maata.data.phonemes import PhonemeVocab
+
 __all__ = [
     "ManifestError",
     "ManifestRow",
@@ -283,8 +285,6 @@ def merge_manifests(out: str | Path, inputs: Sequence[str | Path], *, absolute: 
     rebuilt from all the merged alignments and saved as ``phoneme_vocab.json`` beside
     ``out`` (when only one input has alignments it equals that input's own vocabulary).
     """
-    from maata.data.phonemes import PhonemeVocab
-
     out = Path(out)
     if not inputs:
         raise ManifestError("nothing to merge: give at least one input manifest")

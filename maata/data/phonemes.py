@@ -17,11 +17,12 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from maata.data.manifest import ManifestRow
+if TYPE_CHECKING:  # annotations only: the manifest module builds vocabularies (merge_manifests)
+    from maata.data.manifest import ManifestRow
 
 __all__ = ["PhonemeVocab", "frame_labels", "is_silence", "IGNORE", "SILENCE", "OTHER",
            "VOCAB_FILENAME"]

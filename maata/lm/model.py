@@ -48,7 +48,8 @@ from torch import nn
 
 from maata import config as cfglib
 from maata.lm.sampling import Rule, SamplingBatch, SamplingParams, counter_uniform, draw
-from maata.nn import RMSNorm, StreamingTransformer, TransformerLayer, TransformerState, rope_tables, swiglu_hidden
+from maata.nn import (CodeError, ModelInputError, RMSNorm, StreamingTransformer, TransformerLayer, TransformerState,
+                      rope_tables, swiglu_hidden)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -67,12 +68,9 @@ class LMConfigError(cfglib.ConfigError):
     """An LMConfig that cannot build a model."""
 
 
-class LMInputError(ValueError):
-    """Bad input to the model (base class of every input error below)."""
-
-
-class CodeError(LMInputError):
-    """Codes or text tokens of the wrong shape, dtype or range."""
+#: bad input to the model: the base class of every input error below and of ``CodeError``
+#: (codes or text tokens of the wrong shape, dtype or range), both shared with the codec
+LMInputError = ModelInputError
 
 
 class UnknownConditionError(LMInputError):
