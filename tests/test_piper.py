@@ -276,3 +276,17 @@ def test_cli_merge(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert re.search(r"all:\s+3 clips", printed) and "2 rows from" in printed
     assert len(read_manifest(out)) == 3 and (out.parent / "phoneme_vocab.json").is_file()
+
+
+def test_concurrent_writers_of_one_manifest_do_not_collide(tmp_path):
+    """Two `maata data merge` runs into the same file once raced on one temporary name
+    (FileNotFoundError on rename); every write now has its own temporary file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = [ManifestRow(path=f"a/{i}.wav", duration=1.0, speaker="s", source="t", text=f"x{i}")
+            for i in range(2000)]
+    out = tmp_path / "m.jsonl"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: write_manifest(out, rows), range(16)))
+    assert read_manifest(out) == rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]

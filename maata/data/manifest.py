@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -165,14 +166,21 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
 
 
 def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> Path:
-    """Write rows as JSONL (UTF-8, Telugu unescaped) atomically: a reader never sees half a file."""
+    """Write rows as JSONL (UTF-8, Telugu unescaped) atomically: a reader never sees half a
+    file. The temporary file has a unique name, so two writers of the same manifest do not
+    take each other's file away (the last rename wins)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
