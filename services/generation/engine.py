@@ -11,6 +11,11 @@ Pure model-side logic (PyTorch and protobuf messages, no gRPC), testable alone:
 * ``FrameClock`` drives an engine from asyncio: a tick every ``frame_s`` (40 ms), or only when
   ``tick()`` is called (manual mode, for tests), with the model step in a worker thread so the
   event loop keeps serving; slot changes (join, leave) wait for a running step.
+* The model step itself is the engine's ``backend`` (``services.common.model_backend``): the LM
+  in this process (``TorchLMBackend``, the default: the LM state of the slots and ONE batched
+  ``lm.step``) or Triton (``services.triton.lm_backend``: one request per live call, batched by
+  Triton's sequence batcher, the state in the Triton model instance). A call the backend could
+  not step (Triton gone, or restarted and without the call's state) is in ``Tick.failed``.
 
 Frame rules
 -----------
