@@ -163,6 +163,8 @@ class AgentTrack(MediaStreamTrack):
         self.late_s = late_ms / 1e3 if pacing == "anchored" else 0.0
         self.window = max(1, round(TRIM_WINDOW_S / self.packet_s))
         self._queue: deque[np.ndarray] = deque()
+        self._queued_at: deque[float] = deque()  # when each queued packet's audio arrived
+        self.waits_ms: deque[float] = deque(maxlen=500)  # per packet sent: its audio's arrival -> handed to the encoder
         self._partial = np.zeros(0, np.int16)
         self._start: float | None = None
         self._sent = 0
@@ -189,7 +191,7 @@ class AgentTrack(MediaStreamTrack):
         self._window += 1
         if self._window >= self.window:
             for _ in range(max(0, self._min_depth - TRIM_KEEP)):
-                self._queue.popleft()
+                self._pop()
                 self.dropped += 1
             if self._start is not None and self._frames_in_window and len(self._lateness) >= self._frames_in_window:
                 move = min(self._lateness)
@@ -198,16 +200,21 @@ class AgentTrack(MediaStreamTrack):
             self._window, self._min_depth = 0, 1 << 30
             self._lateness, self._frames_in_window = [], 0
 
+    def _pop(self) -> tuple[np.ndarray, float]:
+        return self._queue.popleft(), self._queued_at.popleft()
+
     def put(self, pcm: np.ndarray) -> None:
+        now = time.monotonic()
         if self._start is None and self.pacing == "anchored":
-            self._start = time.monotonic()
+            self._start = now
         pcm = np.concatenate([self._partial, pcm]) if self._partial.size else pcm
         whole = pcm.size // self.samples * self.samples
         for i in range(0, whole, self.samples):
             self._queue.append(pcm[i:i + self.samples])
+            self._queued_at.append(now)
         self._partial = pcm[whole:].copy()
         while len(self._queue) > self.max_frames:
-            self._queue.popleft()
+            self._pop()
             self.dropped += 1
         self._frames_in_window += 1
         self._arrived.set()
@@ -248,7 +255,8 @@ class AgentTrack(MediaStreamTrack):
                     self._lateness.append(max(0.0, time.monotonic() - due))
         self._trim()
         if self._queue:
-            pcm = self._queue.popleft()
+            pcm, arrived = self._pop()
+            self.waits_ms.append((time.monotonic() - arrived) * 1e3)
         else:
             pcm = np.zeros(self.samples, np.int16)
             self.silent += 1
@@ -479,11 +487,18 @@ class BrowserCall:
         return {"type": "stats", "server_ms_p50": pick(0.5), "server_ms_p99": pick(0.99),
                 "encode_ms_p50": stages[0], "generate_ms_p50": stages[1], "step_ms_p50": stages[2],
                 "decode_ms_p50": stages[3], "backlog_dropped": self.pipeline.backlog_dropped,
-                "out_queue_ms": round(self.track.queued_ms, 1), "frame_ms": round(self.pipeline.frame_s * 1e3),
+                "out_queue_ms": round(self.track.queued_ms, 1), **self._out_wait(), "frame_ms": round(self.pipeline.frame_s * 1e3),
                 "frames_in": c.frames_in, "in_frame_ms": round(c.in_frame_ms, 1), "voiced_in": c.voiced_in, "stale_in": c.stale_in,
                 "frames_out": c.frames_out, "voiced_out": c.voiced_out, "dropped_out": self.track.dropped,
                 "late_out": self.track.late, "silent_out": self.track.silent,
                 "clock_moved_ms": round(self.track.moved_ms, 1)}
+
+    def _out_wait(self) -> dict[str, float | None]:
+        waits = sorted(self.track.waits_ms)
+        if not waits:
+            return {"out_wait_ms_p50": None, "out_wait_ms_p99": None}
+        return {"out_wait_ms_p50": round(waits[len(waits) // 2], 1),
+                "out_wait_ms_p99": round(waits[min(len(waits) - 1, int(0.99 * len(waits)))], 1)}
 
     def send(self, message: dict[str, Any]) -> None:
         channel = self.channel

@@ -178,16 +178,17 @@ async function pollStats() {
   maata.browser = b; showLatency();
 }
 
-// Mouth-to-ear estimate: a sample waits for its 40 ms codec frame to fill, 20 ms for the browser's
-// Opus packet, one RTT on the network (up and down), the server's time from the frame's arrival to
-// the agent frame leaving (p50), the server's outgoing queue and the browser's jitter buffer.
+// Mouth-to-ear estimate: a sample waits for its codec frame to fill, the browser's Opus packet
+// (measured from its packet rate), one RTT on the network (up and down), the server's time from
+// the frame's arrival to the agent frame leaving (p50), the wait in the server's outgoing queue
+// (p50) and the browser's jitter buffer.
 function showLatency() {
   const s = maata.stats, b = maata.browser;
   $("lat-server").textContent = s.server_ms_p50 == null ? "–" : `${ms(s.server_ms_p50)} / ${ms(s.server_ms_p99)}`;
   $("lat-rtt").textContent = ms(b.rtt_ms);
   $("lat-jitter").textContent = ms(b.jitter_ms);
   if (s.server_ms_p50 != null) {
-    maata.m2e_ms = (s.frame_ms || 40) + (b.ptime_out_ms || 20) + (b.rtt_ms || 0) + s.server_ms_p50 + (s.out_queue_ms || 0) + (b.jitter_ms || 0);
+    maata.m2e_ms = (s.frame_ms || 40) + (b.ptime_out_ms || 20) + (b.rtt_ms || 0) + s.server_ms_p50 + (s.out_wait_ms_p50 ?? s.out_queue_ms ?? 0) + (b.jitter_ms || 0);
     $("lat-m2e").textContent = ms(maata.m2e_ms);
   }
 }
