@@ -3,7 +3,7 @@
 the current media path and each latency lever, interleaved in one run.
 
     python bench/browser_latency.py [--seconds 20] [--rounds 2] [--quick] [--untrained]
-                                    [--variants baseline,ptime10,...] [--model-variants baseline,levers]
+                                    [--variants baseline,ptime10,...] [--model-variants baseline,current]
                                     [--json out/bench/browser_latency.json] [--png out/bench/browser_latency.png]
 
 Runs the whole system in this process (``maata serve``'s stack, demo checkpoints) with the
@@ -11,7 +11,7 @@ browser front end, re-executed inside a loopback-only network namespace (``unsha
 Chromium and aiortc meet on 127.0.0.1. Chromium's fake microphone plays Telugu sentences with
 pauses between them (espeak-ng). Each **variant** is a set of ``gateway.webrtc`` settings (and
 page options) applied to the one running stack between calls (``VARIANTS``: the current path,
-one lever each, all levers together); every round calls each variant in turn, so a variant and
+one lever each on top of it, the configured defaults, all levers together); every round calls each variant in turn, so a variant and
 the baseline see the same machine load:
 
 * **(a) echo**: the codec-only path (user codes come straight back: encode -> decode). The page
@@ -58,18 +58,23 @@ from tests.support.chromium import Browser, in_netns, loopback_netns_command  # 
 SENTENCES = ["నమస్కారం, మీ పేరు ఏమిటి?", "ఈ రోజు వాతావరణం ఎలా ఉంది?", "బ్యాంక్ ఎన్ని గంటలకు తెరుస్తారు?",
              "నాకు హైదరాబాద్ కి దారి చెప్పండి.", "మీకు ఏ భోజనం ఇష్టం?"]
 TARGETS_MS = {"echo": 130.0, "model": 160.0}
-# each lever on its own against the current path, and all the levers that paid together
+# the media path before these levers: soxr HQ both ways, aiortc's buffer cut to one packet,
+# Opus voip, 20 ms packets, the fixed send clock (and the page's jitterBufferTarget 0)
+BASELINE: dict[str, Any] = {"resample_quality": "HQ", "in_jitter_packets": 1, "opus_application": "voip",
+                            "ptime_in_ms": 0, "ptime_out_ms": 20, "out_pacing": "fixed", "out_late_ms": 0.0}
+# the baseline with one lever each, the configured defaults ("current"), and every lever together
 # (webrtc settings, plus "page": URL options of the call page)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "resample_ld": {"resample_quality": "LD"},
-    "ptime10": {"ptime_in_ms": 10, "ptime_out_ms": 10},
-    "arrival_jb": {"in_jitter_packets": 0},
-    "anchored": {"out_pacing": "anchored", "out_late_ms": 20.0},
-    "opus_lowdelay": {"opus_application": "lowdelay"},
-    "chrome_jbt_default": {"page": "&jbt=none"},
-    "levers": {"resample_quality": "LD", "ptime_in_ms": 10, "ptime_out_ms": 10, "in_jitter_packets": 0,
-               "out_pacing": "anchored", "out_late_ms": 20.0, "opus_application": "lowdelay"},
+    "baseline": BASELINE,
+    "resample_ld": {**BASELINE, "resample_quality": "LD"},
+    "arrival_jb": {**BASELINE, "in_jitter_packets": 0},
+    "opus_lowdelay": {**BASELINE, "opus_application": "lowdelay"},
+    "ptime10": {**BASELINE, "ptime_in_ms": 10, "ptime_out_ms": 10},
+    "anchored": {**BASELINE, "out_pacing": "anchored", "out_late_ms": 20.0},
+    "chrome_jbt_default": {**BASELINE, "page": "&jbt=none"},
+    "current": {},
+    "levers": {"resample_quality": "LD", "in_jitter_packets": 0, "opus_application": "lowdelay",
+               "ptime_in_ms": 10, "ptime_out_ms": 10, "out_pacing": "anchored", "out_late_ms": 20.0},
 }
 WINDOW_S, HOP_S, MAX_LAG_S, MIN_CORR = 4.0, 2.0, 0.8, 0.6
 
@@ -205,7 +210,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         key = "measured_ms" if mode == "echo" else "calibrated_ms"
         for name in results["variants"]:
             values = [v for c in results["calls"] if c["variant"] == name and c["mode"] == mode for v in c.get(key, [])]
-            if values and name in ("baseline", "levers"):
+            if values and name in ("baseline", "current"):
                 ax.hist(values, bins=bins, alpha=0.6, label=f"{name} ({'measured' if mode == 'echo' else 'calibrated estimate'})")
         ax.axvline(TARGETS_MS[mode], color="red", ls="--", label=f"target {TARGETS_MS[mode]:.0f} ms")
         ax.set_title(f"({'a' if mode == 'echo' else 'b'}) {mode}: mouth-to-ear")
@@ -276,6 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "variants": {n: VARIANTS[n] for n in dict.fromkeys(variants + model_variants)},
                                "calls": []}
     config = load_config(environ=env)
+    results["codec_latency_ms"] = codec_latency_ms(config, untrained)
     stack = BackgroundStack(config, untrained=untrained)
     try:
         server = stack.stack.gateway.webrtc
@@ -306,6 +312,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def codec_latency_ms(config: Any, untrained: bool) -> float | None:
+    """The served codec's algorithmic latency (``CodecConfig.latency_ms``: one frame, plus any
+    overlap a codec version adds), read from its checkpoint's config: the budget's fixed term."""
+    if untrained:
+        return None
+    from maata import config as cfglib
+    from maata.checkpoint import read_metadata
+    from maata.codec.model import CodecConfig
+
+    meta = read_metadata(ROOT / config.codec_checkpoint)
+    return float(cfglib.from_dict(CodecConfig, json.loads(meta["config"])).latency_ms)
+
+
 def calibrate(calls: list[dict[str, Any]]) -> None:
     """Each model call's estimates shifted by the offset (measured - estimate) of the echo call of
     the same variant and round (the same media path, minutes apart on the same machine)."""
@@ -326,9 +345,9 @@ def main() -> int:
                                             "per media-path variant.")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each call (default 20)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over the variants (interleaved; default 2)")
-    p.add_argument("--quick", action="store_true", help="one round of 12 s calls, baseline and levers only")
+    p.add_argument("--quick", action="store_true", help="one round of 12 s calls, baseline and current only")
     p.add_argument("--variants", default=",".join(VARIANTS), help="echo calls: variants to measure (default all)")
-    p.add_argument("--model-variants", default="baseline,levers", help="model calls: variants (default baseline,levers)")
+    p.add_argument("--model-variants", default="baseline,current", help="model calls: variants (default baseline,current)")
     p.add_argument("--untrained", action="store_true", help="tiny random models instead of the demo checkpoints")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     p.add_argument("--json", default="out/bench/browser_latency.json")
@@ -336,7 +355,7 @@ def main() -> int:
     p.add_argument("--no-netns", action="store_true", help="do not re-run inside a loopback network namespace")
     args = p.parse_args()
     if args.quick:
-        args.seconds, args.rounds, args.variants = 12.0, 1, "baseline,levers"
+        args.seconds, args.rounds, args.variants = 12.0, 1, "baseline,current"
     if not in_netns() and not args.no_netns:
         argv = [sys.executable, *sys.argv]
         return subprocess.run(loopback_netns_command(argv), env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode

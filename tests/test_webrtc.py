@@ -348,3 +348,20 @@ def test_media_settings_validation() -> None:
     with pytest.raises(ValueError, match="opus_application"):
         WebRTCConfig(opus_application="music")
     assert WebRTCConfig(in_jitter_packets=0, browser_jitter_target_ms=None).in_jitter_packets == 0
+
+
+def test_low_delay_settings_cut_the_servers_input_and_output_waits() -> None:
+    """bench/media_budget.py on the real components in virtual time (no wall clock, so no load
+    effect): the defaults (low-delay resampler, arrival jitter buffer) against the old path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("media_budget", ROOT / "bench" / "media_budget.py")
+    budget = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget)  # type: ignore[union-attr]
+    old_in = budget.input_side(20, "prefetch1", "HQ", 4.0)
+    new_in = budget.input_side(20, "arrival", "LD", 4.0)
+    assert old_in["mean"] > 40 and new_in["p99"] < 3  # soxr's blocks + one held packet -> the FIR's 1.25 ms
+    old_out = budget.output_side(20, "fixed", 0.0, "HQ", budget.JITTER["echo"], 4.0)
+    new_out = budget.output_side(20, "fixed", 0.0, "LD", budget.JITTER["echo"], 4.0)
+    assert new_out["mean"] < old_out["mean"] - 25
+    assert new_out["send_interval_dev_ms_p99"] == 0.0  # the packets still leave on a regular clock

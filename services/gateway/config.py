@@ -71,16 +71,16 @@ class WebRTCConfig:
     call_token_max_ttl_s: float = 600.0  # call tokens may live at most this long (exp - iat)
     out_queue_ms: int = 120  # agent audio buffered for sending at most; older 20 ms frames are dropped
     in_stale_ms: int = 120  # user audio later than this behind real time is dropped, not queued
-    in_jitter_packets: int = 1  # aiortc's receive jitter buffer in packets (its default 4; 0 = each packet as it arrives)
+    in_jitter_packets: int = 0  # aiortc's receive jitter buffer in packets (its default 4; 0 = each packet as it arrives)
     ptime_in_ms: int = 0  # Opus packet length the answer asks the browser for (10 or 20; 0 = the browser's choice, 20)
     ptime_out_ms: int = 20  # Opus packet length of the agent's audio (10 or 20)
-    opus_application: str = "voip"  # the agent's Opus encoder: voip, lowdelay (CELT only, 4 ms less look-ahead), audio
+    opus_application: str = "lowdelay"  # the agent's Opus encoder: lowdelay (CELT only, 2.5 ms look-ahead), voip (6.5), audio
     out_pacing: str = "fixed"  # the agent's send clock: fixed (from media start) or anchored (to the first agent audio)
     out_late_ms: float = 0.0  # anchored: how long a tick waits for a late frame before sending silence
     browser_jitter_target_ms: int | None = 0  # the page's RTCRtpReceiver.jitterBufferTarget (None: Chrome's own)
     echo: bool = True  # allow mode "echo" (codec only: the user hears themself through the codec)
     stats_interval_s: float = 1.0  # data-channel stats events
-    resample_quality: str = "HQ"  # the 48 kHz <-> 16 kHz streams: LD (low-delay FIR) or a soxr quality (QQ .. VHQ)
+    resample_quality: str = "LD"  # the 48 kHz <-> 16 kHz streams: LD (low-delay FIR) or a soxr quality (QQ .. VHQ)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -29,26 +29,34 @@ Every refusal is counted (``maata_refusals_total{front_end="browser", reason}`` 
 ``maata_rpc_errors_total{method="browser", code}``).
 
 A browser call is the same conversation path as a partner call: the browser's Opus (aiortc
-decodes it to 48 kHz stereo 20 ms frames) is mixed to mono, resampled to 16 kHz by a streaming
-soxr resampler and pushed into a ``services.gateway.pipeline.Pipeline``; the pipeline's agent
-frames are resampled to 48 kHz and sent on an outgoing track; its events go to the page on the
-data channel. Mode ``echo`` swaps the model for ``EchoBackends`` (the user's
-codes come straight back): the codec-only path, for latency measurements and microphone checks.
+decodes it to 48 kHz stereo frames, one per packet) is mixed to mono, resampled to 16 kHz and
+pushed into a ``services.gateway.pipeline.Pipeline``; the pipeline's agent frames are resampled
+to 48 kHz and sent on an outgoing track; its events go to the page on the data channel. Mode
+``echo`` swaps the model for ``EchoBackends`` (the user's codes come straight back): the
+codec-only path, for latency measurements and microphone checks.
 
-Latency by design, both ways bounded:
+Latency by design, both ways bounded (each setting is a lever ``bench/browser_latency.py``
+measures against the others; docs/webrtc.md has the budget):
 
-* in: aiortc's receive jitter buffer is cut from 4 packets (80 ms) to ``in_jitter_packets`` (1);
-  each 20 ms frame carries its RTP timestamp; a frame that arrives more than ``in_stale_ms``
-  behind real time (the event loop or the network stalled and frames piled up in aiortc's
-  receiver) is dropped instead of being fed late, so the model always hears the present;
-* out: ``AgentTrack`` paces 20 ms frames on a fixed clock; frames waiting beyond
-  ``out_queue_ms`` are dropped oldest first (``dropped_out``), and a standing backlog (the
-  queue's minimum depth over half a second, beyond one 20 ms frame of jitter margin) is trimmed,
-  so neither a burst nor a start-up backlog turns into lasting delay; an empty queue sends
-  silence (the agent is always "on the line", like a phone). The clock's phase stays where the
-  call started: moving it to follow the agent frames (as the generation clock follows its
-  callers) saved the queue wait but Chrome's jitter buffer read the moved packets as network
-  jitter and grew from 30 to 40-74 ms (``bench/browser_latency.py``), a net loss.
+* in: the answer asks the browser for ``ptime_in_ms`` Opus packets (``a=ptime``, ``minptime``:
+  ``media.set_ptime``); aiortc's receive jitter buffer is cut from 4 packets to
+  ``in_jitter_packets`` (0: each packet goes to the decoder as it arrives,
+  ``media.ArrivalJitterBuffer``); ``resample_quality: LD`` resamples with
+  ``maata.resample_stream.FirResampleStream``, which returns every sample as soon as its input is
+  there (soxr releases its output in blocks, so a codec frame could wait a packet or two for its
+  last samples); a frame that arrives more than ``in_stale_ms`` behind real time (the event loop
+  or the network stalled and frames piled up in aiortc's receiver) is dropped instead of being
+  fed late, so the model always hears the present;
+* out: ``AgentTrack`` sends ``ptime_out_ms`` packets (``media.PacketOpusEncoder``, Opus
+  ``opus_application``) on a regular clock; frames waiting beyond ``out_queue_ms`` are dropped
+  oldest first (``dropped_out``), and a standing backlog (the queue's minimum depth over half a
+  second, beyond the packet at hand) is trimmed, so neither a burst nor a start-up backlog turns
+  into lasting delay. ``out_pacing: anchored`` starts the clock with the first agent audio (the
+  frames then meet their ticks instead of waiting a chance 0..ptime), waits up to
+  ``out_late_ms`` for a late frame and sends it the moment it exists with its own RTP time, and
+  moves the clock later when every frame of a window came late; ``fixed`` starts it with the
+  media and sends silence when a tick finds no audio (which pushes the agent's audio one packet
+  later until the trim removes it).
 
 Data channel (label ``events``, JSON text messages). Server -> page: ``ready`` (call id, mode,
 style, frame ms), ``speaking`` (agent started/stopped), ``text`` (inner-monologue pieces),
@@ -177,6 +185,7 @@ class AgentTrack(MediaStreamTrack):
         self.late = 0  # packets sent after their tick (anchored: the frame came late)
         self.silent = 0  # ticks that found no audio and sent silence
         self.moved_ms = 0.0  # how far the anchored clock moved later in all
+        self.clock = time.monotonic  # seconds; the event loop's own clock when it runs in virtual time (bench)
 
     @property
     def queued_ms(self) -> float:
@@ -204,7 +213,7 @@ class AgentTrack(MediaStreamTrack):
         return self._queue.popleft(), self._queued_at.popleft()
 
     def put(self, pcm: np.ndarray) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self._start is None and self.pacing == "anchored":
             self._start = now
         pcm = np.concatenate([self._partial, pcm]) if self._partial.size else pcm
@@ -240,7 +249,7 @@ class AgentTrack(MediaStreamTrack):
             await self._wait_audio(None)  # the clock starts with the first agent audio
             if self.readyState != "live":
                 raise MediaStreamError
-        now = time.monotonic()
+        now = self.clock()
         if self._start is None:
             self._start = now
         else:
@@ -252,11 +261,11 @@ class AgentTrack(MediaStreamTrack):
             if not self._queue and self.late_s > 0:
                 if await self._wait_audio(self.late_s):
                     self.late += 1
-                    self._lateness.append(max(0.0, time.monotonic() - due))
+                    self._lateness.append(max(0.0, self.clock() - due))
         self._trim()
         if self._queue:
             pcm, arrived = self._pop()
-            self.waits_ms.append((time.monotonic() - arrived) * 1e3)
+            self.waits_ms.append((self.clock() - arrived) * 1e3)
         else:
             pcm = np.zeros(self.samples, np.int16)
             self.silent += 1
