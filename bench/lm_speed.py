@@ -117,8 +117,8 @@ def variants(lm, compile_ok: bool, compile_note: str) -> list[tuple[str, Any, st
             c = copy.deepcopy(lm)
             c.temporal.step = torch.compile(c.temporal.step, dynamic=False)
             # the depth step specialises on its step index (9 graphs per batch size): left eager
-            out.append(("torch.compile", c, "inductor on the temporal step (graph breaks at the data-dependent "
-                                            "slot updates; the depth steps stay eager)"))
+            out.append(("torch.compile", c, "inductor on the temporal step (one graph: the ring-cache writes are "
+                                            "scatters, no data-dependent shapes; the depth steps stay eager)"))
         except Exception as e:
             out.append(("torch.compile", None, f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
     else:
