@@ -45,3 +45,17 @@ def test_codec_speed_quick(tmp_path):
     assert opus["rtf"] > 0 and 4.5 < opus["kbps_measured"] < 7.0
     assert res["torch_compile"]["status"] == "skipped"
     assert res["frame_latency_compiled"]["status"] == "skipped"
+
+
+def test_ab_speed_compares_two_revisions(tmp_path):
+    """bench/ab_speed.py: a revision against the working tree, calls interleaved (here HEAD against
+    this tree, two rounds: the machinery, not the numbers)."""
+    out = tmp_path / "ab.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "ab_speed.py"), "--base", "HEAD", "--head", str(REPO),
+                        "--reps", "2", "--warmup", "0", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert set(res["rows"]) == {"lm_step_b1", "lm_step_b16", "codec_frame_b1", "codec_frame_b16", "codec_offline_4s",
+                                "lm_forward_b4_t200"}
+    for row in res["rows"].values():
+        assert row["base_p50_ms"] > 0 and row["head_p50_ms"] > 0 and row["head_over_base"] > 0
