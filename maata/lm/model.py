@@ -326,8 +326,8 @@ class DepthTransformer(nn.Module):
 
 
 def _upgrade_depth_keys(module: DepthTransformer, state_dict: dict, prefix: str, *args) -> None:
-    """load_state_dict pre-hook: the depth layers were saved as ``blocks.{i}`` before they became
-    a StreamingTransformer (``transformer.layers.{i}``); rename in place."""
+    """load_state_dict pre-hook: checkpoints that store the depth layers as ``blocks.{i}`` (the
+    committed demo LM does) load into ``transformer.layers.{i}``; renamed in place."""
     old = prefix + "blocks."
     for key in [k for k in state_dict if k.startswith(old)]:
         state_dict[prefix + "transformer.layers." + key[len(old):]] = state_dict.pop(key)
