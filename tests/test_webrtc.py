@@ -216,6 +216,8 @@ def test_set_ptime_asks_for_10ms_packets_in_the_audio_section_only() -> None:
     assert "ptime" not in data
     with pytest.raises(ValueError, match="ptime"):
         set_ptime(CHROME_OFFER_AUDIO, 15)
+    bare = CHROME_OFFER_AUDIO.replace("a=fmtp:111 minptime=20;useinbandfec=1\r\n", "")  # as aiortc answers
+    assert "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\n" in set_ptime(bare, 10)
 
 
 def test_packet_encoder_sends_10ms_opus_with_the_frames_timestamps() -> None:
@@ -365,3 +367,56 @@ def test_low_delay_settings_cut_the_servers_input_and_output_waits() -> None:
     new_out = budget.output_side(20, "fixed", 0.0, "LD", budget.JITTER["echo"], 4.0)
     assert new_out["mean"] < old_out["mean"] - 25
     assert new_out["send_interval_dev_ms_p99"] == 0.0  # the packets still leave on a regular clock
+
+
+def test_ptime_10_answer_and_10ms_agent_packets_with_an_aiortc_client() -> None:
+    """``ptime_in_ms: 10`` / ``ptime_out_ms: 10`` end to end without a browser: the whole stack
+    (tiny untrained models, echo mode) answers a Python aiortc client's offer with a=ptime:10 and
+    minptime=10, and the agent's audio arrives as 10 ms Opus packets (480 samples at 48 kHz)."""
+    import urllib.request
+
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import AudioStreamTrack
+
+    from services.serve import load_config, start
+
+    class Tone(AudioStreamTrack):
+        """A 20 ms 440 Hz tone stream as the client's microphone (aiortc paces it in real time)."""
+
+        async def recv(self) -> av.AudioFrame:
+            frame = await super().recv()
+            t = (frame.pts + np.arange(frame.samples)) / frame.sample_rate
+            frame.planes[0].update((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).tobytes())
+            return frame
+
+    env = {f"MAATA_SERVE__{k}": v for k, v in {
+        "SESSION__SERVER__PORT": "0", "GATEWAY__SERVER__PORT": "0", "CODEC__SERVER__PORT": "0",
+        "GENERATION__SERVER__PORT": "0", "GATEWAY__WEBRTC__PORT": "0", "THREADS": "1",
+        "GATEWAY__WEBRTC__PTIME_IN_MS": "10", "GATEWAY__WEBRTC__PTIME_OUT_MS": "10"}.items()}
+
+    async def run() -> tuple[str, list[int]]:
+        stack = await start(load_config(environ=env), untrained=True)
+        client = RTCPeerConnection()
+        try:
+            client.addTrack(Tone())
+            client.createDataChannel("events")
+            await client.setLocalDescription(await client.createOffer())
+            body = json.dumps({"type": "offer", "sdp": client.localDescription.sdp, "mode": "echo"}).encode()
+            request = urllib.request.Request(stack.browser_url + "api/offer", data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            loop = asyncio.get_running_loop()
+            answer = json.loads(await loop.run_in_executor(None, lambda: urllib.request.urlopen(request, timeout=30).read()))
+            received: asyncio.Future[Any] = loop.create_future()
+            client.on("track", lambda track: received.done() or received.set_result(track))
+            await client.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            track = await asyncio.wait_for(received, 20)
+            sizes = [(await asyncio.wait_for(track.recv(), 20)).samples for _ in range(30)]
+            return answer["sdp"], sizes
+        finally:
+            await client.close()
+            await stack.drain()
+
+    sdp, sizes = asyncio.run(run())
+    audio = sdp.split("m=audio", 1)[1].split("\nm=", 1)[0]
+    assert "a=ptime:10" in audio and "minptime=10" in audio
+    assert sizes and set(sizes) == {480}  # every agent packet is 10 ms

@@ -113,11 +113,16 @@ def set_ptime(sdp: str, ptime_ms: int) -> str:
         if section.startswith("m=audio"):
             lines = [line for line in section.split(eol) if not line.startswith("a=ptime:")]
             opus = {m.group(1) for line in lines if (m := re.match(r"a=rtpmap:(\d+) opus/", line, re.I))}
+            with_fmtp = set()
             for i, line in enumerate(lines):
                 m = re.match(r"a=fmtp:(\d+) (.*)$", line)
                 if m and m.group(1) in opus:
                     params = [p for p in m.group(2).split(";") if p and not p.strip().startswith("minptime=")]
                     lines[i] = f"a=fmtp:{m.group(1)} " + ";".join([f"minptime={ptime_ms}", *params])
+                    with_fmtp.add(m.group(1))
+            for pt in sorted(opus - with_fmtp):  # an Opus payload without parameters (aiortc's answer)
+                at = next(i for i, line in enumerate(lines) if line.startswith(f"a=rtpmap:{pt} "))
+                lines.insert(at + 1, f"a=fmtp:{pt} minptime={ptime_ms}")
             end = len(lines) - 1 if lines and lines[-1] == "" else len(lines)
             lines.insert(end, f"a=ptime:{ptime_ms}")
             section = eol.join(lines)
