@@ -10,7 +10,8 @@
 One process (the default). The session service (in-memory store), the codec service, the
 generation service and the partner gateway each listen on their own localhost port (gateway
 7100, codec 7101, generation 7102, session 7103 by default), so other clients can use any of
-them. The gateway calls the codec and generation **in process** by default: the services'
+them; each serves Prometheus ``/metrics`` on its own port (gateway 9100, codec 9101, generation
+9102, session 9103: ``METRICS_PORTS``; ``*__SERVER__METRICS_PORT`` moves one, 0 turns it off). The gateway calls the codec and generation **in process** by default: the services'
 servicer code is called directly (same validation, same batching with the gRPC callers) with no
 protobuf serialization and no HTTP/2 hop. That is the fastest correct path and the default
 (``--inproc`` says so explicitly); ``--loopback`` sends the gateway's streams over real loopback
@@ -59,7 +60,7 @@ from services.common.config import ServerConfig
 from services.common.server import Service, channel_options
 from services.gateway.auth import ApiKey, Authenticator, hash_key, new_key
 from services.gateway.backends import Backends, GrpcBackends, InprocBackends
-from services.gateway.config import GatewayConfig
+from services.gateway.config import GATEWAY_MAX_MESSAGE_BYTES, GatewayConfig
 from services.gateway.server import GatewayServer, serve_gateway
 from services.generation.service import GenerationServer, GenerationServiceConfig, serve_generation
 from services.session.client import open_store
@@ -90,8 +91,11 @@ TRAIN_LM_HINT = ("train it with `maata train lm --stage pretrain|dialogue|voice 
                  "(MAATA_SERVE__LM_CHECKPOINT)")
 
 
-def _port(port: int) -> ServerConfig:
-    return ServerConfig(port=port)
+METRICS_PORTS = {"gateway": 9100, "codec": 9101, "generation": 9102, "session": 9103}  # Prometheus /metrics
+
+
+def _port(port: int, metrics_port: int, **kw: Any) -> ServerConfig:
+    return ServerConfig(port=port, metrics_port=metrics_port, **kw)
 
 
 @dataclass(frozen=True)
@@ -103,14 +107,28 @@ class ServeConfig:
     lm_checkpoint: str = "checkpoints/lm_demo.safetensors"
     tokenizer: str = "checkpoints/tokenizer.json"  # the agent's text pieces, when the file exists
     threads: int = 1  # torch intra-op threads of this process (0: torch's default)
-    gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(server=_port(7100)))
-    codec: CodecServiceConfig = field(default_factory=lambda: CodecServiceConfig(server=_port(7101)))
-    generation: GenerationServiceConfig = field(default_factory=lambda: GenerationServiceConfig(server=_port(7102)))
-    session: SessionConfig = field(default_factory=lambda: SessionConfig(server=_port(7103)))
+    gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(
+        server=_port(7100, METRICS_PORTS["gateway"], max_message_bytes=GATEWAY_MAX_MESSAGE_BYTES)))
+    codec: CodecServiceConfig = field(default_factory=lambda: CodecServiceConfig(
+        server=_port(7101, METRICS_PORTS["codec"])))
+    generation: GenerationServiceConfig = field(default_factory=lambda: GenerationServiceConfig(
+        server=_port(7102, METRICS_PORTS["generation"])))
+    session: SessionConfig = field(default_factory=lambda: SessionConfig(server=_port(7103, METRICS_PORTS["session"])))
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+def metrics_follow_ports(config: ServeConfig) -> ServeConfig:
+    """A service on any free port (``port`` 0: tests, several stacks on one machine) puts its
+    ``/metrics`` on any free port too, instead of its fixed default (which would collide)."""
+    changes = {}
+    for name in METRICS_PORTS:
+        service = getattr(config, name)
+        if service.server.port == 0 and service.server.metrics_port > 0:
+            changes[name] = dataclasses.replace(service, server=dataclasses.replace(service.server, metrics_port=-1))
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
@@ -214,6 +232,7 @@ async def start(config: ServeConfig, role: str = "all", *, inproc: bool = True, 
     """Start ``role``'s services (see the module docstring); returns once they all serve."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    config = metrics_follow_ports(config)
     if config.threads:
         import torch
 
@@ -338,6 +357,10 @@ async def serve_forever(config: ServeConfig, role: str = "all", *, inproc: bool 
         ports = ", ".join(f"{name} {config.host}:{port}" for name, port in stack.ports.items())
         print(f"maata serve ({role}{', ' + stack.path if stack.path else ''}"
               f"{', untrained models' if untrained else ''}): {ports}", file=out, flush=True)
+        metrics = ", ".join(f"{service.name} {service.grpc.config.metrics_host}:{service.metrics_port}" for service in stack.services
+                            if service.metrics_port)
+        if metrics:
+            print(f"Prometheus /metrics: {metrics}", file=out, flush=True)
         if stack.browser_url:
             print(f"talk to Maata from a browser: open {stack.browser_url} and press Call", file=out, flush=True)
         if stack.dev_key:

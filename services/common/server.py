@@ -131,7 +131,7 @@ def _rpc_scope(method: MethodDescriptor, context: grpc.aio.ServicerContext, serv
     except grpc.aio.AbortError:
         _count_error(method, metrics, _status_name(context), logging.INFO, context.details())
         raise
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):  # a streaming handler is closed, not cancelled
         if _deadline_passed(context):
             _count_error(method, metrics, "DEADLINE_EXCEEDED", logging.INFO, "the client's deadline passed")
         else:
@@ -147,14 +147,18 @@ def _rpc_scope(method: MethodDescriptor, context: grpc.aio.ServicerContext, serv
                 var.reset(token)
 
 
+DEADLINE_SLACK_S = 0.25  # a cancel this close to the RPC's deadline is the deadline passing
+
+
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the RPC's own deadline (set by the client) has passed: gRPC cancels the handler
-    then, and the caller sees DEADLINE_EXCEEDED, not CANCELLED."""
+    """Whether the RPC ended because its own deadline (set by the client) passed: the caller then
+    sees DEADLINE_EXCEEDED, not CANCELLED. The client's timer usually fires (and cancels the
+    stream) a moment before the server's copy of the deadline, hence ``DEADLINE_SLACK_S``."""
     try:
         remaining = context.time_remaining()
     except Exception:  # a context without deadlines (in-process)
         return False
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= DEADLINE_SLACK_S
 
 
 def _count_error(method: MethodDescriptor, metrics: ServiceMetrics | None, code: str, level: int | None,

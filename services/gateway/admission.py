@@ -5,7 +5,8 @@ Every call, whatever front end it came through, is charged to a **tenant**: a pa
 **anonymous** browser pool (the public page, no credentials). ``Admission.admit`` checks, in order:
 
 * ``draining``: the gateway is shutting down (UNAVAILABLE);
-* ``rate``: the tenant's calls per minute (a token bucket holding a minute's worth; RESOURCE_EXHAUSTED);
+* ``rate``: the tenant's calls per minute (a token bucket refilled at that rate, holding a tenth of
+  it: a burst of call starts is spread out instead of landing on the frame clock at once);
 * ``tenant_calls``: the tenant's live calls against its own cap (RESOURCE_EXHAUSTED);
 * ``capacity``: the gateway's live calls against ``capacity`` (the generation slots it fronts);
 * ``reserve``: the last ``reserve`` free slots go only to a tenant that holds no call yet, so one
@@ -60,8 +61,13 @@ class Tenant:
     max_sessions: int  # resumable histories kept in the store (0: none, end them at once)
 
 
+def burst(per_minute: int) -> float:
+    """The bucket size of a rate of ``per_minute``: six seconds' worth, at least one."""
+    return float(max(1, -(-per_minute // 10)))
+
+
 class RateLimiter:
-    """Token buckets by name: each holds ``per_minute`` tokens and refills ``per_minute`` a
+    """Token buckets by name: each holds ``burst(per_minute)`` tokens and refills ``per_minute`` a
     minute; ``take`` spends one or returns False. Full (idle) buckets are forgotten once more
     than ``max_names`` are held, so many distinct names (client addresses) cost bounded memory."""
 
@@ -72,8 +78,9 @@ class RateLimiter:
 
     def take(self, name: str, per_minute: int) -> bool:
         now = self._clock()
-        tokens, at = self._buckets.get(name, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
+        size = burst(per_minute)
+        tokens, at = self._buckets.get(name, (size, now))
+        tokens = min(size, tokens + (now - at) * per_minute / 60.0)
         if tokens < 1.0:
             self._buckets[name] = (tokens, now)
             return False
@@ -87,7 +94,7 @@ class RateLimiter:
         for name, (tokens, at) in list(self._buckets.items()):
             if len(self._buckets) <= self._max_names // 2:
                 break
-            if tokens + (now - at) * per_minute / 60.0 >= per_minute:
+            if tokens + (now - at) * per_minute / 60.0 >= burst(per_minute):
                 del self._buckets[name]
 
 
@@ -134,8 +141,8 @@ class Admission:
                                                    f"kept for callers with no call in progress ({self._who(tenant)} "
                                                    f"has {held}); retry later", "reserve")
         if not self.rates.take(f"tenant:{tenant.name}", tenant.calls_per_minute):
-            raise Refused(Code.RESOURCE_EXHAUSTED, f"{self._who(tenant)} started {tenant.calls_per_minute} calls in "
-                                                   "the last minute, its rate limit; retry in a few seconds", "rate")
+            raise Refused(Code.RESOURCE_EXHAUSTED, f"{self._who(tenant)} is starting calls faster than its limit of "
+                                                   f"{tenant.calls_per_minute} a minute; retry in a few seconds", "rate")
         self.live[tenant.name] = held + 1
         self.total += 1
         return Ticket(tenant, front_end, self)

@@ -22,6 +22,7 @@ from services.gateway.speech import SpeechConfig
 
 ENV_PREFIX = "MAATA_GATEWAY__"
 SAMPLE_RATES = (8000, 16000, 24000, 48000)
+GATEWAY_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LB_POLICIES = ("round_robin", "pick_first")  # how the gateway's channels pick a backend replica per call
 
 
@@ -118,7 +119,9 @@ class WebRTCConfig:
 class GatewayConfig:
     """The gateway: where the backends are, keys and quotas, formats, speech detection, the browser front end."""
 
-    server: ServerConfig = field(default_factory=ServerConfig)
+    # the gRPC message hard cap (8 MiB) is far above the largest audio chunk the API takes (1 s), so an
+    # oversized chunk gets the application's INVALID_ARGUMENT; gRPC's RESOURCE_EXHAUSTED is left for beyond it
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(max_message_bytes=GATEWAY_MAX_MESSAGE_BYTES))
     codec: str = ""  # the codec service's host:port (``maata serve`` fills it in)
     generation: str = ""  # the generation service's host:port
     # Both targets may name several replicas: "dns:///generation.ns.svc.cluster.local:7102" (a headless
@@ -174,4 +177,4 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     return cfglib.load(GatewayConfig, path, env_prefix=ENV_PREFIX, overrides=overrides or None, environ=environ)
 
 
-__all__ = ["AnonymousConfig", "ENV_PREFIX", "GatewayConfig", "IceServer", "SAMPLE_RATES", "WebRTCConfig", "load_config"]
+__all__ = ["AnonymousConfig", "ENV_PREFIX", "GATEWAY_MAX_MESSAGE_BYTES", "GatewayConfig", "IceServer", "SAMPLE_RATES", "WebRTCConfig", "load_config"]

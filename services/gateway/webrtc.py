@@ -726,8 +726,9 @@ class WebRTCServer:
         if self.gateway.draining:
             return self._refuse(503, "draining", "the gateway is draining; call again (another replica)", "UNAVAILABLE")
         if not self.rates.take(f"client:{client}", cfg.offers_per_minute_per_client):
-            return self._refuse(429, "client_rate", f"this client made {cfg.offers_per_minute_per_client} offers in the "
-                                                    "last minute, the limit; retry in a few seconds", "RESOURCE_EXHAUSTED")
+            return self._refuse(429, "client_rate", "this client is making offers faster than its limit of "
+                                                    f"{cfg.offers_per_minute_per_client} a minute; retry in a few seconds",
+                                "RESOURCE_EXHAUSTED")
         if not self.rates.take("all", cfg.offers_per_minute):
             return self._refuse(429, "offer_rate", "the gateway is receiving too many offers; retry in a few seconds",
                                 "RESOURCE_EXHAUSTED")
@@ -761,6 +762,10 @@ class WebRTCServer:
         pc.on("track", call.on_track)
         pc.on("datachannel", call.on_datachannel)
         pc.on("connectionstatechange", call.on_state)
+        # counted before the first await, so concurrent offers cannot all pass the checks above
+        self.calls[call.call_id] = call
+        self.pending.add(call.call_id)
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         try:
             audio = [m for m in SessionDescription.parse(body["sdp"]).media if m.kind == "audio"]
             if not audio:
@@ -772,10 +777,8 @@ class WebRTCServer:
             shorten_jitter_buffers(pc, self.config.in_jitter_packets)
         except Exception as err:  # aiortc raises ValueError and others for unparsable SDP
             await call.close()
+            self._release(client)
             return self._refuse(400, "invalid", f"bad SDP offer: {type(err).__name__}: {err}", "INVALID_ARGUMENT")
-        self.calls[call.call_id] = call
-        self.pending.add(call.call_id)
-        self._per_client[client] = self._per_client.get(client, 0) + 1
         try:
             sender = pc.addTrack(call.track)
             use_encoder(sender, PacketOpusEncoder(self.config.ptime_out_ms, self.config.opus_application))
