@@ -11,7 +11,8 @@ One process (the default). The session service (in-memory store), the codec serv
 generation service and the partner gateway each listen on their own localhost port (gateway
 7100, codec 7101, generation 7102, session 7103 by default), so other clients can use any of
 them; each serves Prometheus ``/metrics`` on its own port (gateway 9100, codec 9101, generation
-9102, session 9103: ``METRICS_PORTS``; ``*__SERVER__METRICS_PORT`` moves one, 0 turns it off). The gateway calls the codec and generation **in process** by default: the services'
+9102, session 9103: ``METRICS_PORTS``; ``*__SERVER__METRICS_PORT`` moves one, 0 turns it off; a
+service moved off its default gRPC port takes any free metrics port unless one is set). The gateway calls the codec and generation **in process** by default: the services'
 servicer code is called directly (same validation, same batching with the gRPC callers) with no
 protobuf serialization and no HTTP/2 hop. That is the fastest correct path and the default
 (``--inproc`` says so explicitly); ``--loopback`` sends the gateway's streams over real loopback
@@ -120,13 +121,18 @@ class ServeConfig:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
 
+GRPC_PORTS = {"gateway": 7100, "codec": 7101, "generation": 7102, "session": 7103}
+
+
 def metrics_follow_ports(config: ServeConfig) -> ServeConfig:
-    """A service on any free port (``port`` 0: tests, several stacks on one machine) puts its
-    ``/metrics`` on any free port too, instead of its fixed default (which would collide)."""
+    """The fixed default metrics ports go with the fixed default service ports: a service moved
+    to another gRPC port (or to any free one, port 0: tests, benches, several stacks on one
+    machine) whose metrics port is still the default puts ``/metrics`` on any free port instead
+    (the default would collide); a metrics port set to anything else is kept."""
     changes = {}
-    for name in METRICS_PORTS:
+    for name, default in METRICS_PORTS.items():
         service = getattr(config, name)
-        if service.server.port == 0 and service.server.metrics_port > 0:
+        if service.server.port != GRPC_PORTS[name] and service.server.metrics_port == default:
             changes[name] = dataclasses.replace(service, server=dataclasses.replace(service.server, metrics_port=-1))
     return dataclasses.replace(config, **changes) if changes else config
 
