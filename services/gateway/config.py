@@ -64,7 +64,7 @@ class WebRTCConfig:
     host_addresses: list[str] = field(default_factory=list)  # ICE host candidates ([] = every non-loopback
     #                                                          interface; ["127.0.0.1"] in a loopback-only netns)
     max_calls_per_client: int = 2  # live and connecting browser calls per client address
-    offers_per_minute_per_client: int = 12  # offers one client address may make per minute (429 beyond)
+    offers_per_minute_per_client: int = 20  # offers one client address may make per minute (429 beyond)
     offers_per_minute: int = 240  # offers per minute, all addresses together (429 beyond)
     max_pending: int = 16  # answered offers not yet connected with audio flowing (503 beyond)
     max_offer_bytes: int = 64 * 1024  # the signalling request body (413 beyond)

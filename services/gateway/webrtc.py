@@ -12,8 +12,9 @@ call; a thin front end over ``services.gateway.core.Gateway``, like the partner 
 
 Admission (a browser cannot take capacity it does not use, nor lock out paying callers):
 
-* at the offer (cheap checks, no model resources): draining (503), the offer rate of the client
-  address (``offers_per_minute_per_client``) and of all addresses (``offers_per_minute``) (429),
+* at the offer (cheap checks, no model resources): draining (503), the body (413/400), the offer
+  rate of the client address (``offers_per_minute_per_client``) and of all addresses
+  (``offers_per_minute``) (429),
   the call token when the offer carries one (401 when it is invalid, see
   ``services.gateway.tokens``; without one the call is charged to the anonymous pool, 401 when
   ``anonymous.max_calls`` is 0), the address's live and connecting calls
@@ -725,13 +726,6 @@ class WebRTCServer:
         client = request.remote or "unknown"
         if self.gateway.draining:
             return self._refuse(503, "draining", "the gateway is draining; call again (another replica)", "UNAVAILABLE")
-        if not self.rates.take(f"client:{client}", cfg.offers_per_minute_per_client):
-            return self._refuse(429, "client_rate", "this client is making offers faster than its limit of "
-                                                    f"{cfg.offers_per_minute_per_client} a minute; retry in a few seconds",
-                                "RESOURCE_EXHAUSTED")
-        if not self.rates.take("all", cfg.offers_per_minute):
-            return self._refuse(429, "offer_rate", "the gateway is receiving too many offers; retry in a few seconds",
-                                "RESOURCE_EXHAUSTED")
         if request.content_length is not None and request.content_length > cfg.max_offer_bytes:
             return self._refuse(413, "invalid", f"the offer is {request.content_length} bytes; the limit is "
                                                 f"{cfg.max_offer_bytes}")
@@ -745,6 +739,14 @@ class WebRTCServer:
             mode, style, text = self._parse(body)
         except StatusError as err:
             return self._refuse(HTTP_STATUS.get(err.code, 400), "invalid", err.details, err.code.name)
+        # the rates count well-formed offers (a malformed one costs a JSON parse, no peer connection)
+        if not self.rates.take(f"client:{client}", cfg.offers_per_minute_per_client):
+            return self._refuse(429, "client_rate", "this client is making offers faster than its limit of "
+                                                    f"{cfg.offers_per_minute_per_client} a minute; retry in a few seconds",
+                                "RESOURCE_EXHAUSTED")
+        if not self.rates.take("all", cfg.offers_per_minute):
+            return self._refuse(429, "offer_rate", "the gateway is receiving too many offers; retry in a few seconds",
+                                "RESOURCE_EXHAUSTED")
         try:
             tenant = self._tenant(body)
         except TokenError as err:
