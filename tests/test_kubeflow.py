@@ -122,7 +122,7 @@ def test_pretrain_init_containers_encode_the_corpus_with_the_trained_codec(tmp_p
     the checkpoints volume (once: a restarted pod skips it); the Workers' wait for it to finish."""
     import shutil
 
-    from test_codec_training import write_corpus
+    from tests.support.corpus import write_corpus
 
     from maata.checkpoint import save_model
     from maata.codec.model import Codec, load_preset

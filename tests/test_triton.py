@@ -24,7 +24,6 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import services  # noqa: F401  (generates the protos)
 from maata.checkpoint import load_codec, save_model
 from maata.lm import LM, SamplingParams, load_preset
 from maata.lm.checkpoint import load_lm

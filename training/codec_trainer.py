@@ -10,6 +10,7 @@ One step (DAC / EnCodec recipe)::
 
 Both optimisers are AdamW (β = 0.8, 0.99) with an exponential LR decay per step; gradients are
 clipped; on CUDA the forward passes run under bf16 autocast (spectra and losses stay float32).
+The loop, logging, validation schedule and checkpoints are ``training.base.Trainer``'s.
 The training YAML (``training/configs/codec_default.yaml``) picks the codec by preset name plus
 overrides, so one trainer trains every preset. Under ``torchrun`` each process trains on its
 shard of the data with DDP; rank 0 alone logs (TensorBoard, tqdm), plots, checkpoints and
@@ -29,8 +30,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +43,12 @@ from maata import config as cfglib
 from maata.checkpoint import save_model
 from maata.codec.model import Codec, CodecConfig, CodecOutput, load_preset
 from training import checkpointing, distributed
+from training.base import Trainer, plot_history, resolve_config_path, run
 from training.discriminators import Discriminator, DiscriminatorConfig
 from training.losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
                              feature_matching_loss, generator_hinge_loss, semantic_loss, split_batch)
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -142,17 +141,6 @@ class TrainConfig:
     keep_last: int = 3
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a file in ``training/configs`` (``codec_smoke``)."""
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    named = CONFIG_DIR / (p.name if p.suffix else f"{p.name}.yaml")
-    if not p.parent.parts and named.exists():
-        return named
-    raise FileNotFoundError(f"training config not found: {name_or_path}")
-
-
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Training config from YAML (``base:`` overlays allowed) + overrides + ``MAATA_TRAIN__*`` env."""
     return cfglib.load(TrainConfig, resolve_config_path(path), env_prefix="MAATA_TRAIN__", overrides=overrides)
@@ -191,16 +179,6 @@ def run_in_float32(module: nn.Module) -> nn.Module:
     return module
 
 
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # -- data -----------------------------------------------------------------------------------
 def load_vocab(manifest: Path) -> tuple[Any, Path | None]:
     """The phoneme vocabulary saved next to the manifest, or (None, None) without one."""
@@ -219,17 +197,21 @@ def build_dataset(cfg: TrainConfig, codec_cfg: CodecConfig, split: str, segment_
 
 
 # -- the trainer ----------------------------------------------------------------------------
-class CodecTrainer:
-    """Owns the models, optimisers, data position and logging of one codec training run."""
+class CodecTrainer(Trainer):
+    """One codec training run (``training.base.Trainer``): the codec and its discriminator,
+    their optimisers, the GAN step, k-means codebooks after the warm-up, the valid mel loss and
+    the held-out quality curve."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-                 info: distributed.DistInfo | None = None):
-        self.cfg, self.out = cfg, Path(out_dir)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        self.info = info or distributed.init(cfg.device)
-        self.device = self.info.device
-        seed_everything(cfg.seed)  # identical initial weights on every rank
+    cfg: TrainConfig
+    progress_desc = "codec"
+    progress_keys = ("mel", "adv", "d")
+    history_keys = ("mel", "stft", "complex", "adv", "feature", "d", "commit", "semantic")
+    plot_groups = {"reconstruction (mel)": ("mel", "valid_mel"), "spectral (STFT)": ("stft", "complex"),
+                   "adversarial": ("adv", "feature", "d"), "quantizer / semantic": ("commit", "semantic")}
+
+    # -- setup --------------------------------------------------------------------------------
+    def build(self, resume: bool) -> None:
+        cfg = self.cfg
         self.codec = build_codec(cfg.codec).to(self.device)
         self.disc = Discriminator(cfg.discriminator).to(self.device)
         self.mel_loss = MultiScaleMelLoss(self.codec.cfg.sample_rate, cfg.mel.windows, cfg.mel.n_mels,
@@ -237,25 +219,16 @@ class CodecTrainer:
         self.stft_loss = MultiResolutionSTFTLoss(cfg.stft.fft_sizes, cfg.stft.complex_compress).to(self.device)
         self.opt_g, self.sched_g = self._optimiser(self.codec, cfg.optim.lr_g)
         self.opt_d, self.sched_d = self._optimiser(self.disc, cfg.optim.lr_d)
-        self.step = self.epoch = self.batch_in_epoch = 0
-        self.history: dict[str, list[list[float]]] = {}
-        self._init_data()
-        seed_everything(cfg.seed + 1 + self.info.rank)  # per-rank streams (quantizer dropout, ...)
-        if resume:
-            self._resume()
-        elif checkpointing.latest(self.out) is not None:
-            raise ValueError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --out")
-        self.g, self.d = distributed.wrap(self.codec, self.info), distributed.wrap(self.disc, self.info)
-        self._reset_window()
-        self.writer = self._writer()
 
-    # -- setup --------------------------------------------------------------------------------
+    def wrap(self) -> None:
+        self.g, self.d = distributed.wrap(self.codec, self.info), distributed.wrap(self.disc, self.info)
+
     def _optimiser(self, module: nn.Module, lr: float):
         o = self.cfg.optim
         opt = torch.optim.AdamW(module.parameters(), lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.lr_gamma)
 
-    def _init_data(self) -> None:
+    def build_data(self) -> None:
         d, ccfg = self.cfg.data, self.codec.cfg
         self.vocab, self.vocab_path = load_vocab(Path(d.manifest))
         if self.vocab is not None and ccfg.semantic.enabled and len(self.vocab) > ccfg.semantic.n_classes:
@@ -273,39 +246,8 @@ class CodecTrainer:
             log.warning("validation is skipped: %s", e)
             self.valid_set = None
 
-    def _writer(self):
-        if not self.info.is_main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(_yaml(cfglib.to_dict(self.cfg)), encoding="utf-8")
-        return SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
-
-    def _autocast(self) -> AbstractContextManager:
-        if self.device.type == "cuda" and self.cfg.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    # -- data position ------------------------------------------------------------------------
-    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches from the current (epoch, batch_in_epoch) position onwards, forever.
-
-        Each epoch's order comes from the sampler's (seed, epoch) permutation alone, so a
-        resumed run skips exactly the batches it had consumed and sees the same ones after.
-        """
-        bs = self.cfg.batch_size
-        while True:
-            self.train_sampler.set_epoch(self.epoch)
-            self.train_set.set_epoch(self.epoch)
-            order = list(self.train_sampler)[: self.batches_per_epoch * bs]
-            loader = DataLoader(self.train_set, batch_size=bs, sampler=order[self.batch_in_epoch * bs:],
-                                num_workers=self.cfg.data.num_workers, drop_last=True,
-                                pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch))
-            yield from loader
-            self.epoch += 1
-            self.batch_in_epoch = 0
+    def epoch_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
 
     # -- one step -----------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -406,86 +348,22 @@ class CodecTrainer:
         log.info("step %d: codebooks from k-means on %d encoder frames (%.1f s); residual error per level %s",
                  self.step, flat.shape[0], time.perf_counter() - t0, " ".join(f"{e:.3g}" for e in errors))
 
-    # -- the loop -----------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        """Train until ``cfg.steps``; returns the last logged metrics."""
-        from tqdm import tqdm
-
-        last: dict[str, float] = {}
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.info.is_main, dynamic_ncols=True,
-                   desc="codec", unit="step")
-        batches = self._batches()
-        try:
-            while self.step < self.cfg.steps:
-                metrics = self.train_step(next(batches))
-                self.step += 1
-                self.batch_in_epoch += 1
-                self._accumulate(metrics)
-                bar.update(1)
-                last = self._periodic(bar) or last
-            # the run's last step gets a validation pass and a checkpoint if none fell on it
-            # (decided by the step alone, so every rank joins the same collectives)
-            if self.step % self.cfg.eval_every:
-                self._validate()
-            if self.step % self.cfg.checkpoint_every:
-                self.save()
-        finally:
-            bar.close()
-            if self.writer is not None:
-                self.writer.close()
-        return last
-
-    def _periodic(self, bar) -> dict[str, float] | None:
-        """Logging, validation and checkpoints due at the current step."""
-        logged = None
-        if self.step % self.cfg.log_every == 0:
-            logged = self._log()
-            bar.set_postfix({k: f"{logged[k]:.3g}" for k in ("mel", "adv", "d") if k in logged})
-        if self.step % self.cfg.eval_every == 0:
-            self._validate()
-        if self.step % self.cfg.checkpoint_every == 0:
-            self.save()
-        return logged
-
     # -- logging ------------------------------------------------------------------------------
     def _reset_window(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+        super()._reset_window()
         q = self.codec.cfg.quantizer
         self._code_counts = torch.zeros(q.n_q, q.codebook_size, device=self.device)
-        self._window_start, self._window_steps, self._paused = time.perf_counter(), 0, 0.0
 
-    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
-        for k, v in metrics.items():
-            self._sums[k] = self._sums.get(k, 0) + v.float()
-            self._counts[k] = self._counts.get(k, 0) + 1
-        self._window_steps += 1
-
-    def _log(self) -> dict[str, float]:
-        """Average the window's metrics over steps and ranks; write them on rank 0."""
-        keys = sorted(self._sums)
-        packed = torch.stack([self._sums[k] for k in keys] + [torch.tensor(float(self._counts[k]), device=self.device)
-                                                               for k in keys])
-        distributed.all_reduce_sum(packed)
-        means = {k: float(packed[i] / packed[len(keys) + i]) for i, k in enumerate(keys)}
+    def window_scalars(self, means: dict[str, float], steps_per_s: float) -> dict[str, float]:
         usage, perplexity = codebook_stats(distributed.all_reduce_sum(self._code_counts))
-        elapsed = max(time.perf_counter() - self._window_start - self._paused, 1e-9)
-        speed = self._window_steps / elapsed
-        if self.info.is_main:
-            scalars = {_scalar_name(k): v for k, v in means.items()}
-            scalars.update({f"codebook/usage_q{i}": float(u) for i, u in enumerate(usage)})
-            scalars.update({f"codebook/perplexity_q{i}": float(p) for i, p in enumerate(perplexity)})
-            scalars.update({"lr/g": self.sched_g.get_last_lr()[0], "lr/d": self.sched_d.get_last_lr()[0],
-                            "speed/steps_per_s": speed,
-                            "speed/audio_s_per_s": speed * self.cfg.batch_size * self.info.world_size
-                            * self.cfg.data.segment_seconds})
-            for name, value in scalars.items():
-                self.writer.add_scalar(name, value, self.step)
-            for k in ("mel", "stft", "complex", "adv", "feature", "d", "commit", "semantic"):
-                if k in means:
-                    self.history.setdefault(k, []).append([self.step, means[k]])
-        self._reset_window()
-        return dict(means, steps_per_s=speed)
+        scalars = {_scalar_name(k): v for k, v in means.items()}
+        scalars.update({f"codebook/usage_q{i}": float(u) for i, u in enumerate(usage)})
+        scalars.update({f"codebook/perplexity_q{i}": float(p) for i, p in enumerate(perplexity)})
+        scalars.update({"lr/g": self.sched_g.get_last_lr()[0], "lr/d": self.sched_d.get_last_lr()[0],
+                        "speed/steps_per_s": steps_per_s,
+                        "speed/audio_s_per_s": steps_per_s * self.cfg.batch_size * self.info.world_size
+                        * self.cfg.data.segment_seconds})
+        return scalars
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -515,8 +393,7 @@ class CodecTrainer:
         distributed.all_reduce_sum(total)
         return float(total[0] / total[1].clamp(min=1))
 
-    def _validate(self) -> None:
-        t0 = time.perf_counter()
+    def validate(self) -> None:
         mel = self.evaluate()
         if mel is not None and self.info.is_main:
             self.writer.add_scalar("valid/mel", mel, self.step)
@@ -524,7 +401,6 @@ class CodecTrainer:
             log.info("step %d: valid mel loss %.4f", self.step, mel)
         if self.cfg.quality_every and self.step % self.cfg.quality_every == 0 and self.info.is_main:
             self._quality()
-        self._paused += time.perf_counter() - t0
 
     def quality(self) -> dict[str, float] | None:
         """Mean PESQ-WB / STOI of the first ``quality_clips`` valid clips, streamed and aligned."""
@@ -566,27 +442,18 @@ class CodecTrainer:
                      {"held-out PESQ-WB": ("valid_pesq_wb",), "held-out STOI": ("valid_stoi",)})
 
     # -- checkpoints --------------------------------------------------------------------------
-    def training_state(self, rng: list[Any]) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict(),
-            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
-            "rng": rng, "world_size": self.info.world_size,
-            "history": self.history, "config": cfglib.to_dict(self.cfg),
-        }
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"codec": self.codec, "discriminator": self.disc}
 
-    def save(self) -> None:
-        """Checkpoint (all ranks contribute their RNG state; rank 0 writes), plot and export."""
-        t0 = time.perf_counter()
-        rng = distributed.all_gather_objects(checkpointing.capture_rng(), self.info)
-        if self.info.is_main:
-            modules = {"codec": self.codec, "discriminator": self.disc}
-            path = checkpointing.save(self.out, self.step, modules, self.training_state(rng), self.cfg.keep_last)
-            self.export()
-            plot_history(self.history, self.out / "loss_curves.png")
-            log.info("step %d: checkpoint %s", self.step, path)
-        distributed.barrier()
-        self._paused += time.perf_counter() - t0
+    def optimiser_state(self) -> dict[str, Any]:
+        return {"optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict()}
+
+    def load_optimiser_state(self, state: Mapping[str, Any]) -> None:
+        self.opt_g.load_state_dict(state["optim_g"])
+        self.opt_d.load_state_dict(state["optim_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
 
     def export(self) -> Path:
         """Inference weights + codec config to ``<out>/codec.safetensors`` (+ the vocabulary)."""
@@ -596,27 +463,6 @@ class CodecTrainer:
         if self.vocab_path is not None:
             shutil.copyfile(self.vocab_path, self.out / self.vocab_path.name)
         return path
-
-    def _resume(self) -> None:
-        path = checkpointing.latest(self.out)
-        if path is None:
-            log.info("no checkpoint in %s: starting a new run", self.out)
-            return
-        state = checkpointing.load(path, {"codec": self.codec, "discriminator": self.disc}, self.device)
-        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(
-            state["batch_in_epoch"])
-        self.opt_g.load_state_dict(state["optim_g"])
-        self.opt_d.load_state_dict(state["optim_d"])
-        self.sched_g.load_state_dict(state["sched_g"])
-        self.sched_d.load_state_dict(state["sched_d"])
-        self.history = state["history"]
-        if int(state["world_size"]) == self.info.world_size:
-            checkpointing.restore_rng(state["rng"][self.info.rank])
-        else:
-            log.warning("checkpoint written by %s process(es), resuming on %d: RNG streams are re-seeded",
-                        state["world_size"], self.info.world_size)
-        log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
-
 
 # -- helpers --------------------------------------------------------------------------------
 def _scalar_name(metric: str) -> str:
@@ -628,52 +474,12 @@ def _scalar_name(metric: str) -> str:
     return "loss/" + metric
 
 
-def _yaml(data: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-
-_PLOT_GROUPS = {"reconstruction (mel)": ("mel", "valid_mel"), "spectral (STFT)": ("stft", "complex"), "adversarial": ("adv", "feature", "d"),
-                "quantizer / semantic": ("commit", "semantic")}
-
-
-def plot_history(history: dict[str, list[list[float]]], path: Path,
-                 groups: dict[str, tuple[str, ...]] | None = None) -> None:
-    """Loss curves (one panel per loss family: ``groups`` maps a panel title to history keys;
-    the codec's by default) to a PNG; headless (Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = groups or _PLOT_GROUPS
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
-    for ax, (title, names) in zip(axes[0], groups.items()):
-        for name in names:
-            if history.get(name):
-                steps, values = zip(*history[name])
-                ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if ax.lines:
-            ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
     """Train a codec (one process, or one of the processes torchrun started).
 
     Returns the last logged metrics on rank 0 (an empty dict on the other ranks)."""
-    info = distributed.init(cfg.device)
-    if not info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        metrics = CodecTrainer(cfg, out_dir, resume=resume, info=info).fit()
-        return metrics if info.is_main else {}
-    finally:
-        distributed.cleanup()
+    return run(CodecTrainer, cfg, out_dir, resume=resume)
+
+
+__all__ = ["CodecTrainer", "TrainConfig", "build_codec", "load_config", "plot_history", "resolve_config_path",
+           "train"]

@@ -60,7 +60,7 @@ def _register_codec(models: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_codec, _parser=p)
 
 
-def _parse_value(raw: str):
+def parse_value(raw: str):
     """A YAML scalar/list, with numbers such as ``5e-4`` that YAML 1.1 leaves as strings."""
     import yaml
 
@@ -74,14 +74,15 @@ def _parse_value(raw: str):
     return value
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    """Nested config overrides from the flags and ``--set PATH=VALUE`` pairs (``--set`` wins)."""
-    pairs = [(path, getattr(args, flag)) for flag, path in _FLAG_PATHS.items() if getattr(args, flag) is not None]
+def config_overrides(args: argparse.Namespace, flag_paths: dict[str, str]) -> dict:
+    """Nested config overrides from the flags (``flag_paths``: argparse dest -> config path) and
+    ``--set PATH=VALUE`` pairs (``--set`` wins); every training command parses them this way."""
+    pairs = [(path, getattr(args, flag)) for flag, path in flag_paths.items() if getattr(args, flag, None) is not None]
     for item in args.set:
         path, sep, raw = item.partition("=")
         if not sep or not path:
             raise ValueError(f"--set expects PATH=VALUE, got {item!r}")
-        pairs.append((path.strip(), _parse_value(raw)))
+        pairs.append((path.strip(), parse_value(raw)))
     out: dict = {}
     for path, value in pairs:
         node = out
@@ -92,6 +93,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
                 raise ValueError(f"--set {path}: {part} is a value, not a section")
         node[leaf] = value
     return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """``maata train codec``'s config overrides (``config_overrides`` with its flags)."""
+    return config_overrides(args, _FLAG_PATHS)
 
 
 def _train_codec(args: argparse.Namespace) -> int:

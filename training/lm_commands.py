@@ -96,24 +96,9 @@ def _train_lm(args: argparse.Namespace) -> int:
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """Nested config overrides from the flags and ``--set PATH=VALUE`` pairs (``--set`` wins);
     values parse as in ``maata train codec``."""
-    from training.commands import _parse_value
+    from training.commands import config_overrides
 
-    pairs = [(path, getattr(args, flag)) for flag, path in _FLAG_PATHS.items() if getattr(args, flag, None) is not None]
-    for item in args.set:
-        path, sep, raw = item.partition("=")
-        if not sep or not path:
-            raise ValueError(f"--set expects PATH=VALUE, got {item!r}")
-        pairs.append((path.strip(), _parse_value(raw)))
-    out: dict = {}
-    for path, value in pairs:
-        node = out
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {path}: {part} is a value, not a section")
-        node[leaf] = value
-    return out
+    return config_overrides(args, _FLAG_PATHS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ The speaker encoder (and its projection) are frozen while no custom voices are t
 every trainable parameter gets a gradient each step (DDP needs that).
 
 Optimiser: AdamW (no decay on norms, biases and embeddings), linear warm-up then cosine decay
-to ``min_lr_ratio`` · lr, gradient clipping; bf16 autocast on CUDA. Under ``torchrun`` every
+to ``min_lr_ratio`` · lr, gradient clipping; bf16 autocast on CUDA. The loop, logging,
+validation schedule and checkpoints are ``training.base.Trainer``'s. Under ``torchrun`` every
 process trains its shard of the items with DDP (gloo on CPU, NCCL on GPU) via
 ``training/distributed.py``; rank 0 logs, checkpoints and exports. Checkpoints
 (``training/checkpointing.py``) hold the weights, optimiser, scheduler, step, data position and
@@ -40,9 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from maata.checkpoint import save_model
 from maata.lm.checkpoint import load_lm, lm_config_from_dict
 from maata.lm.model import LM, LMConfig, LMOutput, load_preset
 from training import checkpointing, distributed
-from training.codec_trainer import _yaml, plot_history, resolve_config_path, seed_everything
+from training.base import Trainer, resolve_config_path, run
 from training.lm_data import Collate, DialogueDataset, PretrainDataset
 
 log = logging.getLogger(__name__)
@@ -291,19 +290,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 # -- the trainer ------------------------------------------------------------------------------------
-class LMTrainer:
-    """Owns the model, optimiser, data position and logging of one stage's run."""
+class LMTrainer(Trainer):
+    """One stage's run (``training.base.Trainer``): the LM in its ``TrainStep``, AdamW with
+    warm-up + cosine decay, the stage's datasets, teacher-forced validation losses."""
+
+    cfg: LMTrainConfig
+    progress_keys = ("total", "cb1", "text")
+    history_keys = ("total", "audio", "cb1", "text")
+    plot_groups = {"total": ("total", "valid_total"), "audio (codebook 1)": ("cb1", "valid_cb1", "audio"),
+                   "text": ("text", "valid_text")}
 
     def __init__(self, cfg: LMTrainConfig, out_dir: str | Path, *, resume: bool = False,
                  info: distributed.DistInfo | None = None):
-        self.cfg, self.out = cfg.validate(), Path(out_dir)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        self.info = info or distributed.init(cfg.device)
-        self.device = self.info.device
-        if not resume and checkpointing.latest(self.out) is not None:
-            raise ValueError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --out")
-        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.progress_desc = f"lm {cfg.stage}"
+        super().__init__(cfg.validate(), out_dir, resume=resume, info=info)
+        if self.info.is_main:
+            n = sum(p.numel() for p in self.lm.parameters())
+            log.info("stage %s: %s model (%.1f M params) from %s, %d training items", cfg.stage, self.lm.cfg.name,
+                     n / 1e6, self.source, len(self.train_set))
+
+    # -- setup ------------------------------------------------------------------------------------
+    def build(self, resume: bool) -> None:
+        cfg = self.cfg
         self.lm, self.source = build_model(cfg, self.out, resume)
         use_user_text = cfg.loss.user_text and cfg.stage != "pretrain" and self.lm.text_enabled
         if use_user_text and self.lm.user_text_head is None:
@@ -321,21 +329,10 @@ class LMTrainer:
         o = cfg.optim
         self.opt = torch.optim.AdamW(param_groups(self.lm, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o.warmup_steps, cfg.steps, o.min_lr_ratio))
-        self.step = self.epoch = self.batch_in_epoch = 0
-        self.history: dict[str, list[list[float]]] = {}
-        self._init_data()
-        seed_everything(cfg.seed + 1 + self.info.rank)
-        if resume:
-            self._resume()
-        self.ddp = distributed.wrap(self.step_module, self.info)
-        self._reset_window()
-        self.writer = self._writer()
-        if self.info.is_main:
-            n = sum(p.numel() for p in self.lm.parameters())
-            log.info("stage %s: %s model (%.1f M params) from %s, %d training items", cfg.stage, self.lm.cfg.name,
-                     n / 1e6, self.source, len(self.train_set))
 
-    # -- setup ------------------------------------------------------------------------------------
+    def wrap(self) -> None:
+        self.ddp = distributed.wrap(self.step_module, self.info)
+
     def build_dataset(self, split: str, crop: int, random_crop: bool) -> Dataset:
         d, lm = self.cfg.data, self.lm
         common = dict(n_q=lm.n_q, codebook_size=lm.card, epad_id=lm.cfg.text.epad_id, seed=self.cfg.seed,
@@ -351,7 +348,7 @@ class LMTrainer:
                                reference_frames=min(self.cfg.voice.reference_frames, sc.max_frames),
                                min_reference_frames=sc.min_frames, **common)
 
-    def _init_data(self) -> None:
+    def build_data(self) -> None:
         d = self.cfg.data
         self.train_set = self.build_dataset(d.train_split, d.crop_frames, True)
         self.train_sampler = distributed.sampler(self.train_set, self.info, shuffle=True, seed=self.cfg.seed)
@@ -367,35 +364,11 @@ class LMTrainer:
             log.warning("validation is skipped: %s", e)
             self.valid_set = None
 
-    def _writer(self):
-        if not self.info.is_main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(_yaml(cfglib.to_dict(self.cfg)), encoding="utf-8")
+    def write_run_files(self) -> None:
         (self.out / LM_CONFIG_NAME).write_text(json.dumps(cfglib.to_dict(self.lm.cfg), indent=1), encoding="utf-8")
-        return SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
 
-    def _autocast(self) -> AbstractContextManager:
-        if self.device.type == "cuda" and self.cfg.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    # -- data position ------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches from the current (epoch, batch_in_epoch) onwards, forever (resumable exactly)."""
-        bs = self.cfg.batch_size
-        while True:
-            self.train_sampler.set_epoch(self.epoch)
-            self.train_set.set_epoch(self.epoch)
-            order = list(self.train_sampler)[: self.batches_per_epoch * bs]
-            loader = DataLoader(self.train_set, batch_size=bs, sampler=order[self.batch_in_epoch * bs:],
-                                num_workers=self.cfg.data.num_workers, drop_last=True, collate_fn=self.collate,
-                                pin_memory=self.device.type == "cuda")
-            yield from loader
-            self.epoch += 1
-            self.batch_in_epoch = 0
+    def collate_fn(self) -> Callable:
+        return self.collate
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -424,83 +397,17 @@ class LMTrainer:
         metrics["frames"] = frames
         return metrics
 
-    # -- the loop -----------------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        """Train until ``cfg.steps``; returns the last logged metrics (rank 0)."""
-        from tqdm import tqdm
-
-        last: dict[str, float] = {}
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.info.is_main, dynamic_ncols=True,
-                   desc=f"lm {self.cfg.stage}", unit="step")
-        batches = self._batches()
-        try:
-            while self.step < self.cfg.steps:
-                metrics = self.train_step(next(batches))
-                self.step += 1
-                self.batch_in_epoch += 1
-                self._accumulate(metrics)
-                bar.update(1)
-                last = self._periodic(bar) or last
-            if self._window_steps:
-                last = self._log() or last
-            if self.step % self.cfg.eval_every:
-                self._validate()
-            if self.step % self.cfg.checkpoint_every:
-                self.save()
-        finally:
-            bar.close()
-            if self.writer is not None:
-                self.writer.close()
-        return last
-
-    def _periodic(self, bar) -> dict[str, float] | None:
-        logged = None
-        if self.step % self.cfg.log_every == 0:
-            logged = self._log()
-            bar.set_postfix({k: f"{logged[k]:.3g}" for k in ("total", "cb1", "text") if k in logged})
-        if self.step % self.cfg.eval_every == 0:
-            self._validate()
-        if self.step % self.cfg.checkpoint_every == 0:
-            self.save()
-        return logged
-
     # -- logging ------------------------------------------------------------------------------------
-    def _reset_window(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
-        self._window_start, self._window_steps, self._paused = time.perf_counter(), 0, 0.0
-
-    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
-        for k, v in metrics.items():
-            self._sums[k] = self._sums.get(k, 0) + v
-            self._counts[k] = self._counts.get(k, 0) + 1
-        self._window_steps += 1
-
-    def _log(self) -> dict[str, float]:
-        """Average the window over steps and ranks; rank 0 writes TensorBoard and the history."""
-        keys = sorted(self._sums)
-        packed = torch.stack([self._sums[k].to(self.device) for k in keys]
-                             + [torch.tensor(float(self._counts[k]), device=self.device) for k in keys])
-        distributed.all_reduce_sum(packed)
-        means = {k: float(packed[i] / packed[len(keys) + i]) for i, k in enumerate(keys)}
-        elapsed = max(time.perf_counter() - self._window_start - self._paused, 1e-9)
-        speed = self._window_steps / elapsed
-        frames_per_s = means.pop("frames", 0.0) * self.info.world_size * speed
-        if self.info.is_main:
-            scalars = {}
-            for k, v in means.items():
-                group = "acc" if "acc" in k else "grad_norm" if k == "grad_norm" else "loss"
-                scalars[f"{group}/{k}"] = v
-            scalars.update({"lr": self.sched.get_last_lr()[0], "speed/steps_per_s": speed,
-                            "speed/frames_per_s": frames_per_s,
-                            "speed/audio_s_per_s": frames_per_s / self.lm.cfg.frame_rate})
-            for name, value in scalars.items():
-                self.writer.add_scalar(name, value, self.step)
-            for k in ("total", "audio", "cb1", "text"):
-                if k in means:
-                    self.history.setdefault(k, []).append([self.step, means[k]])
-        self._reset_window()
-        return dict(means, steps_per_s=speed)
+    def window_scalars(self, means: dict[str, float], steps_per_s: float) -> dict[str, float]:
+        frames_per_s = means.pop("frames", 0.0) * self.info.world_size * steps_per_s
+        scalars = {}
+        for k, v in means.items():
+            group = "acc" if "acc" in k else "grad_norm" if k == "grad_norm" else "loss"
+            scalars[f"{group}/{k}"] = v
+        scalars.update({"lr": self.sched.get_last_lr()[0], "speed/steps_per_s": steps_per_s,
+                        "speed/frames_per_s": frames_per_s,
+                        "speed/audio_s_per_s": frames_per_s / self.lm.cfg.frame_rate})
+        return scalars
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
@@ -536,8 +443,7 @@ class LMTrainer:
             return None
         return {k: float(sums[i] / sums[-1]) for i, k in enumerate(keys)}
 
-    def _validate(self) -> None:
-        t0 = time.perf_counter()
+    def validate(self) -> None:
         res = self.evaluate()
         if res is not None and self.info.is_main:
             for k, v in res.items():
@@ -547,72 +453,34 @@ class LMTrainer:
             if "text" in res:
                 self.history.setdefault("valid_text", []).append([self.step, res["text"]])
             log.info("step %d: valid loss %.4f (codebook 1 %.4f)", self.step, res["total"], res["cb1"])
-        self._paused += time.perf_counter() - t0
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def training_state(self, rng: list[Any]) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "optim": self.opt.state_dict(),
-                "sched": self.sched.state_dict(), "rng": rng, "world_size": self.info.world_size,
-                "history": self.history, "config": cfglib.to_dict(self.cfg), "stage": self.cfg.stage,
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"lm": self.lm}
+
+    def optimiser_state(self) -> dict[str, Any]:
+        return {"optim": self.opt.state_dict(), "sched": self.sched.state_dict(), "stage": self.cfg.stage,
                 "source": self.source}
 
-    def save(self) -> None:
-        t0 = time.perf_counter()
-        rng = distributed.all_gather_objects(checkpointing.capture_rng(), self.info)
-        if self.info.is_main:
-            path = checkpointing.save(self.out, self.step, {"lm": self.lm}, self.training_state(rng),
-                                      self.cfg.keep_last)
-            self.export()
-            plot_history(self.history, self.out / "loss_curves.png", groups=PLOT_GROUPS)
-            log.info("step %d: checkpoint %s", self.step, path)
-        distributed.barrier()
-        self._paused += time.perf_counter() - t0
+    def load_optimiser_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("stage", self.cfg.stage) != self.cfg.stage:
+            raise ValueError(f"{self.out} holds a {state['stage']!r} run; this is stage {self.cfg.stage!r} "
+                             "(use another --out)")
+        self.opt.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
+        # the schedule of *this* config at the restored step (``steps`` may have been raised to
+        # train longer): the scheduler keeps this config's lambda, so re-taking its last step
+        # recomputes every group's lr (and ``get_last_lr``) for it
+        self.sched.last_epoch -= 1
+        self.sched.step()
+        self.source = state.get("source", self.source)
 
     def export(self) -> Path:
         """Inference weights + LMConfig to ``<out>/lm.safetensors`` (``load_lm``; the next stage's --init-from)."""
         return save_model(self.out / EXPORT_NAME, self.lm, self.lm.cfg, kind="lm",
                           metadata={"step": self.step, "stage": self.cfg.stage})
 
-    def _resume(self) -> None:
-        path = checkpointing.latest(self.out)
-        if path is None:
-            log.info("no checkpoint in %s: starting a new run", self.out)
-            return
-        state = checkpointing.load(path, {"lm": self.lm}, self.device)
-        if state.get("stage", self.cfg.stage) != self.cfg.stage:
-            raise ValueError(f"{self.out} holds a {state['stage']!r} run; this is stage {self.cfg.stage!r} "
-                             "(use another --out)")
-        self.step, self.epoch, self.batch_in_epoch = (int(state["step"]), int(state["epoch"]),
-                                                      int(state["batch_in_epoch"]))
-        self.opt.load_state_dict(state["optim"])
-        self.sched.load_state_dict(state["sched"])
-        # the schedule of *this* config at the restored step (``steps`` may have been raised to train longer)
-        f = lr_lambda(self.cfg.optim.warmup_steps, self.cfg.steps, self.cfg.optim.min_lr_ratio)
-        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
-            group["lr"] = base * f(self.sched.last_epoch)
-        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
-        self.history = state["history"]
-        self.source = state.get("source", self.source)
-        if int(state["world_size"]) == self.info.world_size:
-            checkpointing.restore_rng(state["rng"][self.info.rank])
-        else:
-            log.warning("checkpoint written by %s process(es), resuming on %d: RNG streams are re-seeded",
-                        state["world_size"], self.info.world_size)
-        log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
-
-
-PLOT_GROUPS = {"total": ("total", "valid_total"), "audio (codebook 1)": ("cb1", "valid_cb1", "audio"),
-               "text": ("text", "valid_text")}
-
-
 def train(cfg: LMTrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
     """Train one stage (one process, or one of those torchrun started). Returns the last logged
     metrics on rank 0 (an empty dict elsewhere)."""
-    info = distributed.init(cfg.device)
-    if not info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        metrics = LMTrainer(cfg, out_dir, resume=resume, info=info).fit()
-        return metrics if info.is_main else {}
-    finally:
-        distributed.cleanup()
+    return run(LMTrainer, cfg, out_dir, resume=resume)
