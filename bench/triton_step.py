@@ -30,7 +30,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import services  # noqa: E402,F401
 from maata.lm.checkpoint import load_lm  # noqa: E402
 from services.generation.engine import CallSpec, GenerationEngine  # noqa: E402
 from services.triton.client import TritonModels, new_sequence_id  # noqa: E402
