@@ -103,6 +103,12 @@ def test_voice_change_mid_call(call: dict[str, Any]) -> None:
     assert "style" in call["events"]
 
 
+def test_browser_calls_are_in_the_live_call_gauge(call: dict[str, Any]) -> None:
+    assert call["live_gauge"] == ['maata_live_calls{rpc="browser",service="gateway"} 1.0']
+    (live,) = call["live_calls"]["calls"]
+    assert live["admitted"] and live["tenant"] == "anonymous"
+
+
 def test_call_over_the_limit_is_503(call: dict[str, Any]) -> None:
     status, body = call["over_limit"]
     assert status == 503 and "limit" in body["error"]

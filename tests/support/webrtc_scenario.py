@@ -106,6 +106,10 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
             time.sleep(1.0)
             live = calls(url)
             result["live_calls"] = live
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{stack.stack.gateway.metrics_port}/metrics",
+                                             timeout=20).read().decode()
+            result["live_gauge"] = [line for line in metrics.splitlines()
+                                    if line.startswith('maata_live_calls{rpc="browser",service="gateway"}')]
             result["browser"] = browser.js("return maata.browser")
             levels = []
             for _ in range(15):  # the page's meter of the agent's track over 1.5 s (the agent may pause)

@@ -86,11 +86,13 @@ async function call() {
     if (!current()) return;  // hung up while the offer was being prepared
     const r = await fetch("/api/offer", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: withPtime(conn.localDescription.sdp), type: "offer", voice: $("voice").value,
-                             emotion: $("emotion").value, mode: $("mode").value, text: true }) });
+                             emotion: $("emotion").value, mode: $("mode").value, text: true,
+                             // a partner's page passes the call token its backend minted (?token=...)
+                             ...(params.get("token") ? { token: params.get("token") } : {}) }) });
     const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
     if (!current()) return;
     if (!r.ok) {
-      const busy = r.status === 503;
+      const busy = r.status === 503 || r.status === 429;
       showError((busy ? "సర్వర్ బిజీగా ఉంది · Server busy: " : "కాల్ కుదరలేదు · Call refused: ") + (body.error || r.status));
       end("failed"); return;
     }
