@@ -1,10 +1,12 @@
-"""``maata serve``, ``maata client`` and ``maata apikey``: run the services, call them, make keys.
+"""``maata serve``, ``maata client``, ``maata apikey`` and ``maata calltoken``: run the services,
+call them, make keys and browser call tokens.
 
     maata serve [--config serve.yaml] [--role all|codec|generation|session|gateway]
                 [--loopback | --inproc] [--untrained] [--host H] [--port P]
     maata client --in q.wav --out reply.wav [--voice V] [--emotion E] [--addr HOST:PORT]
                  [--api-key KEY] [--rate R] [--out-rate R] [--fast] [--text] [--call-id ID] [--json]
     maata apikey [--id NAME] [--max-calls N]
+    maata calltoken --id NAME [--ttl SECONDS]     # the API key from MAATA_API_KEY
 
 Only argparse is imported at load time (see maata/cli.py); handlers import the rest.
 """
@@ -67,6 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--id", default="partner", help="the key's id in logs and quotas (default: partner)")
     p.add_argument("--max-calls", type=int, default=4, help="concurrent calls the key may hold (default 4)")
     p.set_defaults(func=cmd_apikey)
+
+    p = subparsers.add_parser("calltoken", help="mint a short-lived browser call token charged to an API key",
+                              description="Prints a signed, single-use call token (services.gateway.tokens) for "
+                                          "the key --id whose secret is in MAATA_API_KEY: a partner's page sends it "
+                                          "as \"token\" with its offer (or the call page as ?token=...).")
+    p.add_argument("--id", required=True, help="the API key's id (as in gateway.auth.keys)")
+    p.add_argument("--ttl", type=float, default=120.0, help="seconds the token is valid (default 120; the gateway "
+                                                           "refuses tokens minted for longer than 600)")
+    p.set_defaults(func=cmd_calltoken)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -141,6 +152,16 @@ def cmd_client(args: argparse.Namespace) -> int:
     return 0 if result.code.name == "OK" else 1
 
 
+def cmd_calltoken(args: argparse.Namespace) -> int:
+    from services.gateway.tokens import mint_call_token
+
+    key = os.environ.get("MAATA_API_KEY", "")
+    if not key:
+        raise ValueError("no API key: set MAATA_API_KEY to the key the token is charged to")
+    print(mint_call_token(key, args.id, args.ttl))
+    return 0
+
+
 def cmd_apikey(args: argparse.Namespace) -> int:
     from services.gateway.auth import ApiKey, hash_key, new_key
 
@@ -148,5 +169,6 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     entry = ApiKey(id=args.id, sha256=hash_key(key), max_calls=args.max_calls)
     print(f"API key (give it to the partner; it is not stored anywhere): {key}")
     print("add to gateway.auth.keys (or the keys_file):")
-    print(f"  - {{id: {entry.id}, sha256: {entry.sha256}, max_calls: {entry.max_calls}}}")
+    print(f"  - {{id: {entry.id}, sha256: {entry.sha256}, max_calls: {entry.max_calls}, "
+          f"calls_per_minute: {entry.calls_per_minute}, max_sessions: {entry.max_sessions}}}")
     return 0

@@ -117,3 +117,25 @@ def test_frame_resampler_sizes_quality_and_continuity(rate: int) -> None:
         resampler(np.zeros(100, np.float32))
     with pytest.raises(ValueError, match="whole number"):
         FrameResampler(16000, 44100, 100)  # 275.6 samples a frame
+
+
+def test_calltoken_command_mints_a_token_the_gateway_accepts() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from services.gateway.auth import ApiKey, Authenticator, hash_key
+    from services.gateway.tokens import TokenVerifier
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "MAATA_API_KEY": "mk_partner-secret"}
+    run = subprocess.run([sys.executable, "-m", "maata.cli", "calltoken", "--id", "acme", "--ttl", "60"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    verifier = TokenVerifier(Authenticator([ApiKey("acme", hash_key("mk_partner-secret"))]))
+    assert verifier.verify(run.stdout.strip()).id == "acme"
+    env.pop("MAATA_API_KEY")
+    run = subprocess.run([sys.executable, "-m", "maata.cli", "calltoken", "--id", "acme"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode != 0 and "MAATA_API_KEY" in run.stderr
