@@ -90,7 +90,11 @@ def test_one_process_serve_with_client_and_sigterm_drain(wav: Path, tmp_path: Pa
                                       "--api-key", KEY, "--voice", "female_1"),
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert client.returncode == 0, client.stdout + client.stderr
-        assert "started   call_id=" in client.stdout and "ended     reason='hangup'" in client.stdout
+        # a client that bursts ahead of real time (a loaded machine) may lose queued frames: the
+        # server then says so in the reason instead of a plain hang-up
+        assert "started   call_id=" in client.stdout
+        assert ("ended     reason='hangup'" in client.stdout
+                or "ended     reason='hangup_dropped_frames'" in client.stdout), client.stdout
         assert "resampled to 16000 Hz" in client.stderr
         reply, rate = sf.read(out)
         audio, file_rate = load_audio(wav)
