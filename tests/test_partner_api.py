@@ -377,6 +377,32 @@ def test_redis_restart_keeps_every_calls_data(telugu: np.ndarray) -> None:
 
 
 # -- pieces ------------------------------------------------------------------------------------------
+def test_started_is_sent_only_once_the_generation_admitted_the_call() -> None:
+    """The gateway admits by its own capacity, but the generation has one slot: a second call is
+    refused RESOURCE_EXHAUSTED by the generation with no `started` before it, and the refusal is
+    counted (reason "backend"); nothing is left registered."""
+
+    async def main() -> None:
+        async with services_running(max_calls=1) as svc:
+            async with grpc.aio.insecure_channel(svc.address) as channel:
+                held = ConversationStub(channel).Converse(metadata=(("x-api-key", KEY),))
+                await held.write(config(call_id="holder"))
+                assert (await asyncio.wait_for(held.read(), TIMEOUT)).WhichOneof("event") == "started"
+                code, details, events = await status_of(svc.address, [config(), audio(640)], OTHER_KEY)
+                assert code == CODE.RESOURCE_EXHAUSTED and "generation slots" in details, (code, details)
+                assert not [e for e in events if e.WhichOneof("event") == "started"]
+                held.cancel()
+            registry = svc.gateway.grpc.metrics.registry
+            assert registry.get_sample_value("maata_refusals_total", {"service": "gateway", "front_end": "partner",
+                                                                      "reason": "backend"}) == 1
+            deadline = asyncio.get_running_loop().time() + 10
+            while svc.gateway.gateway.calls and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            assert not svc.gateway.gateway.calls and svc.gateway.gateway.admission.total == 0
+
+    asyncio.run(main())
+
+
 def test_speech_detection_hysteresis_and_turn_latency() -> None:
     d = SpeechDetector(SpeechConfig(on_dbfs=-40, off_dbfs=-50, on_frames=2, off_frames=3))
     levels = [-60, -30, -45, -30, -30, -45, -55, -45, -55, -55, -55, -30]
