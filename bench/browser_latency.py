@@ -73,6 +73,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "anchored": {**BASELINE, "out_pacing": "anchored", "out_late_ms": 20.0},
     "chrome_jbt_default": {**BASELINE, "page": "&jbt=none"},
     "current": {},
+    "current_ptime10": {"ptime_in_ms": 10, "ptime_out_ms": 10},
+    "current_anchored": {"out_pacing": "anchored", "out_late_ms": 20.0},
     "levers": {"resample_quality": "LD", "in_jitter_packets": 0, "opus_application": "lowdelay",
                "ptime_in_ms": 10, "ptime_out_ms": 10, "out_pacing": "anchored", "out_late_ms": 20.0},
 }
@@ -289,7 +291,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         url = stack.stack.browser_url
         with Browser(wav) as browser:
             for rnd in range(args.rounds):
-                plan = [(n, "echo") for n in variants] + [(n, "model") for n in model_variants]
+                # each round starts one variant later, so no setting always runs first (a cold
+                # browser) or right after the same neighbour
+                shift = rnd % len(variants)
+                echo_order = variants[shift:] + variants[:shift]
+                shift = rnd % max(1, len(model_variants))
+                model_order = model_variants[shift:] + model_variants[:shift]
+                plan = [(n, "echo") for n in echo_order] + [(n, "model") for n in model_order]
                 for name, mode in plan:
                     settings = {k: v for k, v in VARIANTS[name].items() if k != "page"}
                     server.config = dataclasses.replace(base_config, **settings)
