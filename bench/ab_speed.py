@@ -19,7 +19,6 @@ any two revisions with the same checkpoints compare.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -28,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchlib import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("lm_step_b1", "lm_step_b16", "codec_frame_b1", "codec_frame_b16", "codec_offline_4s", "lm_forward_b4_t200")
@@ -137,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         worker(str(args.lm), str(args.codec), args.threads)
         return 0
     result = compare(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

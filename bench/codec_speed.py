@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import platform
@@ -45,6 +44,8 @@ from maata.codec.commands import codec_summary
 from maata.codec.evaluate import torch_threads
 from maata.codec.model import Codec
 from maata.codec.opus import opus_decode, opus_encode, opus_roundtrip
+
+from benchlib import tensor_bytes, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,17 +133,6 @@ def frame_latency(codec: Codec, batch: int, frames: int, warmup: int, seed: int 
 
 
 # -- memory --------------------------------------------------------------------------------------
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of every tensor inside nested lists/tuples/dicts/dataclasses."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(o) for o in obj)
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(o) for o in obj.values())
-    if hasattr(obj, "__dataclass_fields__"):
-        return sum(tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
-    return 0
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -388,10 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"codec": result, "baseline": base}
         side_by_side({f"{result['codec']['codec']['preset']}": result["codec"],
                       f"baseline {base['codec']['preset']}": base})
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

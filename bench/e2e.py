@@ -89,6 +89,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- the services ---------------------------------------------------------------------------------
+def terminate(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM (a service drains), then SIGKILL if it has not exited within ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Deployment:
     """``maata serve`` processes on free loopback ports, with one API key."""
 
@@ -144,13 +156,7 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         for process in reversed(self.processes):  # gateway first, session last
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            terminate(process)
 
 
 # -- calls ----------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from benchlib import tensor_bytes, write_json
 
 FRAME_MS = 40.0
 
@@ -83,16 +84,6 @@ def load_codec_for_bench(args: argparse.Namespace):
     return fold_weight_norm(Codec(load_preset(args.codec_preset, env_prefix=None))).eval()
 
 
-def tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(o) for o in obj)
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(o) for o in obj.values())
-    if hasattr(obj, "__dataclass_fields__"):
-        return sum(tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
-    return 0
 
 
 def kv_bytes_per_call(cfg, dtype_bytes: int = 4) -> int:
@@ -192,9 +183,7 @@ def max_realtime_calls(lm, measured: dict[int, dict[str, Any]], frames: int, war
 # -- run -----------------------------------------------------------------------------------------
 def _checkpoint(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Write what is measured so far (a long run that is stopped keeps its finished rows)."""
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result, announce=False)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -347,10 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

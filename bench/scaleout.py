@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from e2e import RATE, breakdown, speech  # noqa: E402
+from e2e import RATE, breakdown, speech, terminate  # noqa: E402
 from services.client import converse  # noqa: E402
 from services.gateway.auth import hash_key, new_key  # noqa: E402
 from services.session.redis_server import free_port  # noqa: E402
@@ -131,20 +130,14 @@ class Processes:
         return out
 
     def stop_gateway(self) -> None:
-        if self.gateway is not None and self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGTERM)
-            self.gateway.wait(30)
+        if self.gateway is not None:
+            terminate(self.gateway)
         self.gateway = None
 
     def stop(self) -> None:
         self.stop_gateway()
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            terminate(proc)
 
 
 async def calls(address: str, key: str, n: int, seconds: float, procs: Processes | None = None) -> dict[str, Any]:
