@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,24 @@ from training import checkpointing, distributed
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+# -- configuration ----------------------------------------------------------------------------
+@dataclass
+class RunConfig:
+    """The settings of a run that every trainer has; a trainer's config extends it (and may give
+    ``steps`` another default). ``data`` (with ``num_workers``) is the subclass's."""
+
+    steps: int = 100_000
+    batch_size: int = 8  # per process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast (CUDA only; CPU trains in float32)
+    threads: int = 0  # torch intra-op threads per process (0: torch's default)
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
 
 
 # -- helpers the trainers share ---------------------------------------------------------------
@@ -94,12 +113,8 @@ def plot_history(history: dict[str, list[list[float]]], path: Path, groups: Mapp
 
 # -- the trainer -------------------------------------------------------------------------------
 class Trainer:
-    """One training run: models, optimisers, data position, logging and checkpoints.
-
-    ``cfg`` needs the fields every training config has: ``seed``, ``device``, ``bf16``,
-    ``threads``, ``steps``, ``batch_size``, ``log_every``, ``eval_every``, ``checkpoint_every``,
-    ``keep_last`` and ``data.num_workers``.
-    """
+    """One training run: models, optimisers, data position, logging and checkpoints, for a
+    ``cfg`` that extends ``RunConfig`` and has ``data.num_workers``."""
 
     #: the progress bar's label, and the window metrics it shows
     progress_desc = "train"
@@ -109,7 +124,7 @@ class Trainer:
     #: panels of ``<out>/loss_curves.png``: title -> history keys
     plot_groups: Mapping[str, tuple[str, ...]] = {}
 
-    def __init__(self, cfg: Any, out_dir: str | Path, *, resume: bool = False,
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
                  info: distributed.DistInfo | None = None) -> None:
         self.cfg, self.out = cfg, Path(out_dir)
         if cfg.threads > 0:
@@ -336,7 +351,7 @@ class Trainer:
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
 
-def run(trainer: Callable[..., Trainer], cfg: Any, out_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
+def run(trainer: Callable[..., Trainer], cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
     """Train with ``trainer(cfg, out_dir, resume=..., info=...)`` in one process, or in one of the
     processes torchrun started. Returns the last logged metrics on rank 0 (an empty dict on the
     other ranks)."""
@@ -350,4 +365,4 @@ def run(trainer: Callable[..., Trainer], cfg: Any, out_dir: str | Path, *, resum
         distributed.cleanup()
 
 
-__all__ = ["CONFIG_DIR", "Trainer", "plot_history", "resolve_config_path", "run", "seed_everything", "to_yaml"]
+__all__ = ["CONFIG_DIR", "RunConfig", "Trainer", "plot_history", "resolve_config_path", "run", "seed_everything", "to_yaml"]

@@ -43,7 +43,7 @@ from maata import config as cfglib
 from maata.checkpoint import save_model
 from maata.codec.model import Codec, CodecConfig, CodecOutput, load_preset
 from training import checkpointing, distributed
-from training.base import Trainer, plot_history, resolve_config_path, run
+from training.base import RunConfig, Trainer, plot_history, resolve_config_path, run
 from training.discriminators import Discriminator, DiscriminatorConfig
 from training.losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
                              feature_matching_loss, generator_hinge_loss, semantic_loss, split_batch)
@@ -109,7 +109,7 @@ class MelLossConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     codec: CodecSpec = field(default_factory=CodecSpec)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -117,8 +117,7 @@ class TrainConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     mel: MelLossConfig = field(default_factory=MelLossConfig)
     stft: StftLossConfig = field(default_factory=StftLossConfig)
-    steps: int = 200_000
-    batch_size: int = 8  # per process
+    steps: int = 200_000  # (RunConfig: batch size, seed, device, logging and checkpoint intervals)
     adv_start_step: int = 0
     # Autoencoder warm-up: the first steps skip the quantizer; then every codebook starts from
     # k-means on encoder outputs (kmeans_batches batches, kmeans_iters Lloyd iterations).
@@ -131,14 +130,6 @@ class TrainConfig:
     # codec as a service would; <out>/quality.png and quality.json. 0 turns it off.
     quality_every: int = 0
     quality_clips: int = 8
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # bf16 autocast (CUDA only; CPU always trains in float32)
-    threads: int = 0  # torch intra-op threads per process (0: torch's default)
-    log_every: int = 50
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_last: int = 3
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

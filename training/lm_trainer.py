@@ -56,7 +56,7 @@ from maata.checkpoint import save_model
 from maata.lm.checkpoint import load_lm, lm_config_from_dict
 from maata.lm.model import LM, LMConfig, LMOutput, load_preset
 from training import checkpointing, distributed
-from training.base import Trainer, resolve_config_path, run
+from training.base import RunConfig, Trainer, resolve_config_path, run
 from training.lm_data import Collate, DialogueDataset, PretrainDataset
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class LMLossConfig:
 
 
 @dataclass
-class LMTrainConfig:
+class LMTrainConfig(RunConfig):
     stage: str = "pretrain"  # pretrain | dialogue | voice
     model: ModelSpec = field(default_factory=ModelSpec)
     init_from: str = ""  # the previous stage's lm.safetensors (or its run folder)
@@ -128,16 +128,6 @@ class LMTrainConfig:
     voice: VoiceTrainConfig = field(default_factory=VoiceTrainConfig)
     optim: LMOptimConfig = field(default_factory=LMOptimConfig)
     loss: LMLossConfig = field(default_factory=LMLossConfig)
-    steps: int = 100_000
-    batch_size: int = 8  # per process
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # bf16 autocast (CUDA only; CPU trains in float32)
-    threads: int = 0  # torch intra-op threads per process (0: torch's default)
-    log_every: int = 50
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_last: int = 3
 
     def validate(self) -> LMTrainConfig:
         if self.stage not in STAGES:
