@@ -20,7 +20,7 @@ import torch
 
 from maata.audio import write_wav
 from maata.lm.dialogues import Dialogue, load_dialogues
-from maata.lm.metrics import LinearProbe, SpeechDetector, TurnStats, dtw_distances
+from maata.lm.metrics import ChannelSpeech, LinearProbe, TurnStats, dtw_distances
 from maata.lm.report import markdown_table
 from maata.lm.model import LM, load_preset
 
@@ -83,16 +83,16 @@ def test_speech_detectors(lm_eval_models, lm_eval_shards):
 
     codec = load_codec(lm_eval_models["codec"])
     d = load_dialogues(lm_eval_shards, "test")[0]
-    by_codes = SpeechDetector(codec, "codes")(d.agent)
+    by_codes = ChannelSpeech(codec, "codes")(d.agent)
     a, b = d.agent_turns()[0]
     assert by_codes[a:b].all() and not by_codes[:a].any() and not by_codes[b:].any()
-    energy = SpeechDetector(codec, "energy", -200.0)
+    energy = ChannelSpeech(codec, "energy", -200.0)
     assert energy.effective_dbfs == pytest.approx(energy.floor_dbfs + 6.0)  # the codec's decoded silence + 6 dB
     assert not energy(np.repeat(codec.encode(torch.zeros(1, 1, 20 * HOP))[0, :, -1:].numpy(), 30, 1))[5:].any()
-    everything = SpeechDetector(codec, "energy", -200.0, margin_db=-1000.0)(d.agent)  # louder than -200 dBFS
+    everything = ChannelSpeech(codec, "energy", -200.0, margin_db=-1000.0)(d.agent)  # louder than -200 dBFS
     assert everything.shape == (d.frames,) and everything.all()
     with pytest.raises(ValueError, match="detector"):
-        SpeechDetector(codec, "vad")
+        ChannelSpeech(codec, "vad")
 
 
 # -- maata lm eval ---------------------------------------------------------------------------------------

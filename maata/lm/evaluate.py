@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from maata.data.shards import ShardReader, find_shards, record_split
 from maata.lm.compat import check_compatible
 from maata.lm.dialogues import Dialogue, emotion_table, held_emotion, load_dialogues
-from maata.lm.metrics import (LinearProbe, SpeechDetector, TurnStats, device_of, dtw_distances, latents, pooled,
+from maata.lm.metrics import (ChannelSpeech, LinearProbe, TurnStats, device_of, dtw_distances, latents, pooled,
                               speech_span)
 from maata.lm.model import ABSENT_CODE, LM
 from maata.lm.report import write_outputs
@@ -265,7 +265,7 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
     check_codes(lm, dialogues, cfg.split)
     notes: list[str] = []
     eval_ids = {d.id for d in dialogues}
-    detector = SpeechDetector(codec, cfg.detector, cfg.threshold_dbfs)
+    detector = ChannelSpeech(codec, cfg.detector, cfg.threshold_dbfs)
     try:
         renderings = load_renderings(shards, cfg.reference_split, detector, _reference_picker(cfg, eval_ids))
     except FileNotFoundError:
@@ -356,7 +356,7 @@ class Rendering:
     codes: np.ndarray  # int64 [K, F], speech only
 
 
-def dialogue_renderings(d: Dialogue, detector: SpeechDetector) -> list[Rendering]:
+def dialogue_renderings(d: Dialogue, detector: ChannelSpeech) -> list[Rendering]:
     """A dialogue's agent turns as renderings; the first answers the QA intent (unless cut off)."""
     turns = d.agent_turns() or _true_turns(d, detector(d.agent.clip(min=0)))
     answered = d.intent if not d.interruptions() else None
@@ -364,7 +364,7 @@ def dialogue_renderings(d: Dialogue, detector: SpeechDetector) -> list[Rendering
             for k, (a, b) in enumerate(turns) if b > a]
 
 
-def load_renderings(root: str | Path, split: str, detector: SpeechDetector,
+def load_renderings(root: str | Path, split: str, detector: ChannelSpeech,
                     select: Callable[[dict[str, Any]], bool] | None = None) -> list[Rendering]:
     """Renderings of ``split``: single-stream records (field ``codes``; meta intent, voice, emotion —
     the dialogue builder's ``reference`` shards) trimmed to their speech, or dialogue records'

@@ -1,5 +1,6 @@
-"""Measures used by the LM evaluation: speech detection on a code channel, codec latents, DTW
-between utterances, a linear probe, and turn-taking statistics."""
+"""Measures used by the LM evaluation: speech on a code channel (``ChannelSpeech``, on the
+levels and thresholds of ``maata.speech``), codec latents, DTW between utterances, a linear
+probe, and turn-taking statistics."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import torch
 import torch.nn.functional as F
 
 from maata.lm.dialogues import Dialogue
+from maata.speech import decoded_silence_dbfs, frame_levels, speech_threshold
 
 
-class SpeechDetector:
-    """Which frames of a channel hold speech: decoded-audio energy, or codes unlike silence's.
+class ChannelSpeech:
+    """Which frames of a code channel hold speech: decoded-audio energy, or codes unlike silence's.
 
-    ``energy``: a frame speaks when its decoded audio is louder than ``threshold_dbfs`` *and*
-    ``margin_db`` above the codec's own decoded silence (a codec may decode digital silence to
-    a noise floor near -40 dBFS; ``floor_dbfs`` holds it, ``effective_dbfs`` the threshold used).
-    ``codes``: a frame speaks when its first code differs from the code of digital silence.
+    ``energy``: a frame speaks when its decoded level is over ``threshold_dbfs`` raised to at
+    least ``margin_db`` above the codec's own decoded silence (``maata.speech``: a codec may
+    decode digital silence to a floor near -40 dBFS; ``floor_dbfs`` holds it, ``effective_dbfs``
+    the threshold used). ``codes``: a frame speaks when its first code differs from the code of
+    digital silence.
     """
 
     def __init__(self, codec, mode: str = "energy", threshold_dbfs: float = -40.0, margin_db: float = 6.0):
@@ -30,15 +33,14 @@ class SpeechDetector:
         zeros = torch.zeros(1, 1, codec.hop * 20, device=device_of(codec))
         silence = codec.encode(zeros)  # [1, K, 20]
         self.silence = int(silence[0, 0, -1])
-        self.floor_dbfs = float(np.median(self._frame_db(silence[0].cpu().numpy())[10:]))
-        self.effective_dbfs = max(threshold_dbfs, self.floor_dbfs + margin_db)
+        self.floor_dbfs = decoded_silence_dbfs(self._frame_db(silence[0].cpu().numpy()))
+        self.effective_dbfs = speech_threshold(threshold_dbfs, self.floor_dbfs, margin_db)
 
     @torch.no_grad()
     def _frame_db(self, codes: np.ndarray) -> np.ndarray:
         c = torch.from_numpy(codes).long()[None].to(device_of(self.codec))
         pcm = self.codec.decode(c)[0, 0].float().cpu().numpy()
-        frames = pcm[: codes.shape[-1] * self.codec.hop].reshape(codes.shape[-1], self.codec.hop)
-        return 10 * np.log10(np.maximum((frames.astype(np.float64) ** 2).mean(1), 1e-12))
+        return frame_levels(pcm[: codes.shape[-1] * self.codec.hop], self.codec.hop)
 
     @torch.no_grad()
     def __call__(self, codes: np.ndarray) -> np.ndarray:

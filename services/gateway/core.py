@@ -17,7 +17,8 @@ import logging
 import grpc
 import numpy as np
 
-from maata.audio import pcm16_to_float, rms_dbfs
+from maata.audio import pcm16_to_float
+from maata.speech import decoded_silence_dbfs, frame_levels
 from services.common.errors import RESUME_HINT, StatusError
 from services.common.metrics import ServiceMetrics
 from services.gateway.admission import ANONYMOUS, Admission, HistoryBudget, Refused, Tenant, Ticket
@@ -177,11 +178,10 @@ class Gateway:
         finally:
             await encoder.cancel()
             await decoder.cancel()
-        audio = np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
-        levels = [rms_dbfs(audio[i:i + hop]) for i in range(0, audio.size - hop + 1, hop)]
-        if not levels:
+        levels = frame_levels(np.concatenate(pcm) if pcm else np.zeros(0, np.float32), hop)
+        if not levels.size:
             return None
-        silence = float(np.median(levels[len(levels) // 2:]))
+        silence = decoded_silence_dbfs(levels)
         self.agent_silence_dbfs = silence
         agent = self.config.agent_speech.calibrated(silence)
         self._pipeline_config = dataclasses.replace(self._pipeline_config, agent_speech=agent)
