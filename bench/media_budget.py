@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import fractions
 import json
-import selectors
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from aiortc.rtp import RtpPacket  # noqa: E402
 from maata.resample_stream import FirResampleStream  # noqa: E402
 from services.gateway.media import ArrivalJitterBuffer  # noqa: E402
 from services.gateway.webrtc import AgentTrack  # noqa: E402
+from tests.support.virtual_time import virtual_time_loop  # noqa: E402
 
 RATE, CODEC_RATE, HOP = 48000, 16000, 640
 # the server's per-frame time (arrival -> agent frame out) on an idle machine, ms p50 / p99
@@ -87,26 +87,11 @@ def input_side(ptime_ms: int, jitter_buffer: str, quality: str, seconds: float) 
             "p99": round(float(np.percentile(w, 99)), 1)}
 
 
-class VirtualSelector(selectors.DefaultSelector):
-    """A selector that never blocks: a wait for ``timeout`` moves the virtual clock instead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0.0
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout:
-            self.now += timeout
-        return []
-
-
 def output_side(ptime_ms: int, pacing: str, late_ms: float, quality: str, jitter: tuple[float, float],
                 seconds: float, seed: int = 0) -> dict[str, float]:
     """Per agent sample: ms from its frame's arrival (plus its place in the frame) to its packet
     being sent; and the sending's irregularity (|send time - its tick on a regular grid|)."""
-    selector = VirtualSelector()
-    loop = asyncio.SelectorEventLoop(selector)
-    loop.time = lambda: selector.now  # type: ignore[method-assign]
+    loop = virtual_time_loop()
     rng = np.random.default_rng(seed)
     p50, p99 = jitter
     sigma = max(1e-3, np.log(p99 / p50) / 2.326)  # a log-normal frame time with these quantiles

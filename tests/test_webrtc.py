@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests.support.chromium import loopback_netns_command
+from tests.support.virtual_time import virtual_time_loop
 from services.gateway.config import IceServer, WebRTCConfig
 from services.gateway.webrtc import TRIM_WINDOW_S, AgentTrack, host_candidates, to_mono_float
 
@@ -143,6 +144,7 @@ def test_screenshot_during_the_call(call: dict[str, Any]) -> None:
 def test_agent_track_paces_20ms_and_trims_backlog() -> None:
     async def run() -> tuple[list[float], int, int]:
         track = AgentTrack(max_frames=6)
+        track.clock = asyncio.get_running_loop().time
         track.put(np.full(PACKET * 5, 1000, np.int16))  # a start-up backlog of 5 frames
         times, loop = [], asyncio.get_running_loop()
         for _ in range(TRIM_WINDOW):
@@ -153,9 +155,11 @@ def test_agent_track_paces_20ms_and_trims_backlog() -> None:
         assert frame.sample_rate == 48000 and frame.samples == PACKET and frame.time_base == Fraction(1, 48000)
         return times, track.dropped, len(track._queue)
 
-    times, dropped, depth = asyncio.run(run())
+    loop = virtual_time_loop()  # exact timing whatever the machine's load
+    times, dropped, depth = loop.run_until_complete(run())
+    loop.close()
     gaps = np.diff(times)
-    assert abs(float(np.mean(gaps)) - 0.02) < 0.004  # a fixed 20 ms clock
+    assert np.allclose(gaps, 0.02)  # a fixed 20 ms clock
     assert dropped >= 3 and depth <= 3  # the standing backlog was trimmed to the jitter margin
 
 
@@ -272,6 +276,7 @@ def test_anchored_track_starts_with_the_agent_audio_and_waits_for_a_late_frame()
     async def run() -> dict[str, Any]:
         track = AgentTrack(max_frames=12, ptime_ms=10, pacing="anchored", late_ms=20.0)
         loop = asyncio.get_running_loop()
+        track.clock = loop.time
         first = asyncio.ensure_future(track.recv())
         await asyncio.sleep(0.05)
         assert not first.done()  # no agent audio yet: nothing is sent
@@ -291,10 +296,12 @@ def test_anchored_track_starts_with_the_agent_audio_and_waits_for_a_late_frame()
         return {"first": frame, "waited_first": waited_first, "late": frame_late, "waited_late": waited_late,
                 "counters": (track.late, track.silent, track.dropped)}
 
-    r = asyncio.run(run())
-    assert r["first"].samples == 480 and r["first"].pts == 0 and r["waited_first"] < 0.01
+    loop = virtual_time_loop()
+    r = loop.run_until_complete(run())
+    loop.close()
+    assert r["first"].samples == 480 and r["first"].pts == 0 and r["waited_first"] < 0.001
     # the late frame goes out the moment it exists, with the RTP time it would have had: no silence
-    assert r["waited_late"] < 0.01 and r["late"].pts == 4 * 480
+    assert r["waited_late"] < 0.001 and r["late"].pts == 4 * 480
     assert r["late"].to_ndarray().max() == 2000
     assert r["counters"] == (1, 0, 0)
 
@@ -302,13 +309,16 @@ def test_anchored_track_starts_with_the_agent_audio_and_waits_for_a_late_frame()
 def test_fixed_track_sends_silence_when_the_frame_is_late() -> None:
     async def run() -> tuple[int, int]:
         track = AgentTrack(max_frames=12, ptime_ms=10)
+        track.clock = asyncio.get_running_loop().time
         track.put(np.full(480, 1000, np.int16))
         await track.recv()
         frame = await track.recv()  # nothing queued at this tick: silence at once
         track.stop()
         return int(np.abs(frame.to_ndarray()).max()), track.silent
 
-    assert asyncio.run(run()) == (0, 1)
+    loop = virtual_time_loop()
+    assert loop.run_until_complete(run()) == (0, 1)
+    loop.close()
 
 
 def test_low_delay_resampler_streams_what_it_gets() -> None:
