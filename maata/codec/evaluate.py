@@ -42,7 +42,7 @@ from maata.data.phonemes import PhonemeVocab, frame_labels
 
 log = logging.getLogger(__name__)
 
-METRICS = ("kbps", "pesq_wb", "stoi", "si_sdr", "mel_distance", "lag_ms", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
+METRICS = ("kbps", "pesq_wb", "stoi", "si_sdr", "mel_distance", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
 DNSMOS_KEYS = ("ovrl", "sig", "bak")
 MAATA, MAATA_ADAPTIVE = "maata", "maata_adaptive"
 
@@ -204,8 +204,6 @@ def score(ref: np.ndarray, deg: np.ndarray, kbps: float, where: str,
         "stoi": _try("STOI", lambda: M.stoi(ref, deg), where),
         "si_sdr": _try("SI-SDR", lambda: M.si_sdr(ref, deg), where),
         "mel_distance": _try("mel distance", lambda: M.mel_distance(ref, deg), where),
-        # residual misalignment after the system's own delay compensation (should be ~0)
-        "lag_ms": _try("lag", lambda: 1000.0 * M.estimate_delay(ref, deg) / M.SR, where),
     }
     d = _try("DNSMOS", lambda: M.dnsmos(deg), where) if with_dnsmos else None
     out.update({f"dnsmos_{k}": (getattr(d, k) if d else None) for k in DNSMOS_KEYS})
@@ -349,12 +347,11 @@ def _fmt(v: float | None, digits: int = 2, signed: bool = False) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """The results table: one row per system; DNSMOS cells show the score and its change from the source."""
     overall = report["overall"]
-    head = ["System", "kbps", "PESQ-WB", "STOI", "SI-SDR (dB)", "Mel dist", "lag (ms)", "DNSMOS OVRL (Δ)", "SIG (Δ)",
-            "BAK (Δ)"]
+    head = ["System", "kbps", "PESQ-WB", "STOI", "SI-SDR (dB)", "Mel dist", "DNSMOS OVRL (Δ)", "SIG (Δ)", "BAK (Δ)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in overall["systems"].items():
         cells = [system_label(name, report), _fmt(m["kbps"]), _fmt(m["pesq_wb"]), _fmt(m["stoi"], 3),
-                 _fmt(m["si_sdr"], 1), _fmt(m["mel_distance"]), _fmt(m["lag_ms"], 1)]
+                 _fmt(m["si_sdr"], 1), _fmt(m["mel_distance"])]
         cells += [f"{_fmt(m[f'dnsmos_{k}'])} ({_fmt(m[f'dnsmos_{k}_delta'], signed=True)})" for k in DNSMOS_KEYS]
         lines.append("| " + " | ".join(cells) + " |")
     src, ad = overall["source_dnsmos"], overall["adaptive"]

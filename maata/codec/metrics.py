@@ -69,9 +69,11 @@ def match_length(ref: np.ndarray, deg: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def estimate_delay(ref: np.ndarray, deg: np.ndarray, max_lag: int = 1600) -> int:
     """Samples by which ``deg`` lags ``ref`` (negative: leads), from the peak of their
-    cross-correlation within ±``max_lag``. PESQ and STOI assume time-aligned inputs, and a
-    constant offset quietly costs both: the codec evaluation reports this lag for every system
-    so that a misaligned output shows up as a number, not as a lower score."""
+    cross-correlation within ±``max_lag``. STOI assumes time-aligned inputs and a constant
+    offset quietly costs it. Meaningful for outputs that follow the input's waveform (Opus, a
+    pure delay); a decoder that makes its own phase (the frame-rate codec) matches the
+    envelope, not the waveform, and is checked by scoring shifted copies instead
+    (tests/test_codec_eval.py)."""
     ref, deg = match_length(np.asarray(ref, np.float64), np.asarray(deg, np.float64))
     n = len(ref)
     if n == 0:
