@@ -110,7 +110,9 @@ class Deployment:
         self.loopback = loopback
         self.ports = {name: free_port() for name in ("gateway", "codec", "generation", "session")}
         self.env = {**os.environ, "PYTHONPATH": str(ROOT),
-                    "MAATA_SERVE__GATEWAY__AUTH__KEYS": f"[{{id: bench, sha256: {hash_key(key)}, max_calls: 64}}]",
+                    "MAATA_SERVE__GATEWAY__AUTH__KEYS":
+                        f"[{{id: bench, sha256: {hash_key(key)}, max_calls: 64, calls_per_minute: 100000}}]",
+                    "MAATA_SERVE__GATEWAY__MAX_CALLS": "64", "MAATA_SERVE__GATEWAY__RESERVE_CALLS": "0",  # one tenant: no reserve
                     "MAATA_SERVE__GATEWAY__SERVER__PORT": str(self.ports["gateway"]),
                     "MAATA_SERVE__CODEC__SERVER__PORT": str(self.ports["codec"]),
                     "MAATA_SERVE__GENERATION__SERVER__PORT": str(self.ports["generation"]),

@@ -75,7 +75,9 @@ class Processes:
                     "MAATA_SERVE__SESSION__SERVER__PORT": str(self.session),
                     "MAATA_SERVE__CODEC__SERVER__PORT": str(self.codec),
                     "MAATA_SERVE__CODEC__MAX_STREAMS": "64", "MAATA_SERVE__GENERATION__MAX_CALLS": "64",
-                    "MAATA_SERVE__GATEWAY__AUTH__KEYS": f"[{{id: bench, sha256: {hash_key(key)}, max_calls: 64}}]",
+                    "MAATA_SERVE__GATEWAY__AUTH__KEYS":
+                        f"[{{id: bench, sha256: {hash_key(key)}, max_calls: 64, calls_per_minute: 100000}}]",
+                    "MAATA_SERVE__GATEWAY__MAX_CALLS": "64", "MAATA_SERVE__GATEWAY__RESERVE_CALLS": "0",  # one tenant: no reserve
                     "MAATA_SERVE__GATEWAY__WEBRTC__ENABLED": "false"}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gateway: subprocess.Popen[bytes] | None = None
