@@ -53,4 +53,4 @@ def test_the_model_library_imports_no_network_code() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in network]
-    assert found == []
+    assert found == [], "the model library imports network code (generated gRPC modules belong in maata_protos/v1)"
