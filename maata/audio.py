@@ -29,51 +29,6 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr_out, quality="VHQ").astype(np.float32, copy=False)
 
 
-class FrameResampler:
-    """Streaming resampling of fixed-size frames with a constant output size per frame.
-
-    soxr's streaming resampler returns whatever its internal blocks have completed, so 40 ms
-    frames come out as alternating or empty chunks (at 8 kHz two of three are empty). Real-time
-    senders need one equal chunk per frame: this is a polyphase windowed-sinc (Kaiser) FIR
-    resampler by the rational ratio ``sr_out / sr_in`` whose filter history is carried across
-    frames, so every ``frame``-sample input gives exactly ``frame * sr_out / sr_in`` samples and
-    the stream equals resampling the concatenated frames (a fixed delay of ``taps / 2`` input
-    samples, under 1 ms at 16 kHz with the default 32 taps).
-
-        up = FrameResampler(16000, 48000, 640)
-        chunk = up(frame)        # float32 [640] -> [1920], every time
-    """
-
-    def __init__(self, sr_in: int, sr_out: int, frame: int, taps: int = 32, beta: float = 8.6) -> None:
-        from math import gcd
-
-        g = gcd(sr_in, sr_out)
-        self.up, self.down = sr_out // g, sr_in // g
-        if frame < 1 or (frame * self.up) % self.down:
-            raise ValueError(f"a frame of {frame} samples at {sr_in} Hz is not a whole number of samples at {sr_out} Hz")
-        self.frame, self.out = frame, frame * self.up // self.down
-        self.taps = taps
-        n = self.up * taps
-        cutoff = 0.5 / max(self.up, self.down) * 0.92  # cycles per upsampled sample, below the lower Nyquist
-        t = np.arange(n) - (n - 1) / 2
-        h = 2 * cutoff * np.sinc(2 * cutoff * t) * np.kaiser(n, beta)
-        h *= self.up / h.sum()
-        i = np.arange(self.out)
-        phase, base = (i * self.down) % self.up, (i * self.down) // self.up
-        k = np.arange(taps)
-        self._index = (taps - 1) + base[:, None] - k[None, :]  # into [history | frame]
-        self._coef = h[phase[:, None] + k[None, :] * self.up].astype(np.float32)
-        self._history = np.zeros(taps - 1, np.float32)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        if x.shape != (self.frame,):
-            raise ValueError(f"FrameResampler takes frames of {self.frame} samples, got shape {x.shape}")
-        buf = np.concatenate([self._history, x])
-        self._history = buf[len(buf) - (self.taps - 1):]
-        return np.einsum("ik,ik->i", buf[self._index], self._coef).astype(np.float32)
-
-
 def to_mono(x: np.ndarray) -> np.ndarray:
     """[T] stays; [T, C] is averaged over channels."""
     x = np.asarray(x)

@@ -12,6 +12,9 @@ rate (1.25 ms at 48 kHz with the default 121 taps).
     stream = FirResampleStream(48000, 16000)
     y = stream.resample_chunk(x)       # float32 [n] -> [n // 3], nothing held back
 
+``FrameResampler`` is the same stream for fixed-size frames (the partner API's agent audio):
+every frame gives exactly ``frame * up / down`` samples, one equal message per frame.
+
 The filter is a Kaiser-windowed sinc (60 dB stopband) with its cut-off 0.9 of the lower Nyquist
 frequency: flat to about 6.5 kHz between 16 and 48 kHz, which keeps everything the 16 kHz codec
 reproduces.
@@ -26,9 +29,10 @@ import numpy as np
 STOPBAND_DB = 60.0
 
 
-def lowpass(taps: int, cutoff: float, gain: float = 1.0) -> np.ndarray:
-    """A linear-phase Kaiser-windowed sinc low-pass; ``cutoff`` in cycles per sample (< 0.5)."""
-    beta = 0.1102 * (STOPBAND_DB - 8.7)
+def lowpass(taps: int, cutoff: float, gain: float = 1.0, beta: float | None = None) -> np.ndarray:
+    """A linear-phase Kaiser-windowed sinc low-pass; ``cutoff`` in cycles per sample (< 0.5),
+    ``beta`` the window's (None: a ``STOPBAND_DB`` stopband)."""
+    beta = 0.1102 * (STOPBAND_DB - 8.7) if beta is None else beta
     n = np.arange(taps) - (taps - 1) / 2
     h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, beta)
     return (h / h.sum() * gain).astype(np.float64)
@@ -37,17 +41,22 @@ def lowpass(taps: int, cutoff: float, gain: float = 1.0) -> np.ndarray:
 class FirResampleStream:
     """Streaming rational resampler (``out_rate / in_rate`` = up / down): zero-stuff by ``up``,
     low-pass, keep every ``down``-th sample, computed per polyphase branch. Same call as
-    ``soxr.ResampleStream.resample_chunk``; mono float32."""
+    ``soxr.ResampleStream.resample_chunk``; mono float32. ``filter``: the low-pass at the
+    upsampled rate (gain ``up``) instead of the default design."""
 
-    def __init__(self, in_rate: int, out_rate: int, taps_per_phase: int = 40, cutoff: float = 0.9) -> None:
+    def __init__(self, in_rate: int, out_rate: int, taps_per_phase: int = 40, cutoff: float = 0.9, *,
+                 filter: np.ndarray | None = None) -> None:
         if in_rate <= 0 or out_rate <= 0:
             raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
         g = gcd(in_rate, out_rate)
         self.up, self.down = out_rate // g, in_rate // g
         if max(self.up, self.down) > 48:
             raise ValueError(f"{in_rate} -> {out_rate} Hz is not a small rational ratio (up {self.up}, down {self.down})")
-        taps = taps_per_phase * max(self.up, self.down) + 1
-        self.filter = lowpass(taps, cutoff * 0.5 / max(self.up, self.down), gain=self.up)
+        if filter is None:
+            filter = lowpass(taps_per_phase * max(self.up, self.down) + 1, cutoff * 0.5 / max(self.up, self.down),
+                             gain=self.up)
+        self.filter = np.asarray(filter, np.float64)
+        taps = self.filter.size
         self.delay = (taps - 1) / 2 / (in_rate * self.up)  # seconds of linear-phase delay
         # branch p of the polyphase filter: the taps that meet input samples for outputs at phase p
         self._branch = [self.filter[p::self.up].copy() for p in range(self.up)]
@@ -78,4 +87,35 @@ class FirResampleStream:
         return out.astype(np.float32)
 
 
-__all__ = ["FirResampleStream", "lowpass"]
+class FrameResampler:
+    """Streaming resampling of fixed-size frames with a constant output size per frame.
+
+    soxr's streaming resampler returns whatever its internal blocks have completed, so 40 ms
+    frames come out as alternating or empty chunks (at 8 kHz two of three are empty). Real-time
+    senders need one equal chunk per frame: a ``FirResampleStream`` whose ratio makes every
+    ``frame``-sample input exactly ``frame * sr_out / sr_in`` samples, with a Kaiser (``beta``)
+    low-pass of ``taps`` taps per phase cut at 0.92 of the lower Nyquist frequency (a fixed
+    delay of ``taps / 2`` input samples, under 1 ms at 16 kHz with the default 32 taps).
+
+        up = FrameResampler(16000, 48000, 640)
+        chunk = up(frame)        # float32 [640] -> [1920], every time
+    """
+
+    def __init__(self, sr_in: int, sr_out: int, frame: int, taps: int = 32, beta: float = 8.6) -> None:
+        g = gcd(sr_in, sr_out)
+        self.up, self.down = sr_out // g, sr_in // g
+        if frame < 1 or (frame * self.up) % self.down:
+            raise ValueError(f"a frame of {frame} samples at {sr_in} Hz is not a whole number of samples at {sr_out} Hz")
+        self.frame, self.out, self.taps = frame, frame * self.up // self.down, taps
+        cutoff = 0.5 / max(self.up, self.down) * 0.92  # cycles per upsampled sample, below the lower Nyquist
+        self.stream = FirResampleStream(sr_in, sr_out, filter=lowpass(self.up * taps, cutoff, self.up, beta))
+        self.delay = self.stream.delay
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if x.shape != (self.frame,):
+            raise ValueError(f"FrameResampler takes frames of {self.frame} samples, got shape {x.shape}")
+        return self.stream.resample_chunk(x)
+
+
+__all__ = ["FirResampleStream", "FrameResampler", "lowpass"]

@@ -9,7 +9,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from maata.audio import FrameResampler
+from maata.resample_stream import FrameResampler
 from services.gateway.admission import Admission, HistoryBudget, RateLimiter, Refused, Tenant
 from services.gateway.speech import SpeechConfig
 

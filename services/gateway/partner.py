@@ -13,7 +13,7 @@ Formats. Input and output are PCM16 little-endian mono at 8, 16, 24 or 48 kHz (t
 defaults to the input's rate). Each call has its own streaming resamplers
 to and from the pipeline's 16 kHz, so chunk boundaries never click: the input's is
 ``soxr.ResampleStream`` (HQ; its tail is flushed at hang-up), the output's a
-``maata.audio.FrameResampler``, which gives every agent frame as one message of exactly 40 ms
+``maata.resample_stream.FrameResampler``, which gives every agent frame as one message of exactly 40 ms
 at the output rate (no bursts, no uneven sizes). An audio chunk may hold at most
 ``max_chunk_seconds`` (1 s) of audio and must have an even number of bytes.
 
@@ -56,7 +56,8 @@ import grpc
 import numpy as np
 import soxr
 
-from maata.audio import AudioError, FrameResampler, float_to_pcm16, pcm16_to_float
+from maata.audio import AudioError, float_to_pcm16, pcm16_to_float
+from maata.resample_stream import FrameResampler
 from services.common.errors import StatusError, abort, abort_with
 from services.common.sampling import check_sampling
 from services.gateway.auth import ApiKey, AuthError  # noqa: F401  (ApiKey: PartnerCall's key)
