@@ -12,7 +12,7 @@ APT_TEST_PACKAGES := chromium chromium-driver fonts-lohit-telu iproute2 util-lin
 # here (the server binary and python backend, tritonclient.grpc.aio, its model_config_pb2) work with this venv's
 # versions (tests/test_triton.py); python-rapidjson is tritonclient.grpc's one missing dependency.
 TRITON_PIP := nvidia-pytriton==0.7.0 tritonclient==2.73.0 python-rapidjson==1.25
-CHECKPOINT ?= checkpoints/codec_default.safetensors
+CHECKPOINT ?= checkpoints/codec_v2.safetensors
 
 .PHONY: setup run test apt apt-test venv protos k8s-tools clean
 

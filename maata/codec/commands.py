@@ -245,7 +245,7 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"preset       {s['preset']}\n"
           f"sample rate  {s['sample_rate']} Hz, hop {s['hop']} samples, {s['frame_rate_hz']:g} frames/s\n"
           f"codes        {s['n_q']} codebooks x {s['codebook_size']} -> {s['bitrate_kbps']:g} kbps\n"
-          f"latency      {s['latency_ms']:g} ms algorithmic (one frame, no look-ahead)\n"
+          f"latency      {s['latency_ms']:g} ms algorithmic (one frame, no look-ahead, + overlap-add)\n"
           f"parameters   {s['params'] / 1e6:.2f} M\n"
           f"context      {s['transformer_window_s']:g} s of transformer attention\n"
           f"adaptive     frames below {s['adaptive']['silence_dbfs']:g} dBFS keep "
@@ -341,6 +341,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"wrote {', '.join(f'{n}.wav' for n in outputs)} to {args.out}/")
     frames = run.codes.shape[-1]
-    console.print(f"streamed {frames} frames of {codec.cfg.latency_ms:.0f} ms through encode + decode (1 thread; "
+    console.print(f"streamed {frames} frames of {1000 * codec.hop / codec.cfg.sample_rate:.0f} ms through encode + decode (1 thread; "
                   f"the full and adaptive decodes as a batch of 2): {1000 * took / frames:.2f} ms per frame")
     return 0
