@@ -258,3 +258,24 @@ def test_kmeans_init_places_codes_on_the_data(corpus):
     assert errors[0] < 0.05 and all(bool(vq.initialized) for vq in rvq.levels)
     random_error = (data - torch.randn(16, 6)[torch.randint(0, 16, (800,))]).pow(2).mean()
     assert errors[0] < 0.1 * float(random_error)
+
+
+def test_warm_restart_from_an_exported_checkpoint(corpus, tmp_path):
+    """Trainer state is not kept in git: a new run can start from the exported weights (fresh
+    optimiser), skipping the quantizer warm-up because the codebooks are already trained."""
+    frame = {"enc_dim": 24, "enc_layers": 1, "dec_dim": 24, "dec_layers": 1, "fine_dim": 16, "fine_layers": 1}
+    common = dict(codec={"preset": "default", "overrides": {"frame": frame, "transformer": {"layers": 0}}},
+                  adv_start_step=1000, quantizer_warmup_steps=1, kmeans_batches=2, kmeans_iters=2, steps=2,
+                  eval_every=2, checkpoint_every=2)
+    first = CodecTrainer(smoke_config(corpus, **common), tmp_path / "a")
+    first.fit()
+    exported = tmp_path / "a" / "codec.safetensors"
+    warm = CodecTrainer(smoke_config(corpus, **{**common, "quantizer_warmup_steps": 500}, init_from=str(exported)),
+                        tmp_path / "b")
+    assert warm.quantizer_ready() and warm.step == 0
+    for k, v in _tensors(first.codec).items():
+        torch.testing.assert_close(_tensors(warm.codec)[k], v)
+    metrics = warm.train_step(next(warm._batches()))
+    assert float(metrics["commit"]) > 0  # quantised from the first step: no second warm-up
+    with pytest.raises(ValueError, match="does not fit"):
+        CodecTrainer(smoke_config(corpus, init_from=str(exported)), tmp_path / "c")  # the SEANet smoke codec

@@ -130,11 +130,31 @@ class TrainConfig(RunConfig):
     # codec as a service would; <out>/quality.png and quality.json. 0 turns it off.
     quality_every: int = 0
     quality_clips: int = 8
+    # Warm restart: start a new run from an inference checkpoint's weights (codebooks included)
+    # with a fresh optimiser, for when a run's trainer state is gone (it is not kept in git).
+    # The quantizer warm-up is skipped: the codebooks are already trained.
+    init_from: str = ""
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Training config from YAML (``base:`` overlays allowed) + overrides + ``MAATA_TRAIN__*`` env."""
     return cfglib.load(TrainConfig, resolve_config_path(path), env_prefix="MAATA_TRAIN__", overrides=overrides)
+
+
+def load_inference_weights(codec: Codec, path: str | Path) -> None:
+    """Copy an exported checkpoint's weights into a training codec of the same shape."""
+    from maata.checkpoint import load_weights, read_metadata
+
+    meta = read_metadata(path)
+    if meta.get("kind") != "codec":
+        raise ValueError(f"{path} is not a codec checkpoint (kind={meta.get('kind')!r})")
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in load_weights(path).items()}
+    try:
+        codec.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit this run's codec (preset {codec.cfg.name!r}, arch {codec.cfg.arch!r}); "
+                         f"a warm restart needs the same preset and overrides, and an architecture without weight "
+                         f"norm (arch stft): {str(e).splitlines()[0]}") from None
 
 
 def build_codec(spec: CodecSpec) -> Codec:
@@ -204,6 +224,9 @@ class CodecTrainer(Trainer):
     def build(self, resume: bool) -> None:
         cfg = self.cfg
         self.codec = build_codec(cfg.codec).to(self.device)
+        self.warm_started = bool(cfg.init_from) and not resume
+        if self.warm_started:
+            load_inference_weights(self.codec, cfg.init_from)
         self.disc = Discriminator(cfg.discriminator).to(self.device)
         self.mel_loss = MultiScaleMelLoss(self.codec.cfg.sample_rate, cfg.mel.windows, cfg.mel.n_mels,
                                           cfg.mel.clamp_eps, cfg.mel.log_weight, cfg.mel.mag_weight).to(self.device)
@@ -247,7 +270,7 @@ class CodecTrainer(Trainer):
         wav = batch["wav"].to(self.device, non_blocking=True)
         labels = batch["phonemes"].to(self.device, non_blocking=True)
         adversarial = self.step >= self.cfg.adv_start_step
-        quantize = self.step >= self.cfg.quantizer_warmup_steps
+        quantize = self.step >= self.cfg.quantizer_warmup_steps or self.warm_started
         if quantize and self.cfg.quantizer_warmup_steps and not self.quantizer_ready():
             self.kmeans_init()
         with self._autocast():

@@ -2,6 +2,8 @@
 
     maata train codec --config codec_default --manifest data/manifest.jsonl --out runs/codec
     maata train codec --resume --out runs/codec                 # continue where it stopped
+    maata train codec --config codec_v2 --init-from checkpoints/codec_v2.safetensors --out runs/codec_v2b
+                                                                # warm restart (trainer state gone)
     maata train codec --preset seed-40hz --steps 50000 --set optim.lr_g=1e-4 --set weights.mel=30
     torchrun --nproc_per_node 8 -m maata.cli train codec ...     # DDP, one process per GPU
 """
@@ -22,6 +24,7 @@ _FLAG_PATHS = {
     "threads": "threads",
     "device": "device",
     "seed": "seed",
+    "init_from": "init_from",
 }
 
 
@@ -54,6 +57,8 @@ def _register_codec(models: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads per process (0: torch's default)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--init-from", help="warm restart: start from this exported codec's weights with a fresh optimiser "
+                                       "(init_from)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override any config field, VALUE parsed as YAML: --set optim.lr_g=1e-4 "
                         "--set codec.overrides.semantic.enabled=false (repeatable)")
