@@ -67,6 +67,9 @@ def server(untrained: bool) -> BackgroundStack:
            "MAATA_SERVE__CODEC__SERVER__PORT": "0", "MAATA_SERVE__GENERATION__SERVER__PORT": "0",
            "MAATA_SERVE__GATEWAY__WEBRTC__PORT": "0",
            "MAATA_SERVE__GATEWAY__WEBRTC__MAX_CALLS_PER_CLIENT": "1",
+           # this scenario checks each signalling error's status from one address in a few seconds;
+           # the offer rate limits have their own tests (tests/test_abuse.py)
+           "MAATA_SERVE__GATEWAY__WEBRTC__OFFERS_PER_MINUTE_PER_CLIENT": "600",
            "MAATA_SERVE__THREADS": "1"}
     if in_netns():  # only loopback exists: both ends must use it
         env["MAATA_SERVE__GATEWAY__WEBRTC__HOST_ADDRESSES"] = "['127.0.0.1']"
