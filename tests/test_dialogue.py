@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from maata.checkpoint import save_model
+from maata.checkpoint import load_codec, save_model
 from maata.codec.model import Codec, load_preset
 from maata.data import commands, dialogue_commands
 from maata.data import voices as V
@@ -20,7 +20,7 @@ from maata.data.dialogue import (REFERENCE, DialogueError, DialogueSpec, TimingC
                                  build_dialogues, build_speech_shards, plan_dialogues, render_dialogue,
                                  train_dialogue_tokenizer, user_speakers)
 from maata.data.manifest import SPLITS, ManifestRow, write_manifest
-from maata.data.shards import ShardReader, shard_paths
+from maata.data.shards import CODE_SPACE_NAME, ShardReader, read_code_space, shard_paths
 from maata.data.synth import EspeakVoice
 from maata.audio import write_wav
 from maata.lm.model import EMOTIONS, VOICES
@@ -309,6 +309,15 @@ def test_build_writes_consistent_shards(built, scripts):
     assert sum(stats["splits"][s]["backchannels"] for s in SPLITS) > 0
 
 
+def test_build_records_which_codec_made_the_codes(built, codec_path):
+    out, _ = built
+    space = load_codec(codec_path).code_space()
+    assert read_code_space(out) == space
+    assert read_code_space(shard_paths(out, "train")[0]) == space  # found from a shard file too
+    info = json.loads((out / CODE_SPACE_NAME).read_text(encoding="utf-8"))
+    assert info["codec"] == str(codec_path) and info["n_q"] == 8
+
+
 def test_reference_answers_for_every_intent_and_voice(built, scripts):
     out, _ = built
     refs = [rec for p in shard_paths(out, REFERENCE) for rec in ShardReader(p)]
@@ -387,6 +396,7 @@ def test_speech_shards(tmp_path, codec_path):
     write_manifest(tmp_path / "manifest.jsonl", rows)
     report = build_speech_shards(tmp_path / "manifest.jsonl", codec_path, tmp_path / "shards", progress=False)
     assert not report.failures
+    assert read_code_space(tmp_path / "shards") == load_codec(codec_path).code_space()
     total = 0
     for split in SPLITS:
         for rec in ShardReader(shard_paths(tmp_path / "shards", split)[0]):

@@ -110,7 +110,7 @@ def test_export_is_deterministic_and_configs_parse(repo: Path, tmp_path: Path) -
     torch.manual_seed(0)
     small = LM(load_preset("tiny", env_prefix=None, codebook_size=32))
     save_model(tmp_path / "small_lm.safetensors", small, small.cfg, kind="lm")
-    with pytest.raises(ValueError, match="does not fit the LM"):
+    with pytest.raises(ValueError, match="the LM models .* codes but the codec has"):
         export_repository(tmp_path / "bad", CODEC_CKPT, tmp_path / "small_lm.safetensors")
     (repo / "s2s_step" / "config.pbtxt").read_text()  # the module's repo is untouched by all this
     broken = tmp_path / "broken"

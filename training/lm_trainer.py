@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from maata import config as cfglib
 from maata.checkpoint import save_model
+from maata.data.shards import CODE_SPACE_NAME, read_code_space
 from maata.lm.checkpoint import load_lm, lm_config_from_dict
 from maata.lm.model import LM, LMConfig, LMOutput, load_preset
 from training import checkpointing, distributed
@@ -179,6 +180,21 @@ def build_model(cfg: LMTrainConfig, out: Path, resume: bool) -> tuple[LM, str]:
     return LM(lm_cfg), f"preset {cfg.model.preset}"
 
 
+def adopt_code_space(lm: LM, shards: str | Path) -> None:
+    """Record in ``lm.cfg.codec`` which codec made the training shards (their
+    ``code_space.json``), so that serving pairs the model with that codec only. ValueError when
+    the model already records another codec: fine-tuning on another codec's codes would leave
+    a model that fits neither."""
+    space = read_code_space(shards)
+    if space is None:
+        log.warning("%s has no %s: the trained LM will not record which codec it needs", shards, CODE_SPACE_NAME)
+        return
+    if lm.cfg.codec and lm.cfg.codec != space:
+        raise ValueError(f"the model was trained on the codes of codec {lm.cfg.codec}, but {shards} holds the codes "
+                         f"of codec {space}: start from a model of that codec, or rebuild the shards with it")
+    lm.cfg.codec = space
+
+
 # -- loss ---------------------------------------------------------------------------------------------
 class TrainStep(nn.Module):
     """Speaker embedding + teacher-forced forward + losses in one module, so that DDP sees (and
@@ -303,6 +319,7 @@ class LMTrainer(Trainer):
     def build(self, resume: bool) -> None:
         cfg = self.cfg
         self.lm, self.source = build_model(cfg, self.out, resume)
+        adopt_code_space(self.lm, cfg.data.shards)
         use_user_text = cfg.loss.user_text and cfg.stage != "pretrain" and self.lm.text_enabled
         if use_user_text and self.lm.user_text_head is None:
             self.lm.add_user_text_head()  # an export made before the head existed

@@ -368,6 +368,33 @@ class Codec(nn.Module):
         codes = self.encode(torch.zeros(1, 1, frames * self.hop, device=p.device, dtype=p.dtype), n_q)
         return codes[0, :, -1].clone()
 
+    @torch.no_grad()
+    def code_space(self) -> str:
+        """A 16-hex digest of what decides this codec's codes: the encoder side (``encoder``,
+        ``enc_transformer``) and the codebooks with their input projections, rounded to float16.
+
+        Two codecs with the same digest turn the same audio into the same codes, so an LM
+        trained on one's codes can be served with the other: a float32 trainer checkpoint and
+        its float16 export agree, and so does a codec whose decoder alone was fine-tuned. Any
+        change to the encoder or the codebooks gives another digest (``maata.lm.compat``)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        def decides_codes(name: str) -> bool:
+            if name.startswith(("encoder.", "enc_transformer.")):
+                return True
+            return name.startswith("quantizer.") and (name.endswith(".embed") or ".proj_in." in name)
+
+        for name, t in sorted(self.state_dict().items()):
+            if not decides_codes(name):
+                continue
+            t = t.detach().cpu()
+            if t.is_floating_point():
+                t = t.to(torch.float16)
+            h.update(name.encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def bits(self, codes: torch.Tensor) -> int:
         """Bits needed to send ``codes`` (DROPPED entries are free)."""
         return int((codes != DROPPED).sum()) * int(math.log2(self.cfg.quantizer.codebook_size))

@@ -10,6 +10,7 @@ inner-monologue text and per-frame emotion, encodes both channels with the codec
                                                      int32 [T]; emotion int8 [T]; metadata
     DIR/reference/shard-XXXXX.safetensors    every intent's answer in every voice: codes, text
     DIR/build.json                           settings and plan fingerprint (for resuming)
+    DIR/code_space.json                      which codec's codes (``Codec.code_space()``)
     DIR/stats.json                           counts, hours, speakers per split, timings
     DIR/audio/<split>/<id>.wav               with keep_audio: stereo WAV (left user, right agent)
 
@@ -85,7 +86,7 @@ import numpy as np
 from maata.data import voices as V
 from maata.data.conversations import ConversationSet, Phrasing, load_conversations, paraphrase_line
 from maata.data.manifest import SPLITS, ManifestRow, assign_splits
-from maata.data.shards import Record, write_shard
+from maata.data.shards import Record, write_code_space, write_shard
 from maata.data.synth import EspeakVoice, SynthError, espeak_variants, espeak_voices
 from maata.lm.model import EMOTIONS, VOICES
 from maata.text.tokenizer import EPAD_ID, Tokenizer
@@ -1108,6 +1109,7 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
         else:
             tok = train_dialogue_tokenizer(conversations, tokenizer_sentences, seed, vocab_size)
         tok.save(tok_path)
+    write_code_space(out, loaded, codec if isinstance(codec, (str, Path)) else None)
     build_path.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings,
                                       "shards": len(shard_plans), "records": len(plans) + len(refs)},
                                      ensure_ascii=False, indent=1, default=str), encoding="utf-8")
@@ -1359,6 +1361,7 @@ def build_speech_shards(manifest: str | Path, codec: str | Path | Any, out: str 
     out.mkdir(parents=True, exist_ok=True)
     if vocab is not None:
         vocab.save(out / "phoneme_vocab.json")
+    write_code_space(out, loaded, codec if isinstance(codec, (str, Path)) else None)
     jobs = []
     for split in SPLITS:
         mine = sorted((r for r in rows if (r.split or "train") == split), key=lambda r: (r.duration, r.path))

@@ -119,6 +119,33 @@ def shard_paths(root: str | Path, split: str | None = None) -> list[Path]:
     return paths
 
 
+# -- whose codes ------------------------------------------------------------------------------------
+CODE_SPACE_NAME = "code_space.json"  # beside the shards: which codec's codes they hold
+
+
+def write_code_space(root: str | Path, codec: Any, source: str | Path | None = None) -> Path:
+    """Record in ``root/code_space.json`` which codec made the shards under ``root``: its
+    ``code_space()`` digest (and, for people, the checkpoint path). The LM trainer copies the
+    digest into the model's config, and ``maata.lm.compat`` then refuses any other codec."""
+    path = Path(root) / CODE_SPACE_NAME
+    info = {"code_space": codec.code_space(), "codec": None if source is None else str(source),
+            "n_q": int(codec.n_q), "codebook_size": int(codec.cfg.quantizer.codebook_size),
+            "frame_rate": float(codec.cfg.frame_rate)}
+    path.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def read_code_space(root: str | Path) -> str | None:
+    """The codec digest recorded beside the shards under ``root`` (a folder, or a shard file's
+    folder or its parent), or None when they predate the record."""
+    root = Path(root)
+    for folder in ([root] if root.is_dir() else []) + [root.parent, root.parent.parent]:
+        path = folder / CODE_SPACE_NAME
+        if path.is_file():
+            return str(json.loads(path.read_text(encoding="utf-8"))["code_space"])
+    return None
+
+
 # -- finding shards, reading record metadata ---------------------------------------------------------
 DEFAULT_SPLIT = "train"  # the split of records whose metadata names none
 

@@ -167,6 +167,9 @@ class LMConfig:
     text: TextConfig = field(default_factory=TextConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # the ``Codec.code_space()`` digest of the codec whose codes the model was trained on (set by
+    # the trainer from the shards' code_space.json; "" = not recorded, as in older exports)
+    codec: str = ""
 
     @property
     def delays(self) -> tuple[int, ...]:

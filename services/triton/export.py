@@ -155,6 +155,7 @@ def export_repository(out: str | Path, codec_checkpoint: str | Path, lm_checkpoi
 
     from maata.checkpoint import load_codec
     from maata.lm.checkpoint import read_lm_config
+    from maata.lm.compat import check_compatible
 
     export = export or ExportConfig()
     codec_checkpoint, lm_checkpoint = Path(codec_checkpoint), Path(lm_checkpoint)
@@ -162,11 +163,8 @@ def export_repository(out: str | Path, codec_checkpoint: str | Path, lm_checkpoi
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
     codec = load_codec(codec_checkpoint)
-    codec_nq, codebook, hop = codec.n_q, codec.cfg.quantizer.codebook_size, codec.hop
-    lm_cfg = read_lm_config(lm_checkpoint)
-    if (lm_cfg.n_q, lm_cfg.codebook_size) != (codec_nq, codebook):
-        raise ValueError(f"the codec ({codec_nq} x {codebook} codes) does not fit the LM "
-                         f"({lm_cfg.n_q} x {lm_cfg.codebook_size})")
+    codec_nq, hop = codec.n_q, codec.hop
+    check_compatible(read_lm_config(lm_checkpoint), codec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
