@@ -120,6 +120,12 @@ def test_eval_end_to_end(lm_eval_models, lm_eval_shards, tmp_path, monkeypatch, 
     assert _unit(ra["top1"]) and _unit(ra["top3"]) and ra["top1"] <= ra["top3"] and _unit(ra["silent_replies"])
     assert ra["reference_top1"] >= 0.8  # the true replies match their own intent's references
 
+    rt = r["right_answer_text"]  # the inner-monologue text against every intent's answer text
+    assert rt["n"] == 4 and rt["n_intents"] == len(INTENTS) and rt["chance"] == pytest.approx(1 / 3)
+    assert rt["reference_top1"] == 1.0  # the records' own text streams name their intent's answer
+    assert _unit(rt["top1"]) and _unit(rt["exact"]) and rt["exact"] <= rt["top1"] + rt["silent_replies"]
+    assert _unit(rt["similarity"]) and _unit(rt["silent_replies"])
+
     ref, gen = r["turn_taking"]["reference"], r["turn_taking"]["generated"]
     assert ref["turns"] == 6 and ref["unanswered_rate"] == 0.0
     assert 80.0 <= ref["start_delay_ms"]["median"] <= ref["start_delay_ms"]["p90"] <= 120.0  # 2-3 frame pauses

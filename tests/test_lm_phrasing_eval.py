@@ -42,3 +42,44 @@ def test_no_phrasing_split_without_the_metadata(lm_eval_models, lm_eval_shards, 
                    "--max-reply-seconds", "2", "--limit", "2"], monkeypatch) == 0
     assert "seen phrasings" not in capsys.readouterr().out
     assert "seen_phrasings" not in json.loads((out / "lm_eval.json").read_text())["right_answer"]
+
+
+def test_right_answer_text_scores_the_inner_monologue():
+    """A reply whose words are intent B's answer counts for B only; wrong, partial or no words do
+    not; the seen/held-out split follows the records; the records' own text is the ceiling."""
+    import numpy as np
+
+    from maata.lm.dialogues import Dialogue
+    from maata.lm.evaluate import right_answer_text
+
+    EP, T = 3, 30
+    answers = {"a": [(10, 11, 12, 13)], "b": [(20, 21, 22, 23)], "c": [(10, 11, 22, 23)]}
+
+    def dialogue(i: int, intent: str, heldout: bool) -> Dialogue:
+        text = np.full(T, EP)
+        text[12:16] = answers[intent][0]
+        meta = {"id": f"d{i}", "kind": "qa", "intent": intent, "heldout_phrasing": heldout,
+                "user_turns": [[0, 10]], "agent_turns": [[12, 20]]}
+        return Dialogue(np.zeros((2, T), np.int64), np.zeros((2, T), np.int64), text, None, meta)
+
+    def reply(words: tuple[int, ...], at: int = 14) -> np.ndarray:
+        t = np.full(T, EP)
+        t[at:at + len(words)] = words
+        t[:at] = -1 if at == 14 else EP
+        return t
+
+    dialogues = [dialogue(0, "b", False), dialogue(1, "a", False), dialogue(2, "c", True), dialogue(3, "a", True),
+                 dialogue(4, "b", True)]
+    texts = [reply((20, 21, 22, 23)),   # right and exact
+             reply((10, 11, 12, 99)),   # right intent, not exact
+             reply((20, 21, 22, 23)),   # c asked, b answered: wrong
+             reply(()),                 # silent: wrong
+             reply((20, 21, 22, 23), at=26)]  # b, but only from frame 26: still in the window
+    res = right_answer_text(dialogues, texts, answers, window=25, epad=EP)
+    assert res["n"] == 5 and res["chance"] == pytest.approx(1 / 3)
+    assert res["top1"] == pytest.approx(3 / 5) and res["exact"] == pytest.approx(2 / 5)
+    assert res["silent_replies"] == pytest.approx(1 / 5) and res["reference_top1"] == 1.0
+    assert res["seen_phrasings"]["top1"] == 1.0 and res["heldout_phrasings"]["top1"] == pytest.approx(1 / 3)
+    # a reply after the window, or after the user speaks again, does not count
+    late = right_answer_text(dialogues[:1], [reply((20, 21, 22, 23), at=26)], answers, window=10, epad=EP)
+    assert late["top1"] == 0.0 and late["silent_replies"] == 1.0

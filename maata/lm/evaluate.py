@@ -17,6 +17,11 @@ split whose *user speakers* training never heard) and reports:
   own); top-1/top-3 accuracy against the dialogue's intent, with chance and the same matching
   applied to the true agent reply as a ceiling. Dialogues whose first answer is interrupted
   are left out (counted); a reply ends where the user speaks again;
+* **right answer, text** (understanding apart from speaking): the inner-monologue text written
+  in the same window is compared with every intent's answer text (token sequences, difflib
+  ratio); top-1 against the dialogue's intent, the share of exact answers, and the record's
+  own text stream as the ceiling. When the text is right and the audio is not, the model
+  understood the question and the audio rendering is what to train;
 * conditioning as in a live call: the record's voice, and its emotion *held* from before each
   agent turn (:func:`held_emotion`) so the emotion's onset does not tell the model when to speak;
 * **turn-taking** on the generated agent channel, next to the same measures on the true one:
@@ -45,6 +50,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +66,7 @@ from maata.lm.metrics import (ChannelSpeech, LinearProbe, TurnStats, device_of, 
 from maata.lm.model import ABSENT_CODE, LM
 from maata.lm.report import write_outputs
 from maata.lm.sampling import GREEDY, SamplingParams
+from maata.text.tokenizer import EPAD_ID, SPECIALS
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +177,10 @@ def teacher_forced(lm: LM, dialogues: Sequence[Dialogue], batch: int = 8) -> dic
 @torch.no_grad()
 def generate(lm: LM, dialogues: Sequence[Dialogue], sampling: SamplingParams = GREEDY, seed: int = 0,
              batch: int = 16, progress: bool = False, frames: Sequence[int] | None = None,
-             user_silence: np.ndarray | None = None) -> list[np.ndarray]:
+             user_silence: np.ndarray | None = None, texts: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Stream each dialogue's user channel through ``lm.step`` (several dialogues as the slots of
-    one state); returns the generated agent codes [K, frames] per dialogue (frame layout).
+    one state); returns the generated agent codes [K, frames] per dialogue (frame layout), and
+    appends each dialogue's inner-monologue tokens [frames] (-1 without a text stream) to ``texts``.
 
     ``frames`` (default: each dialogue's length) may run past the record: the user channel then
     continues with ``user_silence`` codes [K] (default: absent). The model is conditioned on the
@@ -206,15 +214,19 @@ def generate(lm: LM, dialogues: Sequence[Dialogue], sampling: SamplingParams = G
         user, emotion = user.to(dev), emotion.to(dev)
         voice = torch.tensor([_voice_id(lm, d.voice) for d in group], device=dev)
         codes = torch.zeros(nb, K, T, dtype=torch.long, device=dev)
+        text = torch.full((nb, T + D), -1, dtype=torch.long, device=dev)
         for t in range(T + D):
             active = t < lengths + D
             o = lm.step(state, user[:, :, t], active, voice=voice, emotion=emotion[:, t], sampling=sampling)
+            text[:, t] = o.text_token  # the text token of the frame begun at step t
             rows = (o.ready & (o.frame < lengths)).nonzero()[:, 0]
             if rows.numel():
                 codes[rows, :, o.frame[rows]] = o.agent_codes[rows]
             if bar is not None:
                 bar.update(int((t < lengths).sum()))
         out.extend(codes[b, :, :n[b]].cpu().numpy() for b in range(nb))
+        if texts is not None:
+            texts.extend(text[b, :n[b]].cpu().numpy() for b in range(nb))
     if bar is not None:
         bar.close()
     return out
@@ -283,7 +295,8 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
     reply_frames = int(round(cfg.max_reply_s * lm.cfg.frame_rate))
     lengths = [max(d.frames, _question_end(d) + reply_frames) for d in dialogues]
     user_silence = codec.encode(torch.zeros(1, 1, 20 * codec.hop, device=device_of(codec)))[0, :, -1].cpu().numpy()
-    extended = generate(lm, dialogues, cfg.sampling, cfg.seed, cfg.batch, progress, lengths, user_silence)
+    gen_texts: list[np.ndarray] = []
+    extended = generate(lm, dialogues, cfg.sampling, cfg.seed, cfg.batch, progress, lengths, user_silence, gen_texts)
     extended_speaking = [detector(g) for g in extended]
     generated = [g[:, :d.frames] for g, d in zip(extended, dialogues)]
     gen_speaking = [s[:d.frames] for s, d in zip(extended_speaking, dialogues)]
@@ -315,6 +328,8 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
             probe_rows.append((pooled(z), r.voice, r.emotion))
 
     right = right_answer(dialogues, extended, extended_speaking, true_speaking, by_intent, codec, reply_frames)
+    right_text = (right_answer_text(dialogues, gen_texts, answer_texts(shards, cfg.reference_split, dialogues),
+                                    reply_frames, lm.cfg.text.epad_id) if lm.text_enabled else None)
     adherence = voice_emotion_adherence(dialogues, extended, extended_speaking, true_speaking, probe_rows, codec)
     notes.extend(adherence.pop("notes"))
 
@@ -334,6 +349,7 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
                      "served_latency_add_ms": (lm.cfg.acoustic_delay + 1) * frame_ms},
         "teacher_forced": tf,
         "right_answer": right,
+        "right_answer_text": right_text,
         "turn_taking": turn,
         "adherence": adherence,
         "notes": notes,
@@ -495,6 +511,100 @@ def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray],
         return {"n": n, "top1": sum(r[1] for r in part) / n, "top3": sum(r[2] for r in part) / n,
                 "reference_top1": sum(r[3] for r in part) / n, "silent_replies": sum(r[4] for r in part) / n}
 
+    res.update(summary(rows))
+    if any(r[0] is not None for r in rows):
+        for name, flag in (("seen", False), ("heldout", True)):
+            part = [r for r in rows if r[0] is flag]
+            res[f"{name}_phrasings"] = summary(part) if part else {"n": 0}
+    return res
+
+
+def answer_texts(root: str | Path, split: str, dialogues: Sequence[Dialogue]) -> dict[str, list[tuple[int, ...]]]:
+    """Every intent's answer as token sequences (the words of its inner-monologue text, EPAD and
+    specials dropped): from the ``text`` of the reference split's records, or, without them, the
+    first agent turn of the given QA dialogues."""
+    out: dict[str, set[tuple[int, ...]]] = {}
+    try:
+        paths, filter_split = find_shards(root, split)
+    except FileNotFoundError:
+        paths, filter_split = [], False
+    for p in paths:
+        reader = ShardReader(p)
+        if "text" not in reader.fields or "codes" not in reader.fields:
+            continue
+        for i in range(len(reader)):
+            meta = reader.meta(i)
+            if (filter_split and record_split(meta) != split) or meta.get("intent") is None:
+                continue
+            words = _words(reader[i].arrays["text"])
+            if words:
+                out.setdefault(str(meta["intent"]), set()).add(words)
+    if not out:
+        for d in dialogues:
+            turns = d.agent_turns()
+            if d.intent is not None and d.text is not None and turns:
+                words = _words(d.text[turns[0][0]:turns[0][1]])
+                if words:
+                    out.setdefault(d.intent, set()).add(words)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _words(tokens: np.ndarray, epad: int = EPAD_ID) -> tuple[int, ...]:
+    """The word tokens of a per-frame text stream: no EPAD, no specials, no -1 (no text)."""
+    t = np.asarray(tokens)
+    return tuple(int(x) for x in t[(t >= len(SPECIALS)) & (t != epad)])
+
+
+def right_answer_text(dialogues: Sequence[Dialogue], texts: Sequence[np.ndarray],
+                      answers: dict[str, list[tuple[int, ...]]], window: int, epad: int) -> dict[str, Any]:
+    """Understanding apart from speaking: does the inner-monologue text the model wrote after the
+    question (``window`` frames from where it ends, until the user speaks again) match the
+    answer of the dialogue's intent best, among every intent's answers? Similarity of token
+    sequences is difflib's ratio (2 x matched tokens / total). Also the share of replies whose
+    words are exactly the intent's answer, and the ceiling: the record's own text stream."""
+    intents = sorted(answers)
+    res: dict[str, Any] = {"method": "token-sequence similarity (difflib ratio) of the generated inner-monologue "
+                                     "text with every intent's answer text", "n_intents": len(intents),
+                           "chance": 1 / len(intents) if intents else None}
+    rows = []  # (heldout phrasing or None, top1, exact, own similarity, reference top1, silent)
+
+    def best(words: tuple[int, ...]) -> tuple[str | None, float]:
+        scored = [(max(SequenceMatcher(None, words, a, autojunk=False).ratio() for a in answers[i]), i)
+                  for i in intents]
+        score, intent = max(scored, key=lambda x: x[0]) if scored else (0.0, None)  # ties: the first intent
+        return intent, score
+
+    for d, text in zip(dialogues, texts):
+        if d.intent is None or d.intent not in answers or d.interruptions():
+            continue
+        start = _question_end(d)
+        end = start + window
+        later = [a for a, _ in d.user_turns() if a >= start]
+        if later:
+            end = min(end, later[0])
+        words = _words(text[start:end], epad)
+        guess, _ = best(words) if words else (None, 0.0)
+        own = max((SequenceMatcher(None, words, a, autojunk=False).ratio() for a in answers[d.intent]), default=0.0)
+        ref = None
+        turns = d.agent_turns()
+        if d.text is not None and turns:
+            ref = best(_words(d.text[turns[0][0]:turns[0][1]], epad))[0] == d.intent
+        held = d.meta.get("heldout_phrasing")
+        rows.append((None if held is None else bool(held), guess == d.intent, words in answers[d.intent], own, ref,
+                     not words))
+
+    def summary(part: list[tuple]) -> dict[str, Any]:
+        n = len(part)
+        refs = [r[4] for r in part if r[4] is not None]
+        return {"n": n, "top1": sum(r[1] for r in part) / n, "exact": sum(r[2] for r in part) / n,
+                "similarity": float(np.mean([r[3] for r in part])),
+                "reference_top1": sum(refs) / len(refs) if refs else None,
+                "silent_replies": sum(r[5] for r in part) / n}
+
+    res["n"] = len(rows)
+    if not rows:
+        res.update(top1=None, exact=None, similarity=None, reference_top1=None, silent_replies=None)
+        return res
     res.update(summary(rows))
     if any(r[0] is not None for r in rows):
         for name, flag in (("seen", False), ("heldout", True)):

@@ -29,6 +29,15 @@ def markdown_table(r: dict[str, Any]) -> str:
                f"{_f(ra[key].get('reference_top1'))} |"
                for key, label in (("seen_phrasings", "seen"), ("heldout_phrasings", "held-out")) if key in ra],
              f"| right answer top-3 | {_f(ra.get('top3'))} | |",
+             *([] if not r.get("right_answer_text") else
+               [f"| right answer, inner-monologue text top-1 ({r['right_answer_text']['n']} QA) | "
+                f"{_f(r['right_answer_text'].get('top1'))} | {_f(r['right_answer_text'].get('reference_top1'))} |",
+                *[f"| right answer text, {label} phrasings | {_f(r['right_answer_text'][key].get('top1'))} | "
+                  f"{_f(r['right_answer_text'][key].get('reference_top1'))} |"
+                  for key, label in (("seen_phrasings", "seen"), ("heldout_phrasings", "held-out"))
+                  if key in r["right_answer_text"] and r["right_answer_text"][key].get("n")],
+                f"| answer text exactly right / similarity to it | {_f(r['right_answer_text'].get('exact'))} / "
+                f"{_f(r['right_answer_text'].get('similarity'))} | |"]),
              f"| silent replies | {_f(ra.get('silent_replies'))} | |",
              f"| start delay median (ms) | {_f(g['start_delay_ms']['median'], '{:.0f}')} | "
              f"{_f(t['start_delay_ms']['median'], '{:.0f}')} |",
