@@ -1,4 +1,5 @@
-"""``maata train lm ...``: the speech LM's three training stages. Imports only argparse at load time.
+"""``maata train lm ...``: the speech LM's three training stages, and ``maata train curve``: its
+learning curve over their checkpoints. Imports only argparse at load time.
 
     maata train lm --stage pretrain --shards data/shards/pretrain --out runs/lm_pretrain
     maata train lm --stage dialogue --init-from runs/lm_pretrain --shards data/shards/dialogue --out runs/lm_dialogue
@@ -17,6 +18,7 @@ group itself when there is none).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 STAGES = ("pretrain", "dialogue", "voice")
 
@@ -50,6 +52,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             models = train.add_subparsers(dest="model", metavar="<model>")
     if "lm" not in models.choices:
         add_lm_parser(models)
+    if "curve" not in models.choices:
+        add_curve_parser(models)
+
+
+def add_curve_parser(train_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``maata train curve``: the LM's learning curve over the checkpoints of its stages."""
+    p = train_subparsers.add_parser(
+        "curve", help="the LM's learning curve: right answer against steps, over its checkpoints",
+        description="Evaluate every checkpoint of one or more LM runs (stages in order) on the same held-out "
+                    "dialogues (maata lm eval's measures) and plot the right answer (spoken and inner-monologue "
+                    "text, seen and held-out phrasings), text accuracy and codebook-1 cross-entropy against the "
+                    "cumulative step. Writes curve.json and curve.png; points already in curve.json are reused.")
+    p.add_argument("--run", action="append", required=True, type=Path,
+                   help="run folder (repeat, in stage order: pretrain, dialogue, voice)")
+    p.add_argument("--codec", required=True, type=Path, help="codec checkpoint the shards were made with")
+    p.add_argument("--shards", required=True, type=Path, help="folder of dialogue shards")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test, held-out user speakers)")
+    p.add_argument("--limit", type=int, default=40, help="dialogues evaluated per checkpoint (default 40)")
+    p.add_argument("--every", type=int, default=1, help="evaluate every N-th checkpoint (the last always)")
+    p.add_argument("--batch", type=int, default=16, help="dialogues streamed at once (default 16)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", type=Path, default=Path("out/lm_curve"), help="folder for curve.json and curve.png")
+    p.set_defaults(func=_curve, _parser=p)
+    return p
+
+
+def _curve(args: argparse.Namespace) -> int:
+    if args.limit < 1 or args.every < 1 or args.batch < 1:
+        raise ValueError(f"--limit, --every and --batch must be at least 1, got {args.limit}, {args.every}, "
+                         f"{args.batch}")
+    if not args.shards.exists():
+        raise FileNotFoundError(f"shards not found: {args.shards}")
+    if not args.codec.is_file():
+        raise FileNotFoundError(f"codec checkpoint not found: {args.codec}")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from maata.checkpoint import load_codec
+    from maata.lm.evaluate import EvalConfig
+    from training.lm_curve import learning_curve
+
+    cfg = EvalConfig(split=args.split, max_dialogues=args.limit, batch=args.batch)
+    rows = learning_curve(args.run, load_codec(args.codec), args.shards, cfg, args.out, every=args.every)
+    print(f"{'stage':>14} {'step':>6} {'right (spoken)':>15} {'right (text)':>13} {'text acc':>9} {'CE cb1':>7}")
+    for r in rows:
+        def f(v):
+            return "–" if v is None else f"{v:.3f}"
+        print(f"{r['stage']:>14} {r['step']:>6} {f(r['right_answer']):>15} {f(r['right_answer_text']):>13} "
+              f"{f(r['text_acc_words']):>9} {f(r['ce_codebook1']):>7}")
+    print(f"wrote {args.out / 'curve.json'}, {args.out / 'curve.png'}")
+    return 0
 
 
 def add_lm_parser(train_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
