@@ -318,6 +318,25 @@ def test_build_records_which_codec_made_the_codes(built, codec_path):
     assert info["codec"] == str(codec_path) and info["n_q"] == 8
 
 
+def test_build_of_some_splits_renders_them_as_the_full_build(built, codec_path, scripts, tmp_path):
+    """``splits=["test"]`` writes only the test shards, with the same dialogues (and, with the same
+    codec, the same codes) as the full build: the way to evaluate another codec's model on them."""
+    out, _ = built
+    part = build_dialogues(tmp_path / "test_only", codec_path, conversations=scripts, repeats=1, seed=0,
+                           timing=TimingConfig(interrupt_prob=0.5, backchannel_min_turn=1.2),
+                           tokenizer=out / "tokenizer.json", shard_size=5, progress=False,
+                           reference_emotion_intents=1, splits=["test"])
+    assert not (tmp_path / "test_only" / "train").exists() and not (tmp_path / "test_only" / "reference").exists()
+    full = {r.meta["id"]: r for p in shard_paths(out, "test") for r in ShardReader(p)}
+    mine = {r.meta["id"]: r for p in shard_paths(tmp_path / "test_only", "test") for r in ShardReader(p)}
+    assert part.stats["dialogues"] == len(mine) == len(full) > 0 and mine.keys() == full.keys()
+    for key, rec in mine.items():
+        for name in ("user", "agent", "text", "user_text"):
+            np.testing.assert_array_equal(rec.arrays[name], full[key].arrays[name])
+    with pytest.raises(DialogueError, match="splits must be among"):
+        build_dialogues(tmp_path / "bad", codec_path, conversations=scripts, repeats=1, splits=["tset"])
+
+
 def test_reference_answers_for_every_intent_and_voice(built, scripts):
     out, _ = built
     refs = [rec for p in shard_paths(out, REFERENCE) for rec in ShardReader(p)]

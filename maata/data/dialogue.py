@@ -1036,12 +1036,16 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
                     max_intents: int | None = None, max_exchanges: int | None = None,
                     references: bool = True, reference_emotion_intents: int = 4,
                     channel: UserChannelConfig = UserChannelConfig(), emotion_mix: float = 0.5,
-                    overwrite: bool = False, progress: bool = True) -> DialogueReport:
+                    splits: Sequence[str] | None = None, overwrite: bool = False,
+                    progress: bool = True) -> DialogueReport:
     """Render, encode and shard the dialogue dataset into ``out`` (see the module docstring).
 
     ``codec`` is a codec checkpoint path (needed for ``workers > 1``) or a loaded Codec;
     ``tokenizer`` an existing tokenizer file to use instead of training one;
-    ``max_intents`` / ``max_exchanges`` take the first few scripts only (quick runs).
+    ``max_intents`` / ``max_exchanges`` take the first few scripts only (quick runs);
+    ``splits`` (of train, valid, test, reference) writes only those shards, rendered exactly as
+    in the full build with the same settings — e.g. the test split in another codec's codes,
+    to evaluate a model of that codec on the very same dialogues.
     Dialogues that fail are logged and left out; more than 5% failing raises SynthError.
 
     **Resumable.** The shard each dialogue goes to is fixed by the plan, and ``out/build.json``
@@ -1072,11 +1076,17 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
     plans = plan_dialogues(conversations, repeats, seed, timing, speakers, fractions, channel, emotion_mix)
     refs = _reference_jobs(conversations, seed, reference_emotion_intents) if references else []
     shard_plans = _shard_plans(plans, refs, shard_size, seed)
+    if splits is not None:
+        unknown = sorted(set(splits) - {*SPLITS, REFERENCE})
+        if unknown or not splits:
+            raise DialogueError(f"splits must be among {[*SPLITS, REFERENCE]}, got {list(splits)}")
+        shard_plans = [sp for sp in shard_plans if sp.split in set(splits)]
     codec_sig = {"sample_rate": loaded.cfg.sample_rate, "hop": loaded.hop, "n_q": loaded.n_q,
                  "weights": _codec_digest(loaded)}
     settings = {"format": "maata-dialogue-build/1", "seed": seed, "repeats": repeats,
                 "timing": asdict(timing), "channel": asdict(channel), "emotion_mix": emotion_mix,
                 "fractions": list(fractions), "shard_size": shard_size, "codec": codec_sig,
+                **({} if splits is None else {"splits": sorted(set(splits))}),
                 "tokenizer": str(tokenizer) if tokenizer else {"sentences": tokenizer_sentences,
                                                               "vocab_size": vocab_size}}
     fingerprint = _fingerprint(settings, shard_plans)
@@ -1144,7 +1154,7 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
     timings: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4))
     n_done: Counter[str] = Counter()
     results = iter(_run_all(jobs, init_args, workers)) if jobs else iter(())
-    with tqdm(total=len(plans) + len(refs), initial=skipped_jobs, desc="dialogues", unit="dlg",
+    with tqdm(total=sum(len(sp.jobs) for sp in shard_plans), initial=skipped_jobs, desc="dialogues", unit="dlg",
               disable=not progress) as bar:
         for sp in pending:
             records: list[Record] = []

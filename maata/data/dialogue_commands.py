@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dlg.add_argument("--reference-emotion-intents", type=int, default=4,
                      help="intents rendered in every other emotion too, per voice, for the evaluation's "
                           "emotion probe (default 4)")
+    dlg.add_argument("--splits", default=None,
+                     help="write only these splits, comma-separated (train,valid,test,reference), rendered as in "
+                          "the full build: e.g. the test split in another codec's codes (default: all)")
     dlg.add_argument("--shard-size", type=int, default=200, help="dialogues per shard (default 200)")
     dlg.add_argument("--tokenizer", default=None,
                      help="use this tokenizer.json instead of training one")
@@ -132,7 +135,8 @@ def _dialogues(args: argparse.Namespace) -> int:
         shard_size=args.shard_size, tokenizer=args.tokenizer,
         tokenizer_sentences=args.tokenizer_sentences, vocab_size=args.vocab_size,
         max_intents=args.max_intents, max_exchanges=args.max_exchanges, overwrite=args.overwrite,
-        channel=channel, emotion_mix=args.emotion_mix, reference_emotion_intents=args.reference_emotion_intents)
+        channel=channel, emotion_mix=args.emotion_mix, reference_emotion_intents=args.reference_emotion_intents,
+        splits=None if args.splits is None else [x.strip() for x in args.splits.split(",") if x.strip()])
     s = report.stats
     d = s["per_record"]["dialogue"]
     resumed = f", {s['resumed_shards']} shards kept from an earlier run" if s["resumed_shards"] else ""
