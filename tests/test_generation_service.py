@@ -550,15 +550,23 @@ def test_config_from_environment_and_validation() -> None:
             GenerationServiceConfig(**bad)
 
 
-def test_text_pieces() -> None:
-    from maata.text.tokenizer import BYTE_OFFSET, EPAD_ID, N_BASE, Tokenizer
+def test_reply_text_holds_bytes_until_a_character_is_complete() -> None:
+    """Each call's replies carry its inner monologue as text pieces, byte tokens included (held
+    until they complete a UTF-8 character), the same pieces `maata talk` prints."""
+    from maata.text.tokenizer import BYTE_OFFSET, EPAD_ID, N_BASE, TextStream, Tokenizer
 
-    from services.generation.service import text_piece
+    from services.generation.service import _Stream
 
     tok = Tokenizer.train(["నమస్కారం మాట", "మీరు ఎలా ఉన్నారు"] * 4, vocab_size=500, min_frequency=2)
     piece = next(i for i in range(N_BASE, tok.vocab_size) if tok.decode([i]))
-    assert text_piece(tok, piece) == tok.decode([piece]) and text_piece(tok, EPAD_ID) == ""  # EPAD: no text
-    assert text_piece(tok, BYTE_OFFSET + 0xE0) == ""  # a lone UTF-8 byte is not decodable alone
+    ta = [BYTE_OFFSET + b for b in "ట".encode()]  # one Telugu letter as 3 byte tokens
+    ids = [piece, EPAD_ID, *ta, piece]
+    a, b = _Stream(None, 4, tok), _Stream(None, 4, tok)  # two calls: byte runs never mix
+    pieces = [a.text.push(i) for i in ids]
+    assert pieces == [tok.decode([piece]), "", "", "", "ట", tok.decode([piece])]
+    assert [TextStream(tok).push(i) for i in ids[:1]] == pieces[:1]
+    assert b.text.push(ta[0]) == "" and a.text.push(piece) == tok.decode([piece])
+    assert _Stream(None, 4).text is None  # no tokenizer: token ids only
 
 
 def test_concurrent_writes_through_the_gateways_duplex_keep_the_stream_ok() -> None:

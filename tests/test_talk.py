@@ -44,16 +44,6 @@ def test_text_stream_pieces_join_to_the_decoded_text(tok):
         TextStream(tok).push(tok.vocab_size)
 
 
-def test_text_stream_matches_the_pieces_the_browser_gets(tok):
-    """For every non-byte token, the piece `maata talk` prints is the generation service's."""
-    from services.generation.service import text_piece
-
-    rng = np.random.default_rng(0)
-    ids = [int(i) for i in rng.integers(N_BASE, tok.vocab_size, 300)] + [EPAD_ID, 0, 1, 2]
-    stream = TextStream(tok)
-    assert [stream.push(i) for i in ids] == [text_piece(tok, i) for i in ids]
-
-
 @pytest.fixture(scope="module")
 def question(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("talk") / "q.wav"

@@ -409,10 +409,10 @@ class TextStream:
     as it comes: :meth:`push` returns the new text for one id. Specials (EPAD, PAD, ...) give
     nothing; byte tokens are held until they complete a UTF-8 character (a lone or broken
     sequence comes out as U+FFFD once a non-byte token or :meth:`flush` ends it). Every other
-    id gives ``tokenizer.decode([id])``, exactly the piece the generation service sends a
-    browser, so what ``maata talk`` prints is what the page shows (the service drops byte
-    tokens, which a tokenizer trained on the scripts rarely emits). Joined, the pieces equal
-    ``tokenizer.decode(ids)`` wherever the byte runs are well-formed UTF-8."""
+    id gives ``tokenizer.decode([id])``. The generation service keeps one per call and sends
+    these very pieces to a browser, so what ``maata talk`` prints is what the page shows.
+    Joined, the pieces equal ``tokenizer.decode(ids)`` wherever the byte runs are well-formed
+    UTF-8."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer

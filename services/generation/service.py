@@ -59,6 +59,7 @@ import torch
 
 from maata import config as cfglib
 from maata.lm import LM, CodeError, SamplingParams, UnknownEmotionError, UnknownVoiceError, load_preset
+from maata.text.tokenizer import TextStream, TokenizerError
 from services.common.config import ServerConfig
 from services.common.errors import RESUME_HINT, StatusError, abort, abort_with
 from services.common.model_backend import LMStepBackend, ModelBackendConfig, ReadinessWatcher
@@ -165,8 +166,11 @@ def make_store(config: GenerationServiceConfig) -> SessionStore:
 class _Stream:
     """One Converse stream's side of its call: the replies waiting for it and how it ends."""
 
-    def __init__(self, call: Call, backlog: int) -> None:
+    def __init__(self, call: Call, backlog: int, tokenizer: Any = None) -> None:
         self.call = call
+        # the call's inner monologue as text pieces: byte tokens are held until they complete a
+        # character, exactly as `maata talk` prints them (maata.text.tokenizer.TextStream)
+        self.text = TextStream(tokenizer) if tokenizer is not None else None
         self.replies: deque[AgentFrame] = deque()
         self.backlog = backlog
         self.end: StatusError | None = None  # how the stream ends (OK included), once its replies are out
@@ -272,7 +276,7 @@ class CallManager:
                 if self.draining:  # the drain began while this call was starting
                     await self.clock.leave(call)
                     raise StatusError(Code.UNAVAILABLE, f"the generation service is draining; {RESUME_HINT}")
-                stream = _Stream(call, self.config.max_reply_backlog)
+                stream = _Stream(call, self.config.max_reply_backlog, self.tokenizer)
                 call.tag = stream
                 self.streams[call_id] = stream
                 log.info("call resumed" if history is not None else "call started",
@@ -362,9 +366,10 @@ class CallManager:
             reply.codes.CopyFrom(CodeFrame(codes=out.agent_codes))
         if out.call.spec.text and out.text_token >= 0:
             reply.text_token = out.text_token
-            if self.tokenizer is not None:
-                with contextlib.suppress(Exception):
-                    reply.text = text_piece(self.tokenizer, out.text_token)
+            stream = out.call.tag
+            if isinstance(stream, _Stream) and stream.text is not None:
+                with contextlib.suppress(TokenizerError):  # an id outside the tokenizer: the id alone goes out
+                    reply.text = stream.text.push(out.text_token)
         return reply
 
     # -- history ------------------------------------------------------------------------------------
@@ -496,13 +501,6 @@ def call_spec(config: CallConfig, sampling: Sampling, style: tuple[str, str]) ->
 def session_labels(lm: LM) -> dict[str, str]:
     """Labels telling a reader of the stored frames how they are laid out (see engine.py)."""
     return {"maata.agent_layout": AGENT_LAYOUT, "maata.acoustic_delay": str(lm.cfg.acoustic_delay)}
-
-
-def text_piece(tokenizer: Any, token: int) -> str:
-    """The text of one inner-monologue token ("" for specials and lone UTF-8 bytes)."""
-    from maata.text.tokenizer import BYTE_OFFSET, N_BASE
-
-    return "" if BYTE_OFFSET <= token < N_BASE else tokenizer.decode([token])
 
 
 # -- the servicer ---------------------------------------------------------------------------------
