@@ -511,12 +511,7 @@ def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray],
         return {"n": n, "top1": sum(r[1] for r in part) / n, "top3": sum(r[2] for r in part) / n,
                 "reference_top1": sum(r[3] for r in part) / n, "silent_replies": sum(r[4] for r in part) / n}
 
-    res.update(summary(rows))
-    if any(r[0] is not None for r in rows):
-        for name, flag in (("seen", False), ("heldout", True)):
-            part = [r for r in rows if r[0] is flag]
-            res[f"{name}_phrasings"] = summary(part) if part else {"n": 0}
-    return res
+    return _by_phrasing(res, rows, summary)
 
 
 def answer_texts(root: str | Path, split: str, dialogues: Sequence[Dialogue]) -> dict[str, list[tuple[int, ...]]]:
@@ -605,6 +600,13 @@ def right_answer_text(dialogues: Sequence[Dialogue], texts: Sequence[np.ndarray]
     if not rows:
         res.update(top1=None, exact=None, similarity=None, reference_top1=None, silent_replies=None)
         return res
+    return _by_phrasing(res, rows, summary)
+
+
+def _by_phrasing(res: dict[str, Any], rows: list[tuple], summary: Callable[[list[tuple]], dict[str, Any]]
+                 ) -> dict[str, Any]:
+    """``res`` with the summary of all ``rows`` and, when the rows say how each question was
+    phrased (row[0]: held-out phrasing or not, None when unknown), of the seen and held-out ones."""
     res.update(summary(rows))
     if any(r[0] is not None for r in rows):
         for name, flag in (("seen", False), ("heldout", True)):
