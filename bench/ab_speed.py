@@ -31,6 +31,9 @@ from typing import Any
 from benchlib import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maata.served import SERVED_CODEC, SERVED_LM  # noqa: E402
 ROWS = ("lm_step_b1", "lm_step_b16", "codec_frame_b1", "codec_frame_b16", "codec_offline_4s", "lm_forward_b4_t200")
 
 
@@ -126,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default="HEAD~1", help="git revision to compare against (default HEAD~1)")
     p.add_argument("--head", type=Path, default=ROOT, help="source tree measured against it (default: this one)")
-    p.add_argument("--lm", type=Path, default=ROOT / "checkpoints/lm_demo.safetensors")
-    p.add_argument("--codec", type=Path, default=ROOT / "checkpoints/codec_default.safetensors")
+    p.add_argument("--lm", type=Path, default=ROOT / SERVED_LM)
+    p.add_argument("--codec", type=Path, default=ROOT / SERVED_CODEC)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--reps", type=int, default=60, help="rounds per per-frame row (offline rows: reps / 8)")
     p.add_argument("--warmup", type=int, default=3)

@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import soundfile as sf  # noqa: E402
 
 from maata.audio import load_audio, resample  # noqa: E402
+from maata.served import SERVED_CODEC, SERVED_LM  # noqa: E402
 from tests.support.chromium import Browser, in_netns, loopback_netns_command  # noqa: E402
 
 SENTENCES = ["నమస్కారం, మీ పేరు ఏమిటి?", "ఈ రోజు వాతావరణం ఎలా ఉంది?", "బ్యాంక్ ఎన్ని గంటలకు తెరుస్తారు?",
@@ -270,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
            "MAATA_SERVE__GATEWAY__WEBRTC__PORT": "0", "MAATA_SERVE__THREADS": str(args.threads)}
     if in_netns():
         env["MAATA_SERVE__GATEWAY__WEBRTC__HOST_ADDRESSES"] = "['127.0.0.1']"
-    untrained = args.untrained or not (ROOT / "checkpoints" / "lm_demo.safetensors").exists()
+    untrained = args.untrained or not ((ROOT / SERVED_CODEC).exists() and (ROOT / SERVED_LM).exists())
     variants = args.variants.split(",")
     model_variants = [v for v in args.model_variants.split(",") if v]
     for name in variants + model_variants:

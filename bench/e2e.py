@@ -38,7 +38,7 @@ per-frame server timings on):
    round trip of its last minute against its first (``--quick``: the last 10 s against the first
    10 s), which shows drift (growing queues, state, memory).
 
-Models: ``checkpoints/codec_default.safetensors`` and ``checkpoints/lm_demo.safetensors`` when
+Models: the served pair (:mod:`maata.served`) when
 present, else ``--untrained`` tiny random models (said in the table title and the JSON). The
 machine is shared: the JSON records the load average; timings move with it.
 """
@@ -62,6 +62,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from maata.served import SERVED_CODEC, SERVED_LM  # noqa: E402
 from services.client import FrameLatency, converse  # noqa: E402
 from services.gateway.auth import hash_key, new_key  # noqa: E402
 from services.session.redis_server import free_port  # noqa: E402
@@ -335,8 +336,7 @@ def report(r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    have = all((ROOT / p).exists() for p in ("checkpoints/codec_default.safetensors",
-                                            "checkpoints/lm_demo.safetensors"))
+    have = all((ROOT / p).exists() for p in (SERVED_CODEC, SERVED_LM))
     untrained = args.untrained or not have
     latency_s, ramp_s = (8.0, 4.0) if args.quick else (30.0, 10.0)
     long_s = 30.0 if args.quick else args.minutes * 60.0
@@ -361,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         from services.triton.launcher import TritonServer
 
         repo = args.json.parent / "triton_repo"
-        export_repository(repo, ROOT / "checkpoints/codec_default.safetensors",
-                          ROOT / "checkpoints/lm_demo.safetensors", ExportConfig(slots=64, threads=1))
+        export_repository(repo, ROOT / SERVED_CODEC, ROOT / SERVED_LM, ExportConfig(slots=64, threads=1))
         print("bench/e2e: starting tritonserver", file=sys.stderr)
         triton = TritonServer(repo, log_path=args.json.parent / "tritonserver.log").start()
         on_triton = {f"MAATA_SERVE__{svc}__MODEL_BACKEND__{k}": v for svc in ("CODEC", "GENERATION")

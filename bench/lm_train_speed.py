@@ -15,15 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from maata.served import SERVED_LM  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/lm_demo.safetensors"))
+    p.add_argument("--checkpoint", type=Path, default=Path(SERVED_LM))
     p.add_argument("--shards", type=Path, required=True, help="dialogue shards (maata data dialogues --out)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop-frames", type=int, default=250)

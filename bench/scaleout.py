@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from e2e import RATE, breakdown, speech, terminate  # noqa: E402
+from maata.served import SERVED_CODEC, SERVED_LM  # noqa: E402
 from services.client import converse  # noqa: E402
 from services.gateway.auth import hash_key, new_key  # noqa: E402
 from services.session.redis_server import free_port  # noqa: E402
@@ -222,8 +223,7 @@ def echo_bench(frames: int, rounds: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    untrained = args.untrained or not ((ROOT / "checkpoints" / "codec_default.safetensors").exists()
-                                       and (ROOT / "checkpoints" / "lm_demo.safetensors").exists())
+    untrained = args.untrained or not ((ROOT / SERVED_CODEC).exists() and (ROOT / SERVED_LM).exists())
     key = new_key()
     procs = Processes(untrained, key)
     load = os.getloadavg()[0]

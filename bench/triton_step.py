@@ -31,13 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maata.lm.checkpoint import load_lm  # noqa: E402
+from maata.served import SERVED_CODEC, SERVED_LM  # noqa: E402
 from services.generation.engine import CallSpec, GenerationEngine  # noqa: E402
 from services.triton.client import TritonModels, new_sequence_id  # noqa: E402
 from services.triton.export import ExportConfig, export_repository  # noqa: E402
 from services.triton.launcher import TritonServer, batch_stats  # noqa: E402
 
-CODEC = ROOT / "checkpoints" / "codec_default.safetensors"
-LM = ROOT / "checkpoints" / "lm_demo.safetensors"
+CODEC = ROOT / SERVED_CODEC
+LM = ROOT / SERVED_LM
 SLOTS = 16
 
 

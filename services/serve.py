@@ -27,9 +27,8 @@ in-process one); the gateway talks gRPC to ``gateway.codec`` / ``gateway.generat
 this config's codec and generation ports on ``host``) and reads sessions from
 ``gateway.session_store`` (default: the session service).
 
-Models. ``checkpoints/codec_default.safetensors`` and ``checkpoints/lm_demo.safetensors``
-(``codec_checkpoint`` / ``lm_checkpoint``), and ``checkpoints/tokenizer.json`` for the agent's
-text when present. A missing checkpoint is an error that says how to train it; ``--untrained``
+Models. The served pair of :mod:`maata.served` (``codec_checkpoint`` / ``lm_checkpoint``), and
+its tokenizer for the agent's text when present. A missing checkpoint is an error that says how to train it; ``--untrained``
 runs tiny random models of matching shapes instead (the audio is noise: for tests only).
 
 API keys. The gateway accepts the hashed keys of ``gateway.auth`` (see
@@ -55,6 +54,7 @@ from typing import Any
 
 from maata import config as cfglib
 from maata.lm.compat import check_compatible
+from maata.served import SERVED_CODEC, SERVED_LM, SERVED_TOKENIZER
 from services.codec.service import CodecServer, CodecServiceConfig, serve_codec
 from services.common.aio import drain_on_signals
 from services.common.config import ServerConfig
@@ -104,9 +104,9 @@ class ServeConfig:
     """Every service's config, the models, and where each listens."""
 
     host: str = "127.0.0.1"  # every service's listening address (loopback: expose on purpose only)
-    codec_checkpoint: str = "checkpoints/codec_default.safetensors"
-    lm_checkpoint: str = "checkpoints/lm_demo.safetensors"
-    tokenizer: str = "checkpoints/tokenizer.json"  # the agent's text pieces, when the file exists
+    codec_checkpoint: str = SERVED_CODEC
+    lm_checkpoint: str = SERVED_LM
+    tokenizer: str = SERVED_TOKENIZER  # the agent's text pieces, when the file exists
     threads: int = 1  # torch intra-op threads of this process (0: torch's default)
     gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(
         server=_port(7100, METRICS_PORTS["gateway"], max_message_bytes=GATEWAY_MAX_MESSAGE_BYTES)))

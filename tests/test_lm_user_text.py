@@ -92,11 +92,22 @@ def test_user_text_head_logits_and_loss():
 
 
 def test_exports_without_the_head_still_load(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
     from maata.checkpoint import read_metadata, save_model
     from maata.lm.checkpoint import load_lm, read_lm_config
 
-    demo = REPO / "checkpoints" / "lm_demo.safetensors"
-    assert "user_stream" not in read_metadata(demo)["config"]  # written before the head existed
+    # an export as written before the head existed: no user_stream key in its config at all
+    made = save_model(tmp_path / "made.safetensors", _tiny(user_stream=False), _tiny(user_stream=False).cfg,
+                      kind="lm")
+    meta = read_metadata(made)
+    cfg = json.loads(meta["config"])
+    del cfg["text"]["user_stream"]
+    demo = tmp_path / "old.safetensors"
+    save_file(load_file(str(made)), str(demo), metadata={**meta, "config": json.dumps(cfg)})
+    assert "user_stream" not in read_metadata(demo)["config"]
     lm = load_lm(demo)
     assert lm.user_text_head is None and lm.cfg.text.user_stream is False
     lm.add_user_text_head()

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from maata.audio import load_audio, resample
 from services.client import converse
 from services.gateway.auth import hash_key
-from services.serve import load_config, load_lm_model, start
+from services.serve import ServeConfig, load_config, load_lm_model, start
 from services.session.redis_server import free_port
 
 torch.set_num_threads(1)
@@ -200,3 +200,23 @@ def test_config_layers_and_the_missing_checkpoint_error(tmp_path: Path) -> None:
             load_lm_model(load_config(environ={}), untrained=False)
         finally:
             os.chdir(ROOT)
+
+
+def test_every_deployment_serves_the_same_matched_pair():
+    """maata.served names the served codec and LM once; the Kubernetes config names the same
+    files, they are committed, and they fit together (the LM was trained on this codec's codes
+    when its config records one)."""
+    import yaml
+
+    from maata.checkpoint import load_codec
+    from maata.lm.checkpoint import read_lm_config
+    from maata.lm.compat import check_compatible
+    from maata.served import SERVED_CODEC, SERVED_LM, SERVED_TOKENIZER
+
+    root = Path(__file__).resolve().parents[1]
+    k8s = yaml.safe_load((root / "k8s/base/config/serve.yaml").read_text())
+    assert (k8s["codec_checkpoint"], k8s["lm_checkpoint"]) == (SERVED_CODEC, SERVED_LM)
+    assert (ServeConfig().codec_checkpoint, ServeConfig().lm_checkpoint) == (SERVED_CODEC, SERVED_LM)
+    for path in (SERVED_CODEC, SERVED_LM, SERVED_TOKENIZER):
+        assert (root / path).is_file(), path
+    check_compatible(read_lm_config(root / SERVED_LM), load_codec(root / SERVED_CODEC))

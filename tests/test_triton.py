@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from maata.checkpoint import load_codec, save_model
 from maata.lm import LM, SamplingParams, load_preset
 from maata.lm.checkpoint import load_lm
+from maata.served import SERVED_CODEC, SERVED_LM
 from services.codec.engine import DecoderLane, EncoderLane
 from services.common.config import ServerConfig
 from services.common.errors import RESUME_HINT
@@ -44,8 +45,8 @@ from maata_protos.v1.generation_pb2 import CallConfig, UserFrame
 from maata_protos.v1.generation_pb2_grpc import GenerationStub
 
 ROOT = Path(__file__).resolve().parents[1]
-CODEC_CKPT = ROOT / "checkpoints" / "codec_default.safetensors"
-LM_CKPT = ROOT / "checkpoints" / "lm_demo.safetensors"
+CODEC_CKPT = ROOT / SERVED_CODEC
+LM_CKPT = ROOT / SERVED_LM
 SLOTS = 4
 TIMEOUT = 30.0
 

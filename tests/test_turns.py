@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from maata.audio import load_audio, resample, rms_dbfs
+from maata.served import SERVED_CODEC, SERVED_LM
 from services.client import converse
 from services.serve import BackgroundStack, load_config
 
@@ -46,9 +47,9 @@ def question(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Any]:
-    for name in ("codec_default.safetensors", "lm_demo.safetensors"):
-        if not (ROOT / "checkpoints" / name).exists():
-            pytest.fail(f"checkpoints/{name} is missing (it is committed)")
+    for name in (SERVED_CODEC, SERVED_LM):
+        if not (ROOT / name).exists():
+            pytest.fail(f"{name} is missing (it is committed)")
     env = {f"MAATA_SERVE__{s}__SERVER__PORT": "0" for s in ("SESSION", "GATEWAY", "CODEC", "GENERATION")}
     env.update({"MAATA_SERVE__GATEWAY__WEBRTC__ENABLED": "false", "MAATA_SERVE__THREADS": "1"})
     config = load_config(environ=env)

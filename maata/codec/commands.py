@@ -21,6 +21,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maata.served import SERVED_CODEC
+
 if TYPE_CHECKING:  # heavy: imported by the handlers that need them
     import numpy as np
     import torch
@@ -92,8 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="speak Telugu with espeak-ng, stream it through the codec 40 ms at a time, "
                                     "write the WAVs and print the scores against Opus")
-    p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/codec_default.safetensors"),
-                   help="codec checkpoint (default: the committed demo codec)")
+    p.add_argument("--checkpoint", type=Path, default=Path(SERVED_CODEC),
+                   help=f"codec checkpoint (default: the served codec, {SERVED_CODEC})")
     p.add_argument("--text", default=DEMO_TEXT, help="Telugu text to speak")
     p.add_argument("--voice", default="te+f4", help="espeak-ng voice (default te+f4, a voice held out of training)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the WAVs")

@@ -24,6 +24,8 @@ import json
 import logging
 from pathlib import Path
 
+from maata.served import SERVED_CODEC, SERVED_LM
+
 log = logging.getLogger("maata.lm")
 
 
@@ -70,10 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in", dest="input", required=True, type=Path, help="the user's audio (wav, flac, mp3, ...)")
     p.add_argument("--out", required=True, type=Path, help="the agent's channel (mono WAV)")
     p.add_argument("--stereo", type=Path, default=None, help="both channels (default: <out>_stereo.wav)")
-    p.add_argument("--lm", type=Path, default=Path("checkpoints/lm_demo.safetensors"),
-                   help="LM export (default: the committed demo model, checkpoints/lm_demo.safetensors)")
-    p.add_argument("--codec", type=Path, default=Path("checkpoints/codec_default.safetensors"),
-                   help="codec checkpoint (default: the committed codec, checkpoints/codec_default.safetensors)")
+    p.add_argument("--lm", type=Path, default=Path(SERVED_LM),
+                   help=f"LM export (default: the served model, {SERVED_LM})")
+    p.add_argument("--codec", type=Path, default=Path(SERVED_CODEC),
+                   help=f"codec checkpoint (default: the served codec, {SERVED_CODEC})")
     p.add_argument("--voice", default=None, help="named voice (e.g. female_1), or 'custom' with --reference")
     p.add_argument("--emotion", default="NEUTRAL", help="speaking style (e.g. HAPPY; default NEUTRAL)")
     p.add_argument("--reference", type=Path, default=None, help="reference clip for --voice custom (≥ 1 s)")

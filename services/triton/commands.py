@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maata.served import SERVED_CODEC, SERVED_LM
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("triton", help="serve the models on NVIDIA Triton: export a repository, run a server",
@@ -25,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "weights, warmup) into --out; deterministic; configs validated against "
                                    "tritonclient's ModelConfig schema.")
     p.add_argument("--out", required=True, type=Path, help="the repository folder (model folders are replaced)")
-    p.add_argument("--codec", default="checkpoints/codec_default.safetensors", type=Path, help="codec checkpoint")
-    p.add_argument("--lm", default="checkpoints/lm_demo.safetensors", type=Path, help="LM checkpoint")
+    p.add_argument("--codec", default=SERVED_CODEC, type=Path, help=f"codec checkpoint (default {SERVED_CODEC})")
+    p.add_argument("--lm", default=SERVED_LM, type=Path, help=f"LM checkpoint (default {SERVED_LM})")
     p.add_argument("--slots", type=int, default=16, help="calls one model instance holds (max_batch_size)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (instance_group count)")
     p.add_argument("--kind", choices=["cpu", "gpu"], default="cpu", help="KIND_CPU (default) or KIND_GPU")
