@@ -158,6 +158,21 @@ def test_resume_continues_bit_identically(corpus, tmp_path):
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
 
 
+def test_validation_reads_at_most_valid_max_batches_and_leaves_the_rng_alone(corpus, tmp_path):
+    """The trainers' shared valid reader: this rank's valid clips in order, capped at
+    ``valid_max_batches``, and the training RNG streams as they were."""
+    trainer = CodecTrainer(smoke_config(corpus, batch_size=1, data={"manifest": str(corpus), "valid_max_batches": 1}), tmp_path / "capped")
+    full = CodecTrainer(smoke_config(corpus, batch_size=1, data={"manifest": str(corpus), "valid_max_batches": 99}), tmp_path / "full")
+    assert len(full.valid_set) == 2
+    before = torch.get_rng_state()  # a DataLoader draws its base seed from it
+    with trainer.valid_batches() as batches:
+        capped = [b["wav"] for b in batches]
+    with full.valid_batches() as batches:
+        every = [b["wav"] for b in batches]
+    assert len(capped) == 1 and len(every) == 2 and torch.equal(capped[0], every[0])
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_run_outputs_and_checkpoint_pruning(corpus, tmp_path):
     from maata.checkpoint import load_codec
 

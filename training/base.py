@@ -22,11 +22,12 @@ modules and state (``checkpoint_modules``, ``optimiser_state`` / ``load_optimise
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,17 @@ class Trainer:
             yield from loader
             self.epoch += 1
             self.batch_in_epoch = 0
+
+    @contextmanager
+    def valid_batches(self) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
+        """This rank's share of the valid split in order, at most ``data.valid_max_batches``
+        batches (collated like training), read with the RNG streams preserved so that a
+        validation pass does not change what training draws next."""
+        loader = DataLoader(self.valid_set, batch_size=self.cfg.batch_size, collate_fn=self.collate_fn(),
+                            sampler=distributed.sampler(self.valid_set, self.info, shuffle=False, seed=self.cfg.seed),
+                            num_workers=self.cfg.data.num_workers)
+        with checkpointing.preserved_rng():
+            yield itertools.islice(loader, self.cfg.data.valid_max_batches)
 
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:

@@ -275,9 +275,7 @@ class CodecTrainer(Trainer):
             self.kmeans_init()
         with self._autocast():
             out: CodecOutput = self.g(wav, quantize=quantize)
-        # the frame-rate decoder's last `delay` samples are half made (overlap-add ends there)
-        n = wav.shape[-1] - self.codec.delay
-        wav, recon = wav[..., :n], out.audio[..., :n].float()
+        wav, recon = self._trim_delay(wav, out.audio.float())
         metrics: dict[str, torch.Tensor] = {}
         if adversarial:
             metrics.update(self._discriminator_step(wav, recon.detach()))
@@ -292,6 +290,12 @@ class CodecTrainer(Trainer):
             self._code_counts += code_counts(out.codes.detach(), out.n_q, self.codec.cfg.quantizer.codebook_size)
         metrics.update({k: v.detach() for k, v in losses.items()}, total_g=total.detach())
         return metrics
+
+    def _trim_delay(self, wav: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input and reconstruction without their last ``codec.delay`` samples, the ones the
+        frame-rate decoder has only half made (its overlap-add ends there): what the losses compare."""
+        n = wav.shape[-1] - self.codec.delay
+        return wav[..., :n], recon[..., :n]
 
     def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         with self._autocast():
@@ -387,19 +391,13 @@ class CodecTrainer(Trainer):
         codec = self.codec
         codec.eval()
         total = torch.zeros(2, device=self.device)
-        loader = DataLoader(self.valid_set, batch_size=self.cfg.batch_size,
-                            sampler=distributed.sampler(self.valid_set, self.info, shuffle=False, seed=self.cfg.seed),
-                            num_workers=self.cfg.data.num_workers)
         try:
-            with checkpointing.preserved_rng():
-                for i, batch in enumerate(loader):
-                    if i >= self.cfg.data.valid_max_batches:
-                        break
+            with self.valid_batches() as batches:
+                for batch in batches:
                     wav = batch["wav"].to(self.device)
                     with self._autocast():
                         recon = codec(wav, quantize=self.quantizer_ready()).audio.float()
-                    n = wav.shape[-1] - codec.delay
-                    wav, recon = wav[..., :n], recon[..., :n]
+                    wav, recon = self._trim_delay(wav, recon)
                     total += torch.stack([self.mel_loss(recon, wav) * wav.shape[0],
                                           torch.tensor(float(wav.shape[0]), device=self.device)])
         finally:

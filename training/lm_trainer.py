@@ -49,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from maata import config as cfglib
 from maata.checkpoint import save_model
@@ -427,14 +427,9 @@ class LMTrainer(Trainer):
         if not self.has_text:
             keys = keys[:2] + keys[4:]
         sums = torch.zeros(len(keys) + 1, device=self.device)
-        loader = DataLoader(self.valid_set, batch_size=self.cfg.batch_size, collate_fn=self.collate,
-                            sampler=distributed.sampler(self.valid_set, self.info, shuffle=False, seed=self.cfg.seed),
-                            num_workers=self.cfg.data.num_workers)
         try:
-            with checkpointing.preserved_rng():
-                for i, batch in enumerate(loader):
-                    if i >= self.cfg.data.valid_max_batches:
-                        break
+            with self.valid_batches() as batches:
+                for batch in batches:
                     batch = self._to_device(batch)
                     with self._autocast():
                         res = self.step_module(batch)
