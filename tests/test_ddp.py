@@ -9,35 +9,21 @@ keeps its codebooks in sync without DDP broadcasting buffers.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 from tests.support.corpus import smoke_config, write_corpus
+from tests.support.ddp import dump_rank, run_two_ranks, weights_digest
 
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_cpu_processes_keep_identical_replicas(tmp_path):
     manifest = write_corpus(tmp_path / "corpus", n_train=8, n_valid=2)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, str(manifest), str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2))
+    r0, r1 = run_two_ranks(__file__, manifest, out)
     assert r0["step"] == r1["step"] == STEPS
     assert r0["tensors"].keys() == r1["tensors"].keys()
     quantizer = [k for k in r0["tensors"] if ".quantizer." in k and k.rsplit(".", 1)[-1] in
@@ -46,14 +32,12 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
                              for k in quantizer)
     differ = [k for k in r0["tensors"] if not torch.equal(r0["tensors"][k], r1["tensors"][k])]
     assert not differ, differ[:10]
-    assert r0["initial"] != r0["final_hash"]  # training did move the weights
+    assert r0["initial"] != r0["final"]  # training did move the weights
     assert (out / "codec.safetensors").exists() and (out / "checkpoints" / f"step_{STEPS:08d}").is_dir()
 
 
 def _worker(manifest: str, out: str) -> None:
     """One rank: train, then dump this replica's parameters and buffers."""
-    import hashlib
-
     from training import distributed
     from training.codec_trainer import CodecTrainer
 
@@ -62,19 +46,11 @@ def _worker(manifest: str, out: str) -> None:
                        device="cpu")
     info = distributed.init("cpu")
     trainer = CodecTrainer(cfg, out, info=info)
-
-    def digest() -> str:
-        h = hashlib.sha256()
-        for v in trainer.codec.state_dict().values():
-            h.update(v.detach().float().numpy().tobytes())
-        return h.hexdigest()
-
-    initial = digest()
+    initial = weights_digest(trainer.codec)
     trainer.fit()
     tensors = {f"codec.{k}": v for k, v in trainer.codec.state_dict().items()}
     tensors.update({f"disc.{k}": v for k, v in trainer.disc.state_dict().items()})
-    torch.save({"step": trainer.step, "tensors": tensors, "initial": initial, "final_hash": digest()},
-               Path(out) / f"rank{info.rank}.pt")
+    dump_rank(out, info.rank, step=trainer.step, tensors=tensors, initial=initial, final=weights_digest(trainer.codec))
     distributed.cleanup()
 
 

@@ -6,9 +6,6 @@ Everything runs on small synthetic code shards (random codes written with maata.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 import torch
 
 from maata.lm.model import CUSTOM_VOICE, EMOTIONS, VOICES
+from tests.support.ddp import dump_rank, run_two_ranks, weights_digest
 from tests.support.models import TINY_FRAME
 from tests.support.shards import CARD, EPAD, K, VT, write_dialogue_shards, write_pretrain_shards
 
@@ -274,21 +272,9 @@ def test_export_round_trip_and_streaming(dialogue_shards, tmp_path):
 DDP_STEPS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_cpu_processes_keep_identical_replicas(dialogue_shards, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, str(dialogue_shards), str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parent), str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2))
+    r0, r1 = run_two_ranks(__file__, dialogue_shards, out)
     assert r0["step"] == r1["step"] == DDP_STEPS
     differ = [k for k in r0["tensors"] if not torch.equal(r0["tensors"][k], r1["tensors"][k])]
     assert not differ, differ[:10]
@@ -299,8 +285,6 @@ def test_ddp_two_cpu_processes_keep_identical_replicas(dialogue_shards, tmp_path
 
 def _worker(shards: str, out: str) -> None:
     """One rank: train the voice stage, then dump this replica's tensors."""
-    import hashlib
-
     from training import distributed
     from training.lm_trainer import LMTrainer
 
@@ -309,22 +293,15 @@ def _worker(shards: str, out: str) -> None:
                        device="cpu", voice={"custom_fraction": 0.5})
     info = distributed.init("cpu")
     trainer = LMTrainer(cfg, out, info=info)
-
-    def digest() -> str:
-        h = hashlib.sha256()
-        for v in trainer.lm.state_dict().values():
-            h.update(v.detach().float().numpy().tobytes())
-        return h.hexdigest()
-
-    initial = digest()
+    initial = weights_digest(trainer.lm)
     batches = trainer._batches()
     custom_rows = 0
     first = next(batches)
     custom_rows += int(first["custom"].sum())
     trainer.epoch, trainer.batch_in_epoch = 0, 0  # fit() replays from the start
     trainer.fit()
-    torch.save({"step": trainer.step, "tensors": dict(trainer.lm.state_dict()), "initial": initial,
-                "final": digest(), "custom_rows": custom_rows}, Path(out) / f"rank{info.rank}.pt")
+    dump_rank(out, info.rank, step=trainer.step, tensors=dict(trainer.lm.state_dict()), initial=initial,
+              final=weights_digest(trainer.lm), custom_rows=custom_rows)
     distributed.cleanup()
 
 
