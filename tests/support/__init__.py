@@ -2,5 +2,4 @@
 headless Chromium driven through a call (``chromium``), the one-browser-call scenario that
 ``tests/test_webrtc.py`` runs in a loopback network namespace (``webrtc_scenario``), the
 tiny model configs of the services tests (``models``), and two-process DDP training runs
-(``ddp``). Tests import from here, never from
-another test module."""
+(``ddp``). Tests import from here, never from another test module."""
