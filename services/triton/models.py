@@ -208,66 +208,81 @@ class _SequenceModel:
         pass
 
 
-class CodecEncoderModel(_SequenceModel):
-    """PCM in (whole frames, fp32 [n]), codes out (int64 [n_q, n / hop])."""
+class _CodecLaneModel(_SequenceModel):
+    """What the two codec models share: the codec loaded once, one ``services.codec.engine`` lane
+    over the slots, at most ``max_frames`` frames a request, and a step that pushes every item
+    into its slot and runs the lane once over them."""
 
-    DATA = PCM
+    OUTPUT: str  # the output tensor a step answers with
+
+    def make_lane(self, codec: Any) -> Any:
+        raise NotImplementedError
+
+    def output(self, out: torch.Tensor) -> np.ndarray:
+        """One slot's lane result as the ``OUTPUT`` tensor."""
+        raise NotImplementedError
 
     def load(self, checkpoint: Path) -> None:
         from maata.checkpoint import load_codec
-        from services.codec.engine import EncoderLane
 
         codec = load_codec(checkpoint, self.device)
         if self.cuda_graphs:
             codec.compile_streaming()
         self.hop = codec.hop
-        self.max_samples = int(self.params.get("max_frames", "25")) * self.hop
-        self.lane = EncoderLane(codec, self.max_batch)
+        self.max_frames = int(self.params.get("max_frames", "25"))
+        self.lane = self.make_lane(codec)
 
     def open_slot(self) -> int:
         return self.lane.open()
 
     def close_slot(self, slot: int) -> None:
         self.lane.close(slot)
+
+    def step(self, items: list[tuple[int, Any]]) -> list[dict[str, np.ndarray]]:
+        for slot, payload in items:
+            self.lane.push(slot, payload)
+        with torch.no_grad():
+            out = self.lane.run([slot for slot, _ in items])
+        return [{self.OUTPUT: self.output(out[slot])} for slot, _ in items]
+
+
+class CodecEncoderModel(_CodecLaneModel):
+    """PCM in (whole frames, fp32 [n]), codes out (int64 [n_q, n / hop])."""
+
+    DATA, OUTPUT = PCM, CODES
+
+    def make_lane(self, codec: Any) -> Any:
+        from services.codec.engine import EncoderLane
+
+        return EncoderLane(codec, self.max_batch)
+
+    def output(self, out: torch.Tensor) -> np.ndarray:
+        return out.cpu().numpy().astype(np.int64)
 
     def parse(self, request: Any, start: bool) -> torch.Tensor:
         pcm = _tensor(request, self.pb, PCM, np.float32)
         n = pcm.shape[-1] if pcm.ndim == 1 else -1
-        if n <= 0 or n % self.hop or n > self.max_samples:
+        max_samples = self.max_frames * self.hop
+        if n <= 0 or n % self.hop or n > max_samples:
             raise InputError(f"{PCM} must be whole frames: [n] samples with n a multiple of {self.hop} "
-                             f"(one frame = {self.hop}) and at most {self.max_samples}; got shape {pcm.shape}")
+                             f"(one frame = {self.hop}) and at most {max_samples}; got shape {pcm.shape}")
         if not np.isfinite(pcm).all():
             raise InputError(f"{PCM} contains NaN or infinite samples")
         return self.lane.prepare(torch.from_numpy(pcm.copy()))
 
-    def step(self, items: list[tuple[int, Any]]) -> list[dict[str, np.ndarray]]:
-        for slot, pcm in items:
-            self.lane.push(slot, pcm)
-        with torch.no_grad():
-            out = self.lane.run([slot for slot, _ in items])
-        return [{CODES: out[slot].cpu().numpy().astype(np.int64)} for slot, _ in items]
 
-
-class CodecDecoderModel(_SequenceModel):
+class CodecDecoderModel(_CodecLaneModel):
     """Codes in (int64 [k, f], 1 <= k <= n_q, -1 = dropped level), PCM out (fp32 [f * hop])."""
 
-    DATA = CODES
+    DATA, OUTPUT = CODES, PCM
 
-    def load(self, checkpoint: Path) -> None:
-        from maata.checkpoint import load_codec
+    def make_lane(self, codec: Any) -> Any:
         from services.codec.engine import DecoderLane
 
-        codec = load_codec(checkpoint, self.device)
-        if self.cuda_graphs:
-            codec.compile_streaming()
-        self.max_frames = int(self.params.get("max_frames", "25"))
-        self.lane = DecoderLane(codec, self.max_batch)
+        return DecoderLane(codec, self.max_batch)
 
-    def open_slot(self) -> int:
-        return self.lane.open()
-
-    def close_slot(self, slot: int) -> None:
-        self.lane.close(slot)
+    def output(self, out: torch.Tensor) -> np.ndarray:
+        return out.float().cpu().numpy()
 
     def parse(self, request: Any, start: bool) -> torch.Tensor:
         from maata.codec import CodeError
@@ -280,13 +295,6 @@ class CodecDecoderModel(_SequenceModel):
             return self.lane.prepare(torch.from_numpy(codes.copy()))
         except (CodeError, ValueError) as err:
             raise InputError(f"{CODES}: {err}") from None
-
-    def step(self, items: list[tuple[int, Any]]) -> list[dict[str, np.ndarray]]:
-        for slot, codes in items:
-            self.lane.push(slot, codes)
-        with torch.no_grad():
-            out = self.lane.run([slot for slot, _ in items])
-        return [{PCM: out[slot].float().cpu().numpy()} for slot, _ in items]
 
 
 class S2SStepModel(_SequenceModel):
