@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from maata.audio import float_to_pcm16, load_audio, resample
+from maata.audio import float_to_pcm16, resample
 from services.client import converse
 from services.codec.service import CodecServiceConfig, load_model as load_codec_model, serve_codec
 from services.common.config import ServerConfig
@@ -36,6 +35,7 @@ from services.serve import UNTRAINED_CODEC, UNTRAINED_LM
 from services.session import RedisSessionStore, SessionConfig, serve_session
 from services.session.client import RemoteSessionStore
 from services.session.redis_server import RedisServer
+from tests.support.speech import espeak_audio
 
 from maata_protos.v1.common_pb2 import CodeFrame, Sampling, Style
 from maata_protos.v1.conversation_pb2 import AudioFormat, ClientAudio, ClientConfig, ClientEvent, HangUp
@@ -58,12 +58,7 @@ HOP = 640
 @pytest.fixture(scope="module")
 def telugu(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """`espeak-ng -v te "మీ పేరు ఏమిటి?"` at 16 kHz."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
-    path = tmp_path_factory.mktemp("wav") / "q.wav"
-    subprocess.run(["espeak-ng", "-v", "te", "-w", str(path), "మీ పేరు ఏమిటి?"], check=True)
-    audio, rate = load_audio(path)
-    return resample(audio, rate, 16000)
+    return espeak_audio(tmp_path_factory.mktemp("wav"))
 
 
 @dataclasses.dataclass

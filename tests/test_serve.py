@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from services.client import converse
 from services.gateway.auth import hash_key
 from services.serve import ServeConfig, load_config, load_lm_model, start
 from services.session.redis_server import free_port
+from tests.support.speech import espeak_wav
 
 torch.set_num_threads(1)
 
@@ -37,11 +37,7 @@ KEYS_ENV = f"[{{id: serve-test, sha256: {hash_key(KEY)}, max_calls: 4}}]"
 @pytest.fixture(scope="module")
 def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`espeak-ng -v te -w q.wav "మీ పేరు ఏమిటి?"` (22,050 Hz: the client resamples it)."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
-    path = tmp_path_factory.mktemp("wav") / "q.wav"
-    subprocess.run(["espeak-ng", "-v", "te", "-w", str(path), "మీ పేరు ఏమిటి?"], check=True)
-    return path
+    return espeak_wav(tmp_path_factory.mktemp("wav"))
 
 
 def serve_env(ports: dict[str, int]) -> dict[str, str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from maata.audio import load_audio, resample, rms_dbfs
+from maata.audio import resample, rms_dbfs
 from maata.served import SERVED_CODEC, SERVED_LM
 from services.client import converse
 from services.serve import BackgroundStack, load_config
+from tests.support.speech import espeak_audio
 
 from maata_protos.v1.common_pb2 import Sampling
 
@@ -36,12 +35,7 @@ RATES = (8000, 16000, 24000, 48000)
 @pytest.fixture(scope="module")
 def question(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """Half a second of silence, `espeak-ng -v te "మీ పేరు ఏమిటి?"`, then 4 s of listening, at 16 kHz."""
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is missing: `make test` installs it")
-    path = tmp_path_factory.mktemp("wav") / "q.wav"
-    subprocess.run(["espeak-ng", "-v", "te", "-w", str(path), "మీ పేరు ఏమిటి?"], check=True)
-    audio, rate = load_audio(path)
-    speech = resample(audio, rate, 16000)
+    speech = espeak_audio(tmp_path_factory.mktemp("wav"))
     return np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(4 * 16000, np.float32)])
 
 
