@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +23,9 @@ CRD_KINDS = {"ServiceMonitor"}
 
 def tool(name: str) -> str:
     """A real binary: .tools/bin (tools/get_k8s_tools.sh, run by `make test`) or PATH."""
-    path = TOOLS / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
+    from tests.support.programs import find_program  # here: `python tests/k8s_checks.py` runs without the repo on sys.path
+
+    found = find_program(name, TOOLS)
     if found is None:
         pytest.skip(f"no {name} binary: run `make k8s-tools` (tools/get_k8s_tools.sh); `make test` does")
     return found

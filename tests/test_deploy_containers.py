@@ -13,13 +13,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.programs import find_program
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,10 +30,8 @@ CPU_SERVICES = ("session", "codec", "generation", "gateway")
 
 
 def _tool(name: str) -> str:
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
+    """A real binary: the venv's (pyproject.toml dev extra) or PATH."""
+    found = find_program(name, BIN)
     if found is None:
         pytest.fail(f"{name} is not installed: `make test` installs it (pyproject.toml dev extra)")
     return found
