@@ -23,7 +23,8 @@ CRD_KINDS = {"ServiceMonitor"}
 
 def tool(name: str) -> str:
     """A real binary: .tools/bin (tools/get_k8s_tools.sh, run by `make test`) or PATH."""
-    from tests.support.programs import find_program  # here: `python tests/k8s_checks.py` runs without the repo on sys.path
+    # imported here: `python tests/k8s_checks.py FILE` runs without the repo root on sys.path
+    from tests.support.programs import find_program
 
     found = find_program(name, TOOLS)
     if found is None:

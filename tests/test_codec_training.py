@@ -161,8 +161,11 @@ def test_resume_continues_bit_identically(corpus, tmp_path):
 def test_validation_reads_at_most_valid_max_batches_and_leaves_the_rng_alone(corpus, tmp_path):
     """The trainers' shared valid reader: this rank's valid clips in order, capped at
     ``valid_max_batches``, and the training RNG streams as they were."""
-    trainer = CodecTrainer(smoke_config(corpus, batch_size=1, data={"manifest": str(corpus), "valid_max_batches": 1}), tmp_path / "capped")
-    full = CodecTrainer(smoke_config(corpus, batch_size=1, data={"manifest": str(corpus), "valid_max_batches": 99}), tmp_path / "full")
+    def trainer_reading(batches: int) -> CodecTrainer:
+        data = {"manifest": str(corpus), "valid_max_batches": batches}
+        return CodecTrainer(smoke_config(corpus, batch_size=1, data=data), tmp_path / str(batches))
+
+    trainer, full = trainer_reading(1), trainer_reading(99)
     assert len(full.valid_set) == 2
     before = torch.get_rng_state()  # a DataLoader draws its base seed from it
     with trainer.valid_batches() as batches:
