@@ -5,6 +5,7 @@ import torch
 
 from maata.codec import DROPPED, Codec, CodeError, load_preset
 from maata.codec.layers import BottleneckTransformer, CausalConv1d, CausalConvTranspose1d
+from tests.support.models import TINY_CODEC, TINY_FRAME
 
 torch.set_num_threads(1)
 
@@ -15,14 +16,13 @@ ARCHS = ["stft", "seanet"]  # codec v2 (frame-rate, the default preset) and v1 (
 def small_codec(seed=0, arch="stft", **over):
     torch.manual_seed(seed)
     if arch == "stft":
-        over = {"latent_dim": 16, "frame": {"enc_dim": 24, "enc_layers": 2, "dec_dim": 24, "dec_layers": 1,
-                                            "fine_dim": 16, "fine_layers": 2, "kernel": 3, "mlp_mult": 2},
-                "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}, **over}
+        # the tiny frame-rate codec, two layers deep where a layer's state carries across chunks,
+        # under the preset's own bottleneck transformer
+        frame = {**TINY_FRAME, "enc_layers": 2, "fine_layers": 2}
+        over = {"latent_dim": 16, "frame": frame, "quantizer": TINY_CODEC["quantizer"], **over}
         preset = "default"
     else:
-        over = {"base_channels": 4, "max_channels": 32, "latent_dim": 16,
-                "transformer": {"layers": 1, "heads": 2, "window": 5, "ff_mult": 2},
-                "quantizer": {"n_q": 4, "codebook_size": 64, "codebook_dim": 4}, **over}
+        over = {**TINY_CODEC, **over}
         preset = "seanet"
     codec = Codec(load_preset(preset, env_prefix=None, **over))
     # a training pass initialises the EMA codebooks from data, as in real use
@@ -257,7 +257,7 @@ def _reference_rvq(rvq, x):
 def test_inference_lookup_quantizer_equals_the_training_formulas(l2norm):
     """Inference encodes with one affine map per level and decodes by one table gather; in float64
     the codes and vectors equal the projected, normalised nearest-neighbour search exactly."""
-    codec = small_codec(0, quantizer={"n_q": 4, "codebook_size": 64, "codebook_dim": 4, "l2norm": l2norm}).double()
+    codec = small_codec(0, quantizer={**TINY_CODEC["quantizer"], "l2norm": l2norm}).double()
     x = torch.randn(3, codec.cfg.latent_dim, 9, dtype=torch.float64)
     ref_codes, ref_out = _reference_rvq(codec.quantizer, x)
     codes = codec.quantizer.encode(x)

@@ -20,10 +20,14 @@ from training import checkpointing, codec_trainer
 from training.codec_trainer import CodecTrainer
 from training.discriminators import Discriminator, DiscriminatorConfig
 from tests.support.corpus import SR, smoke_config, write_corpus
+from tests.support.models import TINY_FRAME
 from training.losses import (MultiScaleMelLoss, code_counts, codebook_stats, discriminator_hinge_loss,
                              feature_matching_loss, generator_hinge_loss, semantic_loss)
 
 torch.set_num_threads(1)
+
+# a tiny codec v2 (frame-rate, the default preset) for the v2-only recipe steps
+TINY_V2 = {"preset": "default", "overrides": {"frame": TINY_FRAME, "transformer": {"layers": 0}}}
 
 
 @pytest.fixture(scope="module")
@@ -239,11 +243,9 @@ def test_v2_warms_up_without_the_quantizer_then_starts_codebooks_by_kmeans(corpu
     outputs at the switch, spectral + complex STFT losses, and the held-out quality curve."""
     import json
 
-    frame = {"enc_dim": 24, "enc_layers": 1, "dec_dim": 24, "dec_layers": 1, "fine_dim": 16, "fine_layers": 1}
-    cfg = smoke_config(corpus, codec={"preset": "default", "overrides": {"frame": frame, "transformer": {"layers": 0}}},
-                       adv_start_step=1000, quantizer_warmup_steps=2, kmeans_batches=3, kmeans_iters=3, steps=4,
-                       weights={"stft": 1.0, "complex": 1.0}, quality_every=4, quality_clips=2, eval_every=4,
-                       checkpoint_every=4)
+    cfg = smoke_config(corpus, codec=TINY_V2, adv_start_step=1000, quantizer_warmup_steps=2, kmeans_batches=3,
+                       kmeans_iters=3, steps=4, weights={"stft": 1.0, "complex": 1.0}, quality_every=4,
+                       quality_clips=2, eval_every=4, checkpoint_every=4)
     trainer = CodecTrainer(cfg, tmp_path / "run")
     assert trainer.codec.cfg.arch == "stft" and not trainer.quantizer_ready()
     embed_before = trainer.codec.quantizer.levels[0].embed.clone()
@@ -281,10 +283,8 @@ def test_kmeans_init_places_codes_on_the_data(corpus):
 def test_warm_restart_from_an_exported_checkpoint(corpus, tmp_path):
     """Trainer state is not kept in git: a new run can start from the exported weights (fresh
     optimiser), skipping the quantizer warm-up because the codebooks are already trained."""
-    frame = {"enc_dim": 24, "enc_layers": 1, "dec_dim": 24, "dec_layers": 1, "fine_dim": 16, "fine_layers": 1}
-    common = dict(codec={"preset": "default", "overrides": {"frame": frame, "transformer": {"layers": 0}}},
-                  adv_start_step=1000, quantizer_warmup_steps=1, kmeans_batches=2, kmeans_iters=2, steps=2,
-                  eval_every=2, checkpoint_every=2)
+    common = dict(codec=TINY_V2, adv_start_step=1000, quantizer_warmup_steps=1, kmeans_batches=2, kmeans_iters=2,
+                  steps=2, eval_every=2, checkpoint_every=2)
     first = CodecTrainer(smoke_config(corpus, **common), tmp_path / "a")
     first.fit()
     exported = tmp_path / "a" / "codec.safetensors"
