@@ -9,13 +9,14 @@ from pathlib import Path
 
 from maata.checkpoint import save_model
 from maata.codec import Codec, load_preset
+from tests.support.models import TINY_FRAME
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_codec_speed_quick(tmp_path):
     cfg = load_preset("default", env_prefix=None, latent_dim=32, quantizer={"n_q": 4, "codebook_size": 64},
-                      frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32})
+                      frame=TINY_FRAME)
     ckpt = save_model(tmp_path / "tiny.safetensors", Codec(cfg), cfg, kind="codec")
     v1 = load_preset("seanet", env_prefix=None, base_channels=4, max_channels=32, latent_dim=32,
                      transformer={"layers": 1, "heads": 2}, quantizer={"n_q": 4, "codebook_size": 64})

@@ -24,6 +24,7 @@ from maata.codec.evaluate import (evaluate, markdown_table, phoneme_probe, read_
                                   stream_encode, torch_threads, train_linear_probe)
 from maata.codec.opus import check_available, opus_roundtrip
 from maata.nn.mel import mel_filterbank
+from tests.support.models import TINY_FRAME
 
 SR = 16000
 TELUGU = ["నమస్కారం, మీరు ఎలా ఉన్నారు", "ఈ రోజు బాగుంది"]
@@ -69,9 +70,7 @@ def speech(data) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained small codec with the default preset's rates (25 Hz, 8 x 1024 -> 2 kbps)."""
-    cfg = load_preset("default", env_prefix=None, latent_dim=32,
-                      frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32,
-                             "fine_layers": 1})
+    cfg = load_preset("default", env_prefix=None, latent_dim=32, frame=TINY_FRAME)
     torch.manual_seed(0)
     return save_model(tmp_path_factory.mktemp("ckpt") / "c.safetensors", Codec(cfg), cfg, kind="codec")
 

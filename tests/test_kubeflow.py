@@ -123,6 +123,7 @@ def test_pretrain_init_containers_encode_the_corpus_with_the_trained_codec(tmp_p
     import shutil
 
     from tests.support.corpus import write_corpus
+    from tests.support.models import TINY_FRAME
 
     from maata.checkpoint import save_model
     from maata.codec.model import Codec, load_preset
@@ -133,8 +134,7 @@ def test_pretrain_init_containers_encode_the_corpus_with_the_trained_codec(tmp_p
                          data={**KubeflowConfig().data, "codec": "corpus/manifest.jsonl"})
     write_corpus(tmp_path / "data" / "corpus", n_train=3, n_valid=1)
     torch.manual_seed(0)
-    preset = load_preset("default", env_prefix=None, base_channels=4,
-                         frame={"enc_dim": 32, "enc_layers": 1, "dec_dim": 32, "dec_layers": 1, "fine_dim": 32})
+    preset = load_preset("default", env_prefix=None, frame=TINY_FRAME)
     (tmp_path / "checkpoints" / "codec").mkdir(parents=True)
     save_model(tmp_path / "checkpoints" / "codec" / "codec.safetensors", Codec(preset), preset, kind="codec")
     data = to_dict(build_job("pretrain", cfg))
