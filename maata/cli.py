@@ -2,7 +2,9 @@
 
 Each area of the project owns its commands in a small ``commands`` module that imports only
 argparse at load time (heavy imports happen inside the handlers), so ``maata --help`` is fast.
-A command module exposes ``register(subparsers)`` and sets ``func`` on its parsers.
+A command module exposes ``register(subparsers)`` and sets ``func`` on its parsers; a group of
+subcommands (``maata codec ...``) comes from ``maata.cliutil.command_group``, and input a command
+cannot use raises ``maata.cliutil.CommandError`` (one line, exit 2).
 """
 
 from __future__ import annotations

@@ -24,14 +24,16 @@ import argparse
 import os
 import sys
 
+from maata.cliutil import command_group
+
 DEFAULT_ADDR = "127.0.0.1:7100"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    probe = subparsers.add_parser("probe", help="health and smoke checks of a running deployment (containers, helm test)",
-                                  description="Check a running Maata service: gRPC health, or one short partner call.")
-    probe.set_defaults(_parser=probe)
-    checks = probe.add_subparsers(dest="check", metavar="<check>")
+    checks = command_group(subparsers, "probe",
+                           help="health and smoke checks of a running deployment (containers, helm test)",
+                           description="Check a running Maata service: gRPC health, or one short partner call.",
+                           dest="check", metavar="<check>")
 
     p = checks.add_parser("health", help="gRPC health of one service: exit 0 when SERVING",
                           description="grpc.health.v1 Check against --addr; exit 0 on SERVING, 1 otherwise.")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from maata.cliutil import command_group
+
 # command-line flag -> dotted path in TrainConfig
 _FLAG_PATHS = {
     "steps": "steps",
@@ -29,10 +31,9 @@ _FLAG_PATHS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train", help="train Maata's models",
-                                  description="Train Maata's models. `maata train <model> --help` for options.")
-    train.set_defaults(_parser=train)
-    models = train.add_subparsers(dest="model", metavar="<model>")
+    models = command_group(subparsers, "train", help="train Maata's models",
+                           description="Train Maata's models. `maata train <model> --help` for options.",
+                           dest="model", metavar="<model>")
     _register_codec(models)
 
 

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maata.cliutil import CommandError, command_group
 from maata.served import SERVED_CODEC
 
 if TYPE_CHECKING:  # heavy: imported by the handlers that need them
@@ -35,16 +36,10 @@ log = logging.getLogger("maata.codec")
 DEMO_TEXT = "నమస్కారం! నేను మాట. మీకు ఈ రోజు ఎలా సహాయం చేయగలను?"
 
 
-class CommandError(ValueError):
-    """Input a codec command cannot use; the message says what and which file."""
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``codec`` and its subcommands to the top-level CLI."""
-    codec = subparsers.add_parser("codec", help="neural codec: evaluate, encode/decode files, inspect checkpoints",
-                                  description="The streaming Telugu neural codec.")
-    codec.set_defaults(_parser=codec)
-    sub = codec.add_subparsers(dest="codec_command", metavar="<subcommand>")
+    sub = command_group(subparsers, "codec", help="neural codec: evaluate, encode/decode files, inspect checkpoints",
+                        description="The streaming Telugu neural codec.", dest="codec_command")
 
     p = sub.add_parser("eval", help="PESQ/STOI/SI-SDR/mel/DNSMOS of the codec vs Opus on held-out files")
     _checkpoint_arg(p)

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 
+from maata.cliutil import command_group
+
 _FORMATS = ("openslr66", "kathbath", "commonvoice", "indictts", "respin")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``data`` command group and its subcommands."""
-    group = subparsers.add_parser("data", help="build speech corpora (synthetic, imported)",
-                                  description="Build speech corpora as WAVs + manifest.jsonl.")
-    group.set_defaults(_parser=group)
-    sub = group.add_subparsers(dest="data_command", metavar="<subcommand>")
+    sub = command_group(subparsers, "data", help="build speech corpora (synthetic, imported)",
+                        description="Build speech corpora as WAVs + manifest.jsonl.", dest="data_command")
 
     synth = sub.add_parser(
         "synth", help="synthesise a multi-speaker Telugu corpus with phoneme alignments",

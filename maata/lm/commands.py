@@ -24,21 +24,16 @@ import json
 import logging
 from pathlib import Path
 
+from maata.cliutil import CommandError, command_group
 from maata.served import SERVED_CODEC, SERVED_LM
 
 log = logging.getLogger("maata.lm")
 
 
-class CommandError(ValueError):
-    """Input an LM command cannot use; the message says what and which file."""
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``lm`` (with ``eval``) and ``talk`` to the top-level CLI."""
-    lm = subparsers.add_parser("lm", help="speech LM: evaluate checkpoints",
-                               description="The full-duplex Telugu speech LM.")
-    lm.set_defaults(_parser=lm)
-    sub = lm.add_subparsers(dest="lm_command", metavar="<subcommand>")
+    sub = command_group(subparsers, "lm", help="speech LM: evaluate checkpoints",
+                        description="The full-duplex Telugu speech LM.", dest="lm_command")
 
     p = sub.add_parser("eval", help="cross-entropy, right answer, turn-taking, voice/emotion adherence",
                        description="Evaluate an LM on held-out dialogues: teacher-forced cross-entropy, "
@@ -142,13 +137,9 @@ def load_lm_checkpoint(path: Path, device: str = "cpu"):
 
 def load_codec_checkpoint(path: Path, device: str = "cpu"):
     _existing(path, "codec checkpoint")
-    from maata.codec.commands import CommandError as CodecCommandError
     from maata.codec.commands import load_checkpoint
 
-    try:
-        return load_checkpoint(path).to(device)
-    except CodecCommandError as e:
-        raise CommandError(str(e)) from e
+    return load_checkpoint(path).to(device)
 
 
 def _compatible(lm, codec, lm_path: Path, codec_path: Path) -> None:

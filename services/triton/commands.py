@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maata.cliutil import command_group
 from maata.served import SERVED_CODEC, SERVED_LM
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser("triton", help="serve the models on NVIDIA Triton: export a repository, run a server",
-                                  description="Maata's codec and S2S step as stateful Triton models "
-                                              "(sequence batching, one slot per call).")
-    group.set_defaults(_parser=group)
-    sub = group.add_subparsers(dest="triton_command", metavar="<command>")
+    sub = command_group(subparsers, "triton",
+                        help="serve the models on NVIDIA Triton: export a repository, run a server",
+                        description="Maata's codec and S2S step as stateful Triton models "
+                                    "(sequence batching, one slot per call).",
+                        dest="triton_command", metavar="<command>")
 
     p = sub.add_parser("export", help="write a Triton model repository for a codec / LM checkpoint pair",
                        description="Writes codec_encoder, codec_decoder and s2s_step (config.pbtxt, model.py, "
