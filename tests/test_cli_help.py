@@ -44,3 +44,24 @@ def test_help_of_every_command_imports_no_heavy_module() -> None:
     assert {"", "serve", "client", "codec", "train", "lm"} <= set(helps)
     for argv, text in helps.items():
         assert text.startswith("usage: maata"), (argv, text[:200])
+
+
+def test_command_group_is_shared_by_the_modules_that_add_to_it(capsys) -> None:
+    """``maata.cliutil.command_group``: a second module adds to the group the first one made
+    (its help and description stay), and the group alone prints its help and exits 2."""
+    import argparse
+
+    from maata.cli import main
+    from maata.cliutil import command_group
+
+    parser = argparse.ArgumentParser(prog="maata")
+    top = parser.add_subparsers(dest="command")
+    first = command_group(top, "things", help="the first module's", description="Things.", dest="thing")
+    first.add_parser("one")
+    second = command_group(top, "things", help="ignored", description="ignored", dest="ignored")
+    second.add_parser("two")
+    assert second is first and set(first.choices) == {"one", "two"}
+    assert parser.parse_args(["things", "two"]).thing == "two"
+    args = parser.parse_args(["things"])
+    assert args._parser.description == "Things."
+    assert main(["codec"]) == 2 and "The streaming Telugu neural codec." in capsys.readouterr().out
