@@ -5,11 +5,22 @@ imported, so ``maata --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 class CommandError(ValueError):
     """Input a command cannot use (a missing file, a checkpoint that does not fit, ...); the
     message says what and which file. ``maata.cli`` prints it as one line and exits 2."""
+
+
+def existing_file(path: Path, what: str) -> Path:
+    """``path`` when it is a file; else a ``CommandError`` naming ``what`` is missing or a folder
+    (checked before a command's heavy imports, so a typo fails fast)."""
+    if not path.exists():
+        raise CommandError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise CommandError(f"{what} is a folder, expected a file: {path}")
+    return path
 
 
 def command_group(subparsers: argparse._SubParsersAction, name: str, *, help: str, description: str,
@@ -28,4 +39,4 @@ def command_group(subparsers: argparse._SubParsersAction, name: str, *, help: st
     return group.add_subparsers(dest=dest, metavar=metavar)
 
 
-__all__ = ["CommandError", "command_group"]
+__all__ = ["CommandError", "command_group", "existing_file"]

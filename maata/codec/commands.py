@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from maata.cliutil import CommandError, command_group
+from maata.cliutil import CommandError, command_group, existing_file
 from maata.served import SERVED_CODEC
 
 if TYPE_CHECKING:  # heavy: imported by the handlers that need them
@@ -102,17 +102,9 @@ def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
 
 
 # -- shared helpers ------------------------------------------------------------------------------
-def _existing(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise CommandError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise CommandError(f"{what} is a folder, expected a file: {path}")
-    return path
-
-
 def load_checkpoint(path: Path) -> Codec:
     """The codec in ``path``, ready for inference; a clear error for anything else."""
-    _existing(path, "checkpoint")  # before the heavy imports: a typo fails fast
+    existing_file(path, "checkpoint")  # before the heavy imports: a typo fails fast
     from maata.checkpoint import load_codec
 
     try:
@@ -144,7 +136,7 @@ def read_input_audio(path: Path, sample_rate: int) -> np.ndarray:
     """Mono float32 PCM at ``sample_rate`` from any audio file, noting each conversion made."""
     from maata.audio import load_audio, prepare_input
 
-    _existing(path, "input audio")
+    existing_file(path, "input audio")
     channels = _channels(path)
     try:
         x, sr = load_audio(path)  # averaged to mono, native rate
@@ -162,7 +154,7 @@ def read_codes(path: Path, codec: Codec) -> torch.Tensor:
     import numpy as np
     import torch
 
-    _existing(path, "codes file")
+    existing_file(path, "codes file")
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
             raise CommandError(f"{path}: not a .npy codes file (write one with `maata codec encode`)")
@@ -268,7 +260,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be at least 1, got {args.limit}")
     codec = load_checkpoint(args.checkpoint)
-    _existing(args.manifest, "manifest")
+    existing_file(args.manifest, "manifest")
     report = evaluate(codec, args.manifest, args.split, args.limit, tuple(args.opus_kbps), out_dir=args.out,
                       per_speaker=args.per_speaker, opus_vbr=args.opus_vbr, with_dnsmos=not args.no_dnsmos,
                       threads=args.threads, progress=True)
@@ -282,7 +274,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from maata.data.phonemes import PhonemeVocab
 
     codec = load_checkpoint(args.checkpoint)
-    _existing(args.manifest, "manifest")
+    existing_file(args.manifest, "manifest")
     vocab = PhonemeVocab.load(args.vocab) if args.vocab else None
     result = phoneme_probe(codec, args.manifest, vocab, features=args.features, limit=args.limit, steps=args.steps)
     print(f"phoneme probe ({result['features']} features, {result['n_classes']} classes): "

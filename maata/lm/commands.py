@@ -24,7 +24,7 @@ import json
 import logging
 from pathlib import Path
 
-from maata.cliutil import CommandError, command_group
+from maata.cliutil import CommandError, command_group, existing_file
 from maata.served import SERVED_CODEC, SERVED_LM
 
 log = logging.getLogger("maata.lm")
@@ -114,17 +114,9 @@ def _sampling(args: argparse.Namespace, greedy_default: bool):
 
 
 # -- shared helpers ------------------------------------------------------------------------------
-def _existing(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise CommandError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise CommandError(f"{what} is a folder, expected a file: {path}")
-    return path
-
-
 def load_lm_checkpoint(path: Path, device: str = "cpu"):
     """The LM in ``path``, ready for inference; a clear error for anything else."""
-    _existing(path, "LM checkpoint")
+    existing_file(path, "LM checkpoint")
     from maata.lm.checkpoint import load_lm
 
     try:
@@ -136,7 +128,7 @@ def load_lm_checkpoint(path: Path, device: str = "cpu"):
 
 
 def load_codec_checkpoint(path: Path, device: str = "cpu"):
-    _existing(path, "codec checkpoint")
+    existing_file(path, "codec checkpoint")
     from maata.codec.commands import load_checkpoint
 
     return load_checkpoint(path).to(device)
@@ -203,13 +195,13 @@ def converse(lm, codec, user_pcm, *, voice=None, emotion=None, speaker=None, sam
 
 
 def cmd_talk(args: argparse.Namespace) -> int:
-    _existing(args.input, "input audio")
+    existing_file(args.input, "input audio")
     if args.silence < 0:
         raise CommandError(f"--silence must be ≥ 0 seconds, got {args.silence}")
     if args.reference is not None:
-        _existing(args.reference, "reference clip")
-    _existing(args.lm, "LM checkpoint (--lm)")
-    _existing(args.codec, "codec checkpoint (--codec)")
+        existing_file(args.reference, "reference clip")
+    existing_file(args.lm, "LM checkpoint (--lm)")
+    existing_file(args.codec, "codec checkpoint (--codec)")
     _threads(args.threads)
     lm = load_lm_checkpoint(args.lm)
     voice = args.voice if args.voice is not None else lm.voices[0]
