@@ -59,6 +59,7 @@ def test_curve_cli_writes_json_png_and_reuses_points(two_stages, lm_eval_models,
     printed = capsys.readouterr().out
     assert "right (spoken)" in printed and "curve.png" in printed
     data = json.loads((out / "curve.json").read_text())
+    assert data["settings"]["sampling"]["temperature"] == 0.8  # the served sampling by default, not greedy
     rows = data["rows"]
     assert [r["step"] for r in rows] == [2, 4, 6] and [r["stage"] for r in rows] == ["dialogue", "dialogue", "voice"]
     for r in rows:

@@ -7,6 +7,10 @@ issue asks to watch against the cumulative training step: the right answer by th
 held-out phrasings, next to text accuracy and codebook-1 cross-entropy. Writes ``curve.json``
 (one row per checkpoint, every number of its evaluation) and ``curve.png``.
 
+Replies are sampled as a served call samples them (``maata.lm.SamplingParams()``: audio 0.8,
+text 0.7) unless told otherwise: a model early in training rarely wins the argmax against
+"stay silent" (EPAD) at any one frame, so greedy decoding would hide what it has learnt.
+
 Results are cached in ``curve.json`` by (run, step, evaluation settings): run it again as
 training goes on and only the new checkpoints are evaluated.
 """
@@ -113,7 +117,7 @@ def learning_curve(runs: list[str | Path], codec, shards: str | Path, eval_cfg, 
     if cache_path.is_file():
         cache = {r["key"]: r for r in json.loads(cache_path.read_text(encoding="utf-8")).get("rows", [])}
     settings = {"shards": str(Path(shards).resolve()), "split": eval_cfg.split, "limit": eval_cfg.max_dialogues,
-                "seed": eval_cfg.seed, "temperature": eval_cfg.sampling.temperature}
+                "seed": eval_cfg.seed, "sampling": asdict(eval_cfg.sampling)}
     points = curve_points(runs, every)
     rows = []
     bar = None
