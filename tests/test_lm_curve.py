@@ -75,6 +75,11 @@ def test_curve_cli_writes_json_png_and_reuses_points(two_stages, lm_eval_models,
     monkeypatch.setattr("maata.lm.evaluate.evaluate", boom)
     assert cli.main(argv) == 0
     assert json.loads((out / "curve.json").read_text())["rows"] == rows
+    # a row written by an older version of the curve is evaluated again
+    data["rows"][0]["version"] = 1
+    (out / "curve.json").write_text(json.dumps(data))
+    with pytest.raises(AssertionError, match="evaluated a cached point"):
+        cli.main(argv)
     # bad input: exit 2 with a message
     assert cli.main([*argv[:2], "--run", str(tmp_path / "nope"), *argv[4:]]) == 2
     assert "run folder not found" in capsys.readouterr().err

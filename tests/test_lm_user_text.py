@@ -156,3 +156,30 @@ def test_trainer_adds_the_head_trains_it_and_runs_the_curriculum(tmp_path):
                                                       "loss": {"user_text": False}}), tmp_path / "run2")
     assert pre.lm.user_text_head is not None and not pre.lm.user_text_head.weight.requires_grad
     assert "user_text" not in pre.train_step(next(pre._batches()))
+
+
+def test_eval_reports_how_many_user_words_the_head_recognises():
+    """``teacher_forced`` scores the user-transcript head on the user's words only (EPAD frames and
+    frames without agent codes left out): a head that always says token 7 gets the share of 7s."""
+    from maata.lm.dialogues import Dialogue
+    from maata.lm.evaluate import teacher_forced
+
+    lm = _tiny().eval()
+    with torch.no_grad():
+        lm.user_text_head.weight.zero_()
+        lm.user_text_head.bias.fill_(-10.0)
+        lm.user_text_head.bias[7] = 10.0
+    T = 12
+    rng = np.random.default_rng(0)
+
+    def dialogue(words: dict[int, int]) -> Dialogue:
+        ut = np.full(T, EPAD)
+        for t, w in words.items():
+            ut[t] = w
+        codes = rng.integers(0, CARD, (2, K, T))
+        return Dialogue(codes[0], codes[1], None, None, {"id": "x"}, ut)
+
+    res = teacher_forced(lm, [dialogue({2: 7, 5: 9}), dialogue({1: 7, 3: 7, 8: 11})], batch=2)
+    assert res["user_text_acc_words"] == pytest.approx(3 / 5)
+    none = teacher_forced(lm, [Dialogue(*rng.integers(0, CARD, (2, K, T)), None, None, {"id": "y"})])
+    assert none["user_text_acc_words"] is None  # records without a transcript

@@ -30,6 +30,7 @@ from training import checkpointing
 log = logging.getLogger(__name__)
 
 EXPORT_NAME = "lm.safetensors"  # a stage's final export (training.lm_trainer.EXPORT_NAME)
+ROW_VERSION = 2  # what a row holds; cached rows of another version are evaluated again
 LM_CONFIG_NAME = "lm_config.json"
 
 
@@ -94,7 +95,8 @@ def _summary(point: CurvePoint, report: dict[str, Any]) -> dict[str, Any]:
     row = {**asdict(point), "stage": Path(point.run).name,
            "right_answer": ra.get("top1"), "right_answer_text": rt.get("top1"),
            "answer_text_exact": rt.get("exact"), "chance": ra.get("chance"),
-           "text_acc_words": tf.get("text_acc_words"), "ce_codebook1": tf["ce_per_codebook"][0],
+           "text_acc_words": tf.get("text_acc_words"), "user_text_acc_words": tf.get("user_text_acc_words"),
+           "ce_codebook1": tf["ce_per_codebook"][0],
            "start_delay_ms": gen["start_delay_ms"].get("median"), "silent_replies": ra.get("silent_replies"),
            "voice_adherence": report["adherence"]["voice"].get("accuracy"),
            "emotion_adherence": report["adherence"]["emotion"].get("accuracy")}
@@ -127,10 +129,10 @@ def learning_curve(runs: list[str | Path], codec, shards: str | Path, eval_cfg, 
         bar = tqdm(total=len(points), desc="checkpoints", unit="ckpt")
     for point in points:
         key = _key(point, settings)
-        if key not in cache:
+        if cache.get(key, {}).get("version") != ROW_VERSION:
             log.info("evaluating %s step %d (cumulative %d)", point.run, point.stage_step, point.step)
             report = evaluate(load_point(point), codec, shards, eval_cfg)
-            cache[key] = {"key": key, **_summary(point, report)}
+            cache[key] = {"key": key, "version": ROW_VERSION, **_summary(point, report)}
             rows_now = sorted(cache.values(), key=lambda r: r["step"])
             _write(cache_path, rows_now, settings)  # checkpoint the sweep itself
         rows.append(cache[key])
@@ -174,9 +176,11 @@ def plot_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax1.set(xlabel="training step (cumulative over stages)", ylabel="right answer, top-1", ylim=(0, 1),
             title="right answer on held-out speakers")
     ax1.legend(fontsize=8)
-    pts = [(s, r["text_acc_words"]) for s, r in zip(steps, rows) if r.get("text_acc_words") is not None]
-    if pts:
-        ax2.plot(*zip(*pts), color="C2", marker="o", ms=3, label="text accuracy on words (teacher-forced)")
+    for key, label, color in (("text_acc_words", "agent text: words right (teacher-forced)", "C2"),
+                              ("user_text_acc_words", "user's words recognised (transcript head)", "C4")):
+        pts = [(s, r[key]) for s, r in zip(steps, rows) if r.get(key) is not None]
+        if pts:
+            ax2.plot(*zip(*pts), color=color, marker="o", ms=3, label=label)
     ax2.set(xlabel="training step (cumulative over stages)", ylabel="accuracy", ylim=(0, 1))
     twin = ax2.twinx()
     twin.plot(steps, [r["ce_codebook1"] for r in rows], color="C3", marker="o", ms=3, label="CE codebook 1")

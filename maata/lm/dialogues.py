@@ -23,13 +23,14 @@ def emotion_table(lm_emotions: Sequence[str], shard_emotions: Sequence[str] = EM
 
 @dataclass
 class Dialogue:
-    """One two-stream record: codes int64 [K, T], optional text/emotion [T], and its metadata."""
+    """One two-stream record: codes int64 [K, T], optional text/emotion/user_text [T], and its metadata."""
 
     user: np.ndarray
     agent: np.ndarray
     text: np.ndarray | None
     emotion: np.ndarray | None  # shard emotion ids (maata.lm.EMOTIONS order)
     meta: dict[str, Any]
+    user_text: np.ndarray | None = None  # the user's words as heard, one token per frame (EPAD = none)
 
     @property
     def id(self) -> str:
@@ -86,7 +87,8 @@ def load_dialogues(root: str | Path, split: str | None, limit: int | None = None
             a = r.arrays
             out.append(Dialogue(a["user"].astype(np.int64), a["agent"].astype(np.int64),
                                 a["text"].astype(np.int64) if "text" in a else None,
-                                a["emotion"].astype(np.int64) if "emotion" in a else None, dict(r.meta)))
+                                a["emotion"].astype(np.int64) if "emotion" in a else None, dict(r.meta),
+                                a["user_text"].astype(np.int64) if "user_text" in a else None))
             if limit is not None and len(out) >= limit:
                 return out
     return out

@@ -6,6 +6,9 @@ split whose *user speakers* training never heard) and reports:
 * **teacher-forced cross-entropy** per codebook (nats; with the model's codebook weighting too),
   argmax accuracy per codebook, and the text stream's cross-entropy and token accuracy (all
   frames, and frames with a word — not EPAD);
+* **hearing**: the user-transcript head's accuracy on the user's words (``user_text``, each
+  word at the frame where it has been heard), when the model has the head — how much of the
+  question the model recognises, the first thing understanding needs;
 * **right answer** (QA dialogues): the user channel is streamed through ``lm.step`` (greedy by
   default, or the given sampling) and on with user silence up to ``max_reply_s`` after the
   question (so the record's length, set by the true answer, gives nothing away); the generated
@@ -116,6 +119,7 @@ def teacher_forced(lm: LM, dialogues: Sequence[Dialogue], batch: int = 8) -> dic
     hit = torch.zeros(K, dtype=torch.float64)
     n = torch.zeros(K, dtype=torch.float64)
     t_ce = t_n = t_hit = w_hit = w_n = 0.0
+    u_hit = u_n = 0.0  # the user-transcript head on the user's words: does the model hear them?
     epad = lm.cfg.text.epad_id
     for i in range(0, len(dialogues), batch):
         group = dialogues[i:i + batch]
@@ -126,6 +130,7 @@ def teacher_forced(lm: LM, dialogues: Sequence[Dialogue], batch: int = 8) -> dic
         has_text = torch.zeros(B, T, dtype=torch.bool)
         emotion = torch.zeros(B, T, dtype=torch.long)
         mask = torch.zeros(B, T, dtype=torch.bool)
+        user_text = torch.full((B, T), epad, dtype=torch.long)
         voice = torch.tensor([_voice_id(lm, d.voice) for d in group])
         for b, d in enumerate(group):
             t = d.frames
@@ -135,6 +140,8 @@ def teacher_forced(lm: LM, dialogues: Sequence[Dialogue], batch: int = 8) -> dic
             if d.text is not None:
                 text[b, :t] = torch.from_numpy(d.text)
                 has_text[b, :t] = True
+            if d.user_text is not None:
+                user_text[b, :t] = torch.from_numpy(d.user_text)
             emotion[b, :t] = torch.from_numpy(_lm_emotions(lm, d))
         out = lm(user.to(dev), agent.to(dev), text.to(dev) if lm.text_enabled else None, voice.to(dev),
                  emotion.to(dev))
@@ -155,6 +162,10 @@ def teacher_forced(lm: LM, dialogues: Sequence[Dialogue], batch: int = 8) -> dic
             words = tm & (text != epad)
             w_hit += float(((pred == text) & words).sum())
             w_n += float(words.sum())
+        if out.user_text_logits is not None:
+            heard = mask & (user_text != epad)
+            u_hit += float(((out.user_text_logits.float().cpu().argmax(-1) == user_text) & heard).sum())
+            u_n += float(heard.sum())
     per_cb = (ce / n.clamp(min=1)).tolist()
     lw = lm.cfg.loss
     w = np.full(K, lw.other_codebook_weight)
@@ -168,6 +179,7 @@ def teacher_forced(lm: LM, dialogues: Sequence[Dialogue], batch: int = 8) -> dic
         "text_ce": t_ce / t_n if t_n else None,
         "text_acc": t_hit / t_n if t_n else None,
         "text_acc_words": w_hit / w_n if w_n else None,
+        "user_text_acc_words": u_hit / u_n if u_n else None,
         "frames": int(n[0]),
         "uniform_ce": math.log(lm.card),
     }

@@ -23,6 +23,7 @@ def markdown_table(r: dict[str, Any]) -> str:
              f"| accuracy codebook 1 | {_f(tf['acc_per_codebook'][0])} | |",
              f"| text cross-entropy | {_f(tf['text_ce'])} | |",
              f"| text accuracy (all / words) | {_f(tf['text_acc'])} / {_f(tf['text_acc_words'])} | |",
+             f"| user's words recognised (user-transcript head) | {_f(tf.get('user_text_acc_words'))} | |",
              f"| right answer top-1 ({ra['n']} QA) | {_f(ra.get('top1'))} | {_f(ra.get('reference_top1'))} "
              f"(chance {_f(ra.get('chance'))}) |",
              *[f"| right answer top-1, {label} phrasings ({ra[key]['n']} QA) | {_f(ra[key].get('top1'))} | "
