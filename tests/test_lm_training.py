@@ -258,6 +258,17 @@ def test_export_round_trip_and_streaming(dialogue_shards, tmp_path):
     with torch.no_grad():
         assert torch.allclose(lm(user, agent, text).audio_logits, trainer.lm(user, agent, text).audio_logits,
                               atol=1e-5)
+    # export_fp16: half the bytes, the same model within float16 rounding
+    half = LMTrainer(smoke_config("dialogue", dialogue_shards, export_fp16=True, steps=1), tmp_path / "half")
+    half.fit()
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(str(tmp_path / "half" / "lm.safetensors")).values()
+            if v.is_floating_point()} == {torch.float16}
+    half.lm.eval()
+    with torch.no_grad():
+        assert torch.allclose(load_lm(tmp_path / "half" / "lm.safetensors")(user, agent, text).audio_logits,
+                              half.lm(user, agent, text).audio_logits, atol=5e-2)
     with pytest.raises(ValueError, match="not an LM checkpoint"):
         from maata.checkpoint import save_model
         from maata.codec import Codec, load_preset

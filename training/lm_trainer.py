@@ -129,6 +129,7 @@ class LMTrainConfig(RunConfig):
     voice: VoiceTrainConfig = field(default_factory=VoiceTrainConfig)
     optim: LMOptimConfig = field(default_factory=LMOptimConfig)
     loss: LMLossConfig = field(default_factory=LMLossConfig)
+    export_fp16: bool = False  # the inference export in float16 (half the size; loads as float32)
 
     def validate(self) -> LMTrainConfig:
         if self.stage not in STAGES:
@@ -480,7 +481,8 @@ class LMTrainer(Trainer):
     def export(self) -> Path:
         """Inference weights + LMConfig to ``<out>/lm.safetensors`` (``load_lm``; the next stage's --init-from)."""
         return save_model(self.out / EXPORT_NAME, self.lm, self.lm.cfg, kind="lm",
-                          metadata={"step": self.step, "stage": self.cfg.stage})
+                          metadata={"step": self.step, "stage": self.cfg.stage},
+                          dtype=torch.float16 if self.cfg.export_fp16 else None)
 
 def train(cfg: LMTrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
     """Train one stage (one process, or one of those torchrun started). Returns the last logged
