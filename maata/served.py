@@ -7,7 +7,7 @@ codec's codes, and its config records which codec that is (``LMConfig.codec``, c
 module imports nothing, so command-line parsers can use it at load time.
 """
 
-SERVED_CODEC = "checkpoints/codec_default.safetensors"  # the codec whose codes SERVED_LM was trained on
+SERVED_CODEC = "checkpoints/codec_v2.safetensors"  # the codec whose codes SERVED_LM was trained on
 SERVED_LM = "checkpoints/lm_demo.safetensors"  # the full-duplex speech LM
 SERVED_TOKENIZER = "checkpoints/tokenizer.json"  # the LM's text tokenizer (the agent's inner monologue)
 

@@ -1,8 +1,7 @@
 """The committed checkpoints give the recorded outputs.
 
-``tests/data/checkpoint_outputs.safetensors`` holds fixed inputs and what the committed codec
-(``checkpoints/codec_default.safetensors``) and LM (``checkpoints/lm_demo.safetensors``) made of
-them, run in float64 (stored in float32). A change to the model code that alters what those weights compute (a new
+``tests/data/checkpoint_outputs.safetensors`` holds fixed inputs and what the served codec and
+LM (:mod:`maata.served`) made of them, run in float64 (stored in float32). A change to the model code that alters what those weights compute (a new
 RoPE pairing without permuting the loaded q/k projections, a renamed layer whose weights are
 silently dropped, a different mask) fails here. Record a new reference only on purpose, for a
 new checkpoint: ``python tests/test_checkpoint_outputs.py --record``.
@@ -17,9 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from maata.served import SERVED_CODEC, SERVED_LM
+
 ROOT = Path(__file__).resolve().parents[1]
-CODEC = ROOT / "checkpoints/codec_default.safetensors"
-LM_CKPT = ROOT / "checkpoints/lm_demo.safetensors"
+CODEC = ROOT / SERVED_CODEC
+LM_CKPT = ROOT / SERVED_LM
 REFERENCE = Path(__file__).parent / "data/checkpoint_outputs.safetensors"
 KEEP = 24  # logits kept per row (plus every row's logsumexp and argmax over the full vocabulary)
 

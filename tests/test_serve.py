@@ -215,4 +215,6 @@ def test_every_deployment_serves_the_same_matched_pair():
     assert (ServeConfig().codec_checkpoint, ServeConfig().lm_checkpoint) == (SERVED_CODEC, SERVED_LM)
     for path in (SERVED_CODEC, SERVED_LM, SERVED_TOKENIZER):
         assert (root / path).is_file(), path
-    check_compatible(read_lm_config(root / SERVED_LM), load_codec(root / SERVED_CODEC))
+    lm_cfg, codec = read_lm_config(root / SERVED_LM), load_codec(root / SERVED_CODEC)
+    check_compatible(lm_cfg, codec)
+    assert lm_cfg.codec == codec.code_space()  # the LM records the very codec it is served with
