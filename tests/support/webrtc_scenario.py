@@ -38,12 +38,13 @@ SENTENCE = "నమస్కారం, మీ పేరు ఏమిటి? ఈ �
 
 
 def telugu_wav(path: Path) -> Path:
-    """A Telugu question at 48 kHz mono 16-bit, with a second of silence after it (the capture loops)."""
+    """A Telugu question at 48 kHz mono 16-bit, with 3 s of silence after it (the capture loops): time
+    for the agent to answer before the question comes round again."""
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", "te", "-w", str(raw), SENTENCE], check=True)
     x, rate = load_audio(raw)
     y = resample(x, rate, 48000)
-    y = np.concatenate([y / max(1e-3, float(np.abs(y).max())) * 0.5, np.zeros(48000, np.float32)])
+    y = np.concatenate([y / max(1e-3, float(np.abs(y).max())) * 0.5, np.zeros(3 * 48000, np.float32)])
     sf.write(path, y, 48000, subtype="PCM_16")
     return path
 
@@ -113,12 +114,15 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
                                              timeout=20).read().decode()
             result["live_gauge"] = [line for line in metrics.splitlines()
                                     if line.startswith('maata_live_calls{rpc="browser",service="gateway"}')]
-            result["browser"] = browser.js("return maata.browser")
             levels = []
-            for _ in range(15):  # the page's meter of the agent's track over 1.5 s (the agent may pause)
-                levels.append(browser.js("return maata.levels.agent"))
+            for _ in range(60):  # the page's meter of the agent's track, up to 6 s (the agent pauses between
+                levels.append(browser.js("return maata.levels.agent"))  # turns, and codec v2's pauses are
+                if levels[-1] > 0:  # digital silence)
+                    break
                 time.sleep(0.1)
             result["levels_max"] = max(levels)
+            time.sleep(1.2)  # the page polls getStats every second
+            result["browser"] = browser.js("return maata.browser")
             result["stats_event"] = browser.js("return maata.stats")
             # a second call from the same client is over the limit: 503 with a message
             result["over_limit"] = http("POST", url + "api/offer",

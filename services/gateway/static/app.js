@@ -158,6 +158,7 @@ async function pollStats() {
     if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime != null) b.rtt_ms = s.currentRoundTripTime * 1000;
     if (s.type === "inbound-rtp" && s.kind === "audio") {
       b.packets_in = s.packetsReceived; b.lost_in = s.packetsLost; b.level_in = s.audioLevel;
+      b.energy_in = s.totalAudioEnergy;  // accumulates over the call: did the agent's voice arrive at all
       b.samples_in = s.totalSamplesReceived;
       if (maata.browser.packets_in != null && maata.browser.t_in != null && s.packetsReceived > maata.browser.packets_in)
         b.ptime_in_ms = (s.timestamp - maata.browser.t_in) / (s.packetsReceived - maata.browser.packets_in);  // the agent's packet length
