@@ -108,8 +108,6 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
             # audio both ways for a few seconds
             browser.wait("return maata.stats.frames_in > 150 && maata.browser.packets_in > 100", 40)
             time.sleep(1.0)
-            live = calls(url)
-            result["live_calls"] = live
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{stack.stack.gateway.metrics_port}/metrics",
                                              timeout=20).read().decode()
             result["live_gauge"] = [line for line in metrics.splitlines()
@@ -123,6 +121,7 @@ def scenario(out: Path, untrained: bool) -> dict[str, Any]:
             result["levels_max"] = max(levels)
             time.sleep(1.2)  # the page polls getStats every second
             result["browser"] = browser.js("return maata.browser")
+            result["live_calls"] = calls(url)  # after the agent has had its turn (voiced frames counted)
             result["stats_event"] = browser.js("return maata.stats")
             # a second call from the same client is over the limit: 503 with a message
             result["over_limit"] = http("POST", url + "api/offer",
