@@ -125,11 +125,18 @@ def _prune(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load(path: str | Path, modules: Mapping[str, nn.Module], device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load module weights from checkpoint folder ``path`` (strictly) and return its state dict."""
+def load_weights(path: str | Path, modules: Mapping[str, nn.Module], device: torch.device | str = "cpu") -> Path:
+    """Load module weights (strictly) from checkpoint folder ``path``, nothing else (evaluating a
+    checkpoint needs no optimiser state). Returns the folder."""
     path = Path(path)
     if not (path / STATE_FILE).exists():
         raise FileNotFoundError(f"not a training checkpoint (no {STATE_FILE}): {path}")
     for name, module in modules.items():
         module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device=str(device)), strict=True)
+    return path
+
+
+def load(path: str | Path, modules: Mapping[str, nn.Module], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load module weights from checkpoint folder ``path`` (strictly) and return its state dict."""
+    path = load_weights(path, modules, device)
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)

@@ -107,9 +107,10 @@ def _curve(args: argparse.Namespace) -> int:
     cfg = EvalConfig(split=args.split, max_dialogues=args.limit, batch=args.batch, sampling=sampling, seed=args.seed)
     rows = learning_curve(args.run, load_codec(args.codec), args.shards, cfg, args.out, every=args.every)
     print(f"{'stage':>14} {'step':>6} {'right (spoken)':>15} {'right (text)':>13} {'text acc':>9} {'CE cb1':>7}")
+    def f(v):
+        return "–" if v is None else f"{v:.3f}"
+
     for r in rows:
-        def f(v):
-            return "–" if v is None else f"{v:.3f}"
         print(f"{r['stage']:>14} {r['step']:>6} {f(r['right_answer']):>15} {f(r['right_answer_text']):>13} "
               f"{f(r['text_acc_words']):>9} {f(r['ce_codebook1']):>7}")
     print(f"wrote {args.out / 'curve.json'}, {args.out / 'curve.png'}")

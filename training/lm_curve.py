@@ -26,12 +26,11 @@ from typing import Any
 from maata.lm.checkpoint import load_lm, lm_config_from_dict
 from maata.lm.model import LM
 from training import checkpointing
+from training.lm_trainer import EXPORT_NAME, LM_CONFIG_NAME
 
 log = logging.getLogger(__name__)
 
-EXPORT_NAME = "lm.safetensors"  # a stage's final export (training.lm_trainer.EXPORT_NAME)
 ROW_VERSION = 2  # what a row holds; cached rows of another version are evaluated again
-LM_CONFIG_NAME = "lm_config.json"
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,9 @@ def load_point(point: CurvePoint) -> LM:
     path = Path(point.path)
     if path.is_file():
         return load_lm(path)
-    from safetensors.torch import load_file
-
     cfg = lm_config_from_dict(json.loads((Path(point.run) / LM_CONFIG_NAME).read_text(encoding="utf-8")))
     lm = LM(cfg)
-    lm.load_state_dict(load_file(str(path / "lm.safetensors")), strict=True)
+    checkpointing.load_weights(path, {"lm": lm})  # the trainer saves its model as module "lm"
     return lm.eval()
 
 

@@ -377,23 +377,14 @@ class Codec(nn.Module):
         trained on one's codes can be served with the other: a float32 trainer checkpoint and
         its float16 export agree, and so does a codec whose decoder alone was fine-tuned. Any
         change to the encoder or the codebooks gives another digest (``maata.lm.compat``)."""
-        import hashlib
+        from maata.checkpoint import weights_digest
 
-        h = hashlib.sha256()
         def decides_codes(name: str) -> bool:
             if name.startswith(("encoder.", "enc_transformer.")):
                 return True
             return name.startswith("quantizer.") and (name.endswith(".embed") or ".proj_in." in name)
 
-        for name, t in sorted(self.state_dict().items()):
-            if not decides_codes(name):
-                continue
-            t = t.detach().cpu()
-            if t.is_floating_point():
-                t = t.to(torch.float16)
-            h.update(name.encode())
-            h.update(t.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_digest({k: v for k, v in self.state_dict().items() if decides_codes(k)}, torch.float16)
 
     def bits(self, codes: torch.Tensor) -> int:
         """Bits needed to send ``codes`` (DROPPED entries are free)."""

@@ -1055,7 +1055,7 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
     """
     from tqdm import tqdm
 
-    from maata.checkpoint import load_codec
+    from maata.checkpoint import load_codec, weights_digest
 
     started = time.monotonic()
     _check_codec_path(codec)
@@ -1082,7 +1082,7 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
             raise DialogueError(f"splits must be among {[*SPLITS, REFERENCE]}, got {list(splits)}")
         shard_plans = [sp for sp in shard_plans if sp.split in set(splits)]
     codec_sig = {"sample_rate": loaded.cfg.sample_rate, "hop": loaded.hop, "n_q": loaded.n_q,
-                 "weights": _codec_digest(loaded)}
+                 "weights": weights_digest(loaded.state_dict())}  # a build resumes only with the same codec
     settings = {"format": "maata-dialogue-build/1", "seed": seed, "repeats": repeats,
                 "timing": asdict(timing), "channel": asdict(channel), "emotion_mix": emotion_mix,
                 "fractions": list(fractions), "shard_size": shard_size, "codec": codec_sig,
@@ -1189,17 +1189,6 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
                      "seconds": round(seconds, 1)}
     (out / STATS_NAME).write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
     return DialogueReport(out, stats, sorted(paths), failures, seconds)
-
-
-def _codec_digest(codec: Any) -> str:
-    """A short digest of the codec's weights: a build resumes only with the same codec."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(codec.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _accumulate(acc: dict[str, Any], split: str, meta: dict[str, Any]) -> None:

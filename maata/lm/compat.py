@@ -20,10 +20,9 @@ def check_compatible(lm: Any, codec: Any) -> None:
                          f"{q.n_q} x {q.codebook_size}")
     if abs(cfg.frame_rate - codec.cfg.frame_rate) > 1e-6:
         raise ValueError(f"the LM runs at {cfg.frame_rate:g} frames/s but the codec at {codec.cfg.frame_rate:g}")
-    trained_on = cfg.codec
-    if trained_on and trained_on != codec.code_space():
-        raise ValueError(f"the LM was trained on the codes of codec {trained_on}, but this codec's code space is "
-                         f"{codec.code_space()}: pair the LM with the codec its training shards were made with")
+    if cfg.codec and cfg.codec != (space := codec.code_space()):
+        raise ValueError(f"the LM was trained on the codes of codec {cfg.codec}, but this codec's code space is "
+                         f"{space}: pair the LM with the codec its training shards were made with")
 
 
 __all__ = ["check_compatible"]

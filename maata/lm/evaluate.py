@@ -255,15 +255,20 @@ def _question_end(d: Dialogue) -> int:
     return (before or users)[-1][1]
 
 
-def _reply(d: Dialogue, speaking: np.ndarray, window: int | None = None) -> tuple[int, int] | None:
-    """The agent's reply to the user's question: speech in the ``window`` frames after it ends
-    (default: to the end of ``speaking``), and before the user speaks again."""
+def _reply_window(d: Dialogue, length: int, window: int | None = None) -> tuple[int, int]:
+    """Where the agent's reply to the user's question is looked for: the ``window`` frames after
+    the question ends (default: to ``length``), and before the user speaks again."""
     start = _question_end(d)
-    end = len(speaking) if window is None else start + window
+    end = length if window is None else start + window
     later = [a for a, _ in d.user_turns() if a >= start]
     if later:
         end = min(end, later[0])
-    return speech_span(speaking, start, end)
+    return start, end
+
+
+def _reply(d: Dialogue, speaking: np.ndarray, window: int | None = None) -> tuple[int, int] | None:
+    """The agent's reply to the user's question: its speech in :func:`_reply_window`."""
+    return speech_span(speaking, *_reply_window(d, len(speaking), window))
 
 
 def _true_turns(d: Dialogue, speaking: np.ndarray) -> list[tuple[int, int]]:
@@ -584,11 +589,7 @@ def right_answer_text(dialogues: Sequence[Dialogue], texts: Sequence[np.ndarray]
     for d, text in zip(dialogues, texts):
         if d.intent is None or d.intent not in answers or d.interruptions():
             continue
-        start = _question_end(d)
-        end = start + window
-        later = [a for a, _ in d.user_turns() if a >= start]
-        if later:
-            end = min(end, later[0])
+        start, end = _reply_window(d, len(text), window)
         words = _words(text[start:end], epad)
         guess, _ = best(words) if words else (None, 0.0)
         own = max((SequenceMatcher(None, words, a, autojunk=False).ratio() for a in answers[d.intent]), default=0.0)
