@@ -9,7 +9,6 @@ rebuilds the codec from it. Training state (optimisers, step, RNG) lives elsewhe
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from maata import config as cfglib
-
-
-def weights_digest(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> str:
-    """A 16-hex SHA-256 digest of named tensors (in name order; floating ones cast to ``dtype``
-    first when given): equal weights give equal digests, whatever device or module order."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(tensors.items()):
-        t = t.detach().cpu()
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        h.update(name.encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def inference_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ from maata import config as cfglib
 from maata.codec.layers import BottleneckTransformer, CausalConv1d, CausalConvTranspose1d, ResidualUnit, Snake
 from maata.codec.frame import FrameConfig, STFTDecoder, STFTEncoder
 from maata.codec.quantizer import DROPPED, ResidualVQ
-from maata.nn import CodeError, TransformerState, reset_state
+from maata.nn import CodeError, TransformerState, reset_state, weights_digest
 
 ARCHS = ("seanet", "stft")
 
@@ -377,8 +377,6 @@ class Codec(nn.Module):
         trained on one's codes can be served with the other: a float32 trainer checkpoint and
         its float16 export agree, and so does a codec whose decoder alone was fine-tuned. Any
         change to the encoder or the codebooks gives another digest (``maata.lm.compat``)."""
-        from maata.checkpoint import weights_digest
-
         def decides_codes(name: str) -> bool:
             if name.startswith(("encoder.", "enc_transformer.")):
                 return True

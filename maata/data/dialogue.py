@@ -1055,7 +1055,8 @@ def build_dialogues(out: str | Path, codec: str | Path | Any, *, conversations: 
     """
     from tqdm import tqdm
 
-    from maata.checkpoint import load_codec, weights_digest
+    from maata.checkpoint import load_codec
+    from maata.nn import weights_digest
 
     started = time.monotonic()
     _check_codec_path(codec)
