@@ -39,5 +39,6 @@ for tool in helm kubectl; do
   install -m 0755 "$work/$tool" "$DEST/$tool"
 done
 "$DEST/helm" version --short
-"$DEST/kubectl" version --client | head -1
+# sed reads to the end: `head -1` closed the pipe early, and under pipefail kubectl's SIGPIPE (141) failed the build
+"$DEST/kubectl" version --client | sed -n 1p
 touch "$STAMP"
