@@ -86,6 +86,25 @@ def test_datasets_crop_pad_and_mask(pretrain_shards, dialogue_shards):
     assert batch["emotion"].max() > 0  # emotion conditioning reads the field
 
 
+def test_user_acoustic_dropout_keeps_only_the_semantic_codebook(dialogue_shards):
+    from training.lm_data import DialogueDataset
+
+    def items(p: float) -> list[dict]:
+        ds = DialogueDataset(dialogue_shards, "train", 64, n_q=K, codebook_size=CARD, epad_id=EPAD, voices=VOICES,
+                             emotions=EMOTIONS, seed=0, user_acoustic_dropout=p)
+        return [ds[i] for i in range(len(ds))]
+
+    full, dropped, half = items(0.0), items(1.0), items(0.5)
+    for f, d in zip(full, dropped):
+        assert torch.equal(d["user"][0], f["user"][0]) and torch.equal(d["agent"], f["agent"])
+        assert (d["user"][1:] == -1).all() and (f["user"][1:] >= 0).any()
+    n_dropped = sum(bool((h["user"][1:] == -1).all()) for h in half)
+    assert 0 < n_dropped < len(half)  # a share of the crops, drawn per crop
+    with pytest.raises(ValueError, match="user_acoustic_dropout"):
+        DialogueDataset(dialogue_shards, "train", 64, n_q=K, codebook_size=CARD, epad_id=EPAD, voices=VOICES,
+                        emotions=EMOTIONS, user_acoustic_dropout=1.5)
+
+
 def _contains(codes: np.ndarray, piece: np.ndarray) -> bool:
     n = piece.shape[-1]
     return any(np.array_equal(codes[:, s:s + n], piece) for s in range(codes.shape[-1] - n + 1))

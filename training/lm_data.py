@@ -163,8 +163,11 @@ class DialogueDataset(_CropDataset):
                  user_text: bool = True,
                  voice_conditioning: bool = True, emotion_conditioning: bool = True, custom_fraction: float = 0.0,
                  reference_frames: int = 250, min_reference_frames: int = 25, seed: int = 0, min_frames: int = 2,
-                 random_crop: bool = True):
+                 random_crop: bool = True, user_acoustic_dropout: float = 0.0):
         records = ShardRecords(root, split, need=("user", "agent"))
+        if not 0.0 <= user_acoustic_dropout <= 1.0:
+            raise ValueError(f"user_acoustic_dropout must be in [0, 1], got {user_acoustic_dropout}")
+        self.user_acoustic_dropout = user_acoustic_dropout
         super().__init__(records, crop_frames, seed, min_frames, random_crop)
         self.items = [j for j in range(len(records)) if records.frames[j] >= min_frames]
         if not self.items:
@@ -212,6 +215,10 @@ class DialogueDataset(_CropDataset):
         T = b - a
         item: dict[str, Any] = {"user": torch.from_numpy(user[:, a:b].astype(np.int64)),
                                 "agent": torch.from_numpy(agent[:, a:b].astype(np.int64))}
+        if self.user_acoustic_dropout > 0 and rng.random() < self.user_acoustic_dropout:
+            # only the user's first (semantic, phoneme-bearing) codebook: the rest read as absent, so
+            # the words must be heard from what carries them, not from speaker and channel detail
+            item["user"][1:] = ABSENT_CODE
         if self.text:
             item["text"] = torch.from_numpy(arr["text"][a:b].astype(np.int64))
             item["has_text"] = True

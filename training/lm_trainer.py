@@ -86,6 +86,9 @@ class LMDataConfig:
     text: bool = True  # dialogue stages: train the text stream when the model and the records have it
     voice_conditioning: bool = False  # feed the record's named voice (else voice 0)
     emotion_conditioning: bool = False  # feed the record's per-frame emotion (else NEUTRAL)
+    # share of training crops whose user channel keeps only codebook 1 (the semantic one; the rest
+    # fed as absent): pushes hearing onto the codes that carry the phonemes. 0 = off; valid crops never
+    user_acoustic_dropout: float = 0.0
     num_workers: int = 0
     valid_max_batches: int = 8
 
@@ -352,6 +355,7 @@ class LMTrainer(Trainer):
         return DialogueDataset(d.shards, split, crop, voices=lm.voices, emotions=lm.emotions,
                                text=d.text and lm.text_enabled, voice_conditioning=d.voice_conditioning,
                                emotion_conditioning=d.emotion_conditioning,
+                               user_acoustic_dropout=d.user_acoustic_dropout if random_crop else 0.0,
                                custom_fraction=self.cfg.voice.custom_fraction if voice_stage and random_crop else 0.0,
                                reference_frames=min(self.cfg.voice.reference_frames, sc.max_frames),
                                min_reference_frames=sc.min_frames, **common)
