@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maata.lm.commands import sampling_args, sampling_from_args
+
 STAGES = ("pretrain", "dialogue", "voice")
 
 # command-line flag -> dotted path in LMTrainConfig
@@ -71,10 +73,7 @@ def add_curve_parser(train_subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--split", default="test", help="split to evaluate (default: test, held-out user speakers)")
     p.add_argument("--limit", type=int, default=40, help="dialogues evaluated per checkpoint (default 40)")
     p.add_argument("--every", type=int, default=1, help="evaluate every N-th checkpoint (the last always)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="audio sampling temperature (default: the served setting, maata.lm.SamplingParams; "
-                        "0: greedy, text greedy too)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sampling_args(p, greedy_default=False)  # replies sampled as a served call samples them
     p.add_argument("--batch", type=int, default=16, help="dialogues streamed at once (default 16)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=Path("out/lm_curve"), help="folder for curve.json and curve.png")
@@ -98,12 +97,7 @@ def _curve(args: argparse.Namespace) -> int:
     from maata.lm.evaluate import EvalConfig
     from training.lm_curve import learning_curve
 
-    from maata.lm.sampling import GREEDY, SamplingParams
-
-    served = SamplingParams()
-    sampling = (served if args.temperature is None else GREEDY if args.temperature == 0
-                else SamplingParams(temperature=args.temperature, top_k=served.top_k,
-                                    text_temperature=served.text_temperature, text_top_k=served.text_top_k))
+    sampling = sampling_from_args(args, greedy_default=False)
     cfg = EvalConfig(split=args.split, max_dialogues=args.limit, batch=args.batch, sampling=sampling, seed=args.seed)
     rows = learning_curve(args.run, load_codec(args.codec), args.shards, cfg, args.out, every=args.every)
     print(f"{'stage':>14} {'step':>6} {'right (spoken)':>15} {'right (text)':>13} {'text acc':>9} {'CE cb1':>7}")

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-reply-seconds", type=float, default=10.0,
                    help="window after the question in which a QA reply is looked for (default 10)")
     p.add_argument("--out", type=Path, default=Path("out/lm_eval"), help="folder for JSON, markdown and PNG")
-    _sampling_args(p, greedy_default=True)
+    sampling_args(p, greedy_default=True)
     p.add_argument("--detector", choices=["energy", "codes"], default="energy",
                    help="when the agent speaks: decoded frame energy, or codes unlike silence (default energy)")
     p.add_argument("--threshold-dbfs", type=float, default=-40.0, help="energy detector threshold (default -40)")
@@ -80,12 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None,
                    help="write the agent's text, its timings and the chosen voice/emotion to this JSON file")
     p.add_argument("--quiet", action="store_true", help="do not print the agent's text as it comes")
-    _sampling_args(p, greedy_default=False)
+    sampling_args(p, greedy_default=False)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_talk)
 
 
-def _sampling_args(p: argparse.ArgumentParser, greedy_default: bool) -> None:
+def sampling_args(p: argparse.ArgumentParser, greedy_default: bool) -> None:
+    """The sampling flags every generating command shares (talk, lm eval, train curve); read them
+    back with :func:`sampling_from_args` and the same ``greedy_default``."""
     p.add_argument("--temperature", type=float, default=None,
                    help="audio sampling temperature (0: greedy; default " + ("0" if greedy_default else "0.8") + ")")
     p.add_argument("--top-k", type=int, default=None, help="audio top-k (0: all; default 250)")
@@ -93,7 +95,7 @@ def _sampling_args(p: argparse.ArgumentParser, greedy_default: bool) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
 
-def _sampling(args: argparse.Namespace, greedy_default: bool):
+def sampling_from_args(args: argparse.Namespace, greedy_default: bool):
     from maata.lm.sampling import GREEDY, SamplingError, SamplingParams
 
     base = GREEDY if greedy_default else SamplingParams()
@@ -216,7 +218,7 @@ def cmd_talk(args: argparse.Namespace) -> int:
         raise CommandError("--voice custom needs --reference CLIP (a recording of the voice, ≥ 1 s)")
     if voice != CUSTOM_VOICE_NAME and args.reference is not None:
         raise CommandError("--reference is only used with --voice custom")
-    sampling = _sampling(args, greedy_default=False)
+    sampling = sampling_from_args(args, greedy_default=False)
     codec = load_codec_checkpoint(args.codec)
     _compatible(lm, codec, args.lm, args.codec)
 
@@ -394,7 +396,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from maata.lm.report import markdown_table
 
     cfg = EvalConfig(split=args.split, reference_split=args.reference_split, max_dialogues=args.limit,
-                     max_references=args.max_references, sampling=_sampling(args, greedy_default=True),
+                     max_references=args.max_references, sampling=sampling_from_args(args, greedy_default=True),
                      seed=args.seed, batch=args.batch, detector=args.detector, threshold_dbfs=args.threshold_dbfs,
                      max_reply_s=args.max_reply_seconds)
     report = evaluate(lm, codec, args.shards, cfg, out_dir=args.out, progress=True)
