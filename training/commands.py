@@ -46,24 +46,29 @@ def _register_codec(models: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="codec_default",
                    help="training YAML: a path or a name in training/configs (default: codec_default)")
     p.add_argument("--out", default="runs/codec", help="run folder: checkpoints, TensorBoard, codec.safetensors")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --out (starts fresh if there is none)")
     p.add_argument("--manifest", help="manifest.jsonl of the training corpus (data.manifest)")
     p.add_argument("--preset", help="codec preset: default, seed-200hz, seed-40hz, mimi-like (codec.preset)")
-    p.add_argument("--steps", type=int, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int, help="segments per process per step")
     p.add_argument("--segment-seconds", type=float, help="training segment length (data.segment_seconds)")
     p.add_argument("--adv-start-step", type=int, help="step at which the discriminators join")
+    p.add_argument("--init-from", help="warm restart: start from this exported codec's weights with a fresh optimiser "
+                                       "(init_from)")
+    run_args(p, batch_unit="segments", set_example="--set optim.lr_g=1e-4 --set codec.overrides.semantic.enabled=false")
+    p.set_defaults(func=_train_codec, _parser=p)
+
+
+def run_args(p: argparse.ArgumentParser, batch_unit: str, set_example: str) -> None:
+    """The flags every training command shares: resuming, the schedule's length and batch, where
+    and how it runs, and ``--set`` for any config field (read back with :func:`config_overrides`)."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out (starts fresh if there is none)")
+    p.add_argument("--steps", type=int, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, help=f"{batch_unit} per process per step")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes per training process")
     p.add_argument("--threads", type=int, help="torch threads per process (0: torch's default)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--init-from", help="warm restart: start from this exported codec's weights with a fresh optimiser "
-                                       "(init_from)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override any config field, VALUE parsed as YAML: --set optim.lr_g=1e-4 "
-                        "--set codec.overrides.semantic.enabled=false (repeatable)")
-    p.set_defaults(func=_train_codec, _parser=p)
+                   help=f"override any config field, VALUE parsed as YAML: {set_example} (repeatable)")
 
 
 def parse_value(raw: str):

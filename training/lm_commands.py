@@ -21,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from maata.lm.commands import sampling_args, sampling_from_args
+from training.commands import run_args
 
 STAGES = ("pretrain", "dialogue", "voice")
 
@@ -124,20 +125,10 @@ def add_lm_parser(train_subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--config", help="training YAML: a path or a name in training/configs (default: lm_<stage>)")
     p.add_argument("--shards", help="folder of code shards (<split>/*.safetensors or meta split) (data.shards)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard, lm.safetensors")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --out (starts fresh if there is none)")
     p.add_argument("--init-from", help="the previous stage's lm.safetensors or its run folder")
     p.add_argument("--preset", help="LM preset for a fresh model: tiny, base (model.preset)")
-    p.add_argument("--steps", type=int, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int, help="crops per process per step")
     p.add_argument("--crop-frames", type=int, help="training crop length in frames (data.crop_frames)")
-    p.add_argument("--num-workers", type=int, help="data-loading worker processes per training process")
-    p.add_argument("--threads", type=int, help="torch threads per process (0: torch's default)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override any config field, VALUE parsed as YAML: --set optim.lr=1e-4 "
-                        "--set voice.custom_fraction=0.5 (repeatable)")
+    run_args(p, batch_unit="crops", set_example="--set optim.lr=1e-4 --set voice.custom_fraction=0.5")
     p.set_defaults(func=_train_lm, _parser=p)
     return p
 
