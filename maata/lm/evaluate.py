@@ -345,7 +345,7 @@ def evaluate(lm: LM, codec, shards: str | Path, cfg: EvalConfig | None = None, o
             probe_rows.append((pooled(z), r.voice, r.emotion))
 
     right = right_answer(dialogues, extended, extended_speaking, true_speaking, by_intent, codec, reply_frames)
-    right_text = (right_answer_text(dialogues, gen_texts, answer_texts(shards, cfg.reference_split, dialogues),
+    right_text = (right_answer_text(dialogues, gen_texts, answer_texts(renderings, dialogues),
                                     reply_frames, lm.cfg.text.epad_id) if lm.text_enabled else None)
     adherence = voice_emotion_adherence(dialogues, extended, extended_speaking, true_speaking, probe_rows, codec)
     notes.extend(adherence.pop("notes"))
@@ -387,13 +387,15 @@ class Rendering:
     voice: str | None
     emotion: str | None
     codes: np.ndarray  # int64 [K, F], speech only
+    words: tuple[int, ...] = ()  # its inner-monologue text's word tokens (no EPAD, no specials), when recorded
 
 
 def dialogue_renderings(d: Dialogue, detector: ChannelSpeech) -> list[Rendering]:
     """A dialogue's agent turns as renderings; the first answers the QA intent (unless cut off)."""
     turns = d.agent_turns() or _true_turns(d, detector(d.agent.clip(min=0)))
     answered = d.intent if not d.interruptions() else None
-    return [Rendering(d.id, answered if k == 0 else None, d.voice, d.emotion_name(a, b), d.agent[:, a:b].clip(min=0))
+    return [Rendering(d.id, answered if k == 0 else None, d.voice, d.emotion_name(a, b), d.agent[:, a:b].clip(min=0),
+                      _words(d.text[a:b]) if d.text is not None else ())
             for k, (a, b) in enumerate(turns) if b > a]
 
 
@@ -418,7 +420,8 @@ def load_renderings(root: str | Path, split: str, detector: ChannelSpeech,
                 continue
             a = reader[i].arrays
             if dialogue:
-                d = Dialogue(a["user"].astype(np.int64), a["agent"].astype(np.int64), None,
+                d = Dialogue(a["user"].astype(np.int64), a["agent"].astype(np.int64),
+                             a["text"].astype(np.int64) if "text" in a else None,
                              a["emotion"].astype(np.int64) if "emotion" in a else None, dict(meta))
                 out.extend(dialogue_renderings(d, detector))
                 continue
@@ -428,7 +431,8 @@ def load_renderings(root: str | Path, split: str, detector: ChannelSpeech,
             out.append(Rendering(str(meta.get("id", f"{p.name}:{i}")),
                                  str(meta["intent"]) if meta.get("intent") is not None else None,
                                  meta.get("voice"), emotion if isinstance(emotion, str) else None,
-                                 codes[:, span[0]:span[1]].clip(min=0)))
+                                 codes[:, span[0]:span[1]].clip(min=0),
+                                 _words(a["text"]) if "text" in a else ()))
     return out
 
 
@@ -531,26 +535,14 @@ def right_answer(dialogues: Sequence[Dialogue], generated: Sequence[np.ndarray],
     return _by_phrasing(res, rows, summary)
 
 
-def answer_texts(root: str | Path, split: str, dialogues: Sequence[Dialogue]) -> dict[str, list[tuple[int, ...]]]:
-    """Every intent's answer as token sequences (the words of its inner-monologue text, EPAD and
-    specials dropped): from the ``text`` of the reference split's records, or, without them, the
-    first agent turn of the given QA dialogues."""
+def answer_texts(renderings: Sequence[Rendering], dialogues: Sequence[Dialogue]) -> dict[str, list[tuple[int, ...]]]:
+    """Every intent's answer as token sequences (the words of its inner-monologue text): from the
+    reference renderings that recorded their text, or, without them, the first agent turn of the
+    given QA dialogues."""
     out: dict[str, set[tuple[int, ...]]] = {}
-    try:
-        paths, filter_split = find_shards(root, split)
-    except FileNotFoundError:
-        paths, filter_split = [], False
-    for p in paths:
-        reader = ShardReader(p)
-        if "text" not in reader.fields or "codes" not in reader.fields:
-            continue
-        for i in range(len(reader)):
-            meta = reader.meta(i)
-            if (filter_split and record_split(meta) != split) or meta.get("intent") is None:
-                continue
-            words = _words(reader[i].arrays["text"])
-            if words:
-                out.setdefault(str(meta["intent"]), set()).add(words)
+    for r in renderings:
+        if r.intent is not None and r.words:
+            out.setdefault(r.intent, set()).add(r.words)
     if not out:
         for d in dialogues:
             turns = d.agent_turns()
