@@ -152,10 +152,13 @@ def test_trainer_adds_the_head_trains_it_and_runs_the_curriculum(tmp_path):
     trainer.step = 1
     second = trainer.train_step(next(batches))  # then everything
     assert float(second["total"]) > float(second["text"]) * trainer.step_module.text_weight
+    valid = trainer.evaluate()  # hearing is reported on the valid speakers too
+    assert valid is not None and valid["user_text"] > 0 and 0.0 <= valid["user_text_acc"] <= 1.0
     pre = LMTrainer(load_config("lm_dialogue_smoke", {"data": {"shards": str(shards)},
                                                       "loss": {"user_text": False}}), tmp_path / "run2")
     assert pre.lm.user_text_head is not None and not pre.lm.user_text_head.weight.requires_grad
     assert "user_text" not in pre.train_step(next(pre._batches()))
+    assert "user_text" not in (pre.evaluate() or {})
 
 
 def test_eval_reports_how_many_user_words_the_head_recognises():

@@ -89,7 +89,9 @@ def to_yaml(data: dict[str, Any]) -> str:
 
 def plot_history(history: dict[str, list[list[float]]], path: Path, groups: Mapping[str, tuple[str, ...]]) -> None:
     """Curves of ``history`` (key -> [[step, value], ...]) to a PNG, one panel per entry of
-    ``groups`` (panel title -> history keys); headless (Agg), written atomically."""
+    ``groups`` (panel title -> history keys) that has data (a stage without, say, a text stream
+    gets no empty panel); headless (Agg), written atomically."""
+    groups = {title: names for title, names in groups.items() if any(history.get(n) for n in names)} or groups
     import matplotlib
 
     matplotlib.use("Agg")

@@ -306,9 +306,9 @@ class LMTrainer(Trainer):
 
     cfg: LMTrainConfig
     progress_keys = ("total", "cb1", "text")
-    history_keys = ("total", "audio", "cb1", "text")
+    history_keys = ("total", "audio", "cb1", "text", "user_text")
     plot_groups = {"total": ("total", "valid_total"), "audio (codebook 1)": ("cb1", "valid_cb1", "audio"),
-                   "text": ("text", "valid_text")}
+                   "text": ("text", "valid_text"), "hearing (user transcript)": ("user_text", "valid_user_text")}
 
     def __init__(self, cfg: LMTrainConfig, out_dir: str | Path, *, resume: bool = False,
                  info: distributed.DistInfo | None = None):
@@ -431,6 +431,8 @@ class LMTrainer(Trainer):
         keys = ("total", "audio", "text", "text_acc") + tuple(f"cb{k + 1}" for k in range(self.lm.n_q))
         if not self.has_text:
             keys = keys[:2] + keys[4:]
+        if self.step_module.user_text_weight > 0 and getattr(self.valid_set, "user_text", False):
+            keys = ("user_text", "user_text_acc") + keys  # hearing: the user-transcript head on valid speakers
         sums = torch.zeros(len(keys) + 1, device=self.device)
         try:
             with self.valid_batches() as batches:
@@ -459,6 +461,8 @@ class LMTrainer(Trainer):
             self.history.setdefault("valid_cb1", []).append([self.step, res["cb1"]])
             if "text" in res:
                 self.history.setdefault("valid_text", []).append([self.step, res["text"]])
+            if "user_text" in res:
+                self.history.setdefault("valid_user_text", []).append([self.step, res["user_text"]])
             log.info("step %d: valid loss %.4f (codebook 1 %.4f)", self.step, res["total"], res["cb1"])
 
     # -- checkpoints ----------------------------------------------------------------------------------
