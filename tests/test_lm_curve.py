@@ -75,6 +75,26 @@ def test_curve_cli_writes_json_png_and_reuses_points(two_stages, lm_eval_models,
     monkeypatch.setattr("maata.lm.evaluate.evaluate", boom)
     assert cli.main(argv) == 0
     assert json.loads((out / "curve.json").read_text())["rows"] == rows
+    # continuing the curve in a later session: the dialogue stage's folder is gone, its rows stay
+    # as history up to --start-step, and the voice run's points follow on from it
+    gone = tmp_path / "gone_dialogue"
+    later = tmp_path / "later"
+    later.mkdir()
+    history = []
+    for r in rows:
+        if r["stage"] == "dialogue":
+            key = json.loads(r["key"])
+            key[0] = str(gone)
+            r = {**r, "run": str(gone), "key": json.dumps(key, sort_keys=True)}
+        history.append(r)
+    (later / "curve.json").write_text(json.dumps({"settings": data["settings"], "rows": history}))
+    cont = [*argv[:2], "--run", str(voice), *argv[6:-1], str(later), "--start-step", "4"]
+    assert cli.main(cont) == 0
+    continued = json.loads((later / "curve.json").read_text())["rows"]
+    assert [(r["step"], r["run"]) for r in continued] == [(2, str(gone)), (4, str(gone)), (6, str(voice))]
+    # without --start-step the same folder makes a new curve: no history, the voice run from step 0
+    assert cli.main(cont[:-2]) == 0
+    assert [(r["step"], r["run"]) for r in json.loads((later / "curve.json").read_text())["rows"]] == [(2, str(voice))]
     # a row written by an older version of the curve is evaluated again
     data["rows"][0]["version"] = 1
     (out / "curve.json").write_text(json.dumps(data))

@@ -74,6 +74,10 @@ def add_curve_parser(train_subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--split", default="test", help="split to evaluate (default: test, held-out user speakers)")
     p.add_argument("--limit", type=int, default=40, help="dialogues evaluated per checkpoint (default 40)")
     p.add_argument("--every", type=int, default=1, help="evaluate every N-th checkpoint (the last always)")
+    p.add_argument("--start-step", type=int, default=0,
+                   help="continue the curve in --out: the first --run starts at this cumulative step (the "
+                        "training of the export it was initialised from), and the rows already there up to "
+                        "it stay, even when their run folders are gone (default 0: a new curve)")
     sampling_args(p, greedy_default=False)  # replies sampled as a served call samples them
     p.add_argument("--batch", type=int, default=16, help="dialogues streamed at once (default 16)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -83,6 +87,8 @@ def add_curve_parser(train_subparsers: argparse._SubParsersAction) -> argparse.A
 
 
 def _curve(args: argparse.Namespace) -> int:
+    if args.start_step < 0:
+        raise ValueError(f"--start-step must be ≥ 0, got {args.start_step}")
     if args.limit < 1 or args.every < 1 or args.batch < 1:
         raise ValueError(f"--limit, --every and --batch must be at least 1, got {args.limit}, {args.every}, "
                          f"{args.batch}")
@@ -100,7 +106,8 @@ def _curve(args: argparse.Namespace) -> int:
 
     sampling = sampling_from_args(args, greedy_default=False)
     cfg = EvalConfig(split=args.split, max_dialogues=args.limit, batch=args.batch, sampling=sampling, seed=args.seed)
-    rows = learning_curve(args.run, load_codec(args.codec), args.shards, cfg, args.out, every=args.every)
+    rows = learning_curve(args.run, load_codec(args.codec), args.shards, cfg, args.out, every=args.every,
+                          start_step=args.start_step)
     print(f"{'stage':>14} {'step':>6} {'right (spoken)':>15} {'right (text)':>13} {'text acc':>9} {'CE cb1':>7}")
     def f(v):
         return "–" if v is None else f"{v:.3f}"

@@ -43,11 +43,12 @@ class CurvePoint:
     path: str  # the step folder, or the export file
 
 
-def curve_points(runs: list[str | Path], every: int = 1) -> list[CurvePoint]:
+def curve_points(runs: list[str | Path], every: int = 1, start_step: int = 0) -> list[CurvePoint]:
     """Every ``every``-th checkpoint of each run, plus each run's final export when it is newer
-    than its last checkpoint; steps accumulate over the runs in the given order."""
+    than its last checkpoint; steps accumulate over the runs in the given order, the first run
+    starting at ``start_step`` (the training its ``--init-from`` export had already had)."""
     points: list[CurvePoint] = []
-    offset = 0
+    offset = start_step
     for run in map(Path, runs):
         if not run.is_dir():
             raise FileNotFoundError(f"run folder not found: {run}")
@@ -104,9 +105,13 @@ def _summary(point: CurvePoint, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def learning_curve(runs: list[str | Path], codec, shards: str | Path, eval_cfg, out: str | Path,
-                   every: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+                   every: int = 1, progress: bool = True, start_step: int = 0) -> list[dict[str, Any]]:
     """Evaluate every curve point not already in ``out/curve.json``; write the JSON and PNG and
-    return the rows (ordered by cumulative step)."""
+    return the rows (ordered by cumulative step).
+
+    With ``start_step`` > 0 the runs continue a curve made earlier: the rows of ``curve.json`` up
+    to that step, evaluated with the same settings, stay in the curve as its history even when
+    their run folders are gone (trainer state does not outlive a machine; the rows do)."""
     from maata.lm.evaluate import evaluate
 
     out = Path(out)
@@ -117,8 +122,9 @@ def learning_curve(runs: list[str | Path], codec, shards: str | Path, eval_cfg, 
         cache = {r["key"]: r for r in json.loads(cache_path.read_text(encoding="utf-8")).get("rows", [])}
     settings = {"shards": str(Path(shards).resolve()), "split": eval_cfg.split, "limit": eval_cfg.max_dialogues,
                 "seed": eval_cfg.seed, "sampling": asdict(eval_cfg.sampling)}
-    points = curve_points(runs, every)
-    rows = []
+    points = curve_points(runs, every, start_step)
+    rows = [r for r in cache.values() if start_step > 0 and r.get("version") == ROW_VERSION
+            and r["step"] <= start_step and json.loads(r["key"])[-1] == settings]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -132,7 +138,7 @@ def learning_curve(runs: list[str | Path], codec, shards: str | Path, eval_cfg, 
             cache[key] = {"key": key, "version": ROW_VERSION, **_summary(point, report)}
             rows_now = sorted(cache.values(), key=lambda r: r["step"])
             _write(cache_path, rows_now, settings)  # checkpoint the sweep itself
-        rows.append(cache[key])
+        rows.append({**cache[key], "step": point.step})  # cumulative: where this curve puts the run
         if bar is not None:
             bar.update(1)
     if bar is not None:
