@@ -118,7 +118,7 @@ def test_codec_streaming_random_chunks_matches_offline_in_float32(seed, arch):
     differ = (codes != ref_codes).nonzero().tolist()
     assert len(differ) <= 1
     for b, level, t in differ:
-        assert level > 0 and _is_tie(codec, wav[b:b + 1], ref_codes[b:b + 1], level, t)
+        assert _is_tie(codec, wav[b:b + 1], ref_codes[b:b + 1], level, t)
     # the waveform path: streaming decode of the offline codes equals offline decode
     state, audio = codec.init_state(2), []
     for a, b in [(0, 1), (1, 2), (2, 9), (9, 17)]:
@@ -130,7 +130,7 @@ def test_codec_streaming_random_chunks_matches_offline_in_float32(seed, arch):
 def _is_tie(codec, wav, codes, level, t, tol=1e-4):
     """Whether, at (level, frame t), the best and second-best codes are within ``tol``."""
     z = codec.latents(wav)
-    residual = z - codec.quantizer.decode(codes[:, :level])
+    residual = z - codec.quantizer.decode(codes[:, :level]) if level > 0 else z  # the first level reads z itself
     vq = codec.quantizer.levels[level]
     proj = vq._project(residual)[0, t]
     sims = (vq._codebook() @ proj).sort(descending=True).values
