@@ -164,10 +164,10 @@ class DialogueDataset(_CropDataset):
                  voice_conditioning: bool = True, emotion_conditioning: bool = True, custom_fraction: float = 0.0,
                  reference_frames: int = 250, min_reference_frames: int = 25, seed: int = 0, min_frames: int = 2,
                  random_crop: bool = True, user_acoustic_dropout: float = 0.0):
-        records = ShardRecords(root, split, need=("user", "agent"))
         if not 0.0 <= user_acoustic_dropout <= 1.0:
             raise ValueError(f"user_acoustic_dropout must be in [0, 1], got {user_acoustic_dropout}")
         self.user_acoustic_dropout = user_acoustic_dropout
+        records = ShardRecords(root, split, need=("user", "agent"))
         super().__init__(records, crop_frames, seed, min_frames, random_crop)
         self.items = [j for j in range(len(records)) if records.frames[j] >= min_frames]
         if not self.items:

@@ -457,12 +457,9 @@ class LMTrainer(Trainer):
         if res is not None and self.info.is_main:
             for k, v in res.items():
                 self.writer.add_scalar(f"valid/{k}", v, self.step)
-            self.history.setdefault("valid_total", []).append([self.step, res["total"]])
-            self.history.setdefault("valid_cb1", []).append([self.step, res["cb1"]])
-            if "text" in res:
-                self.history.setdefault("valid_text", []).append([self.step, res["text"]])
-            if "user_text" in res:
-                self.history.setdefault("valid_user_text", []).append([self.step, res["user_text"]])
+            for k in ("total", "cb1", "text", "user_text"):  # the curves' valid points (text ones when trained)
+                if k in res:
+                    self.history.setdefault(f"valid_{k}", []).append([self.step, res[k]])
             log.info("step %d: valid loss %.4f (codebook 1 %.4f)", self.step, res["total"], res["cb1"])
 
     # -- checkpoints ----------------------------------------------------------------------------------
